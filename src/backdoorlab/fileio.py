@@ -1,0 +1,63 @@
+"""Atomic file and folder writes, so a crash never leaves half-written outputs behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl_atomic(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write one JSON object per line, atomically."""
+    body = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
+    return write_text_atomic(path, body)
+
+
+@contextmanager
+def atomic_directory(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder that is renamed to ``final`` only if the block succeeds.
+
+    On any exception the temporary folder is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        from .errors import BackdoorLabError
+
+        raise BackdoorLabError(f"output folder {final} already exists; choose another or pass --overwrite")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
