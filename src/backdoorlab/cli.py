@@ -1,0 +1,217 @@
+"""The ``backdoorlab`` command: thin argument parsing over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import BackdoorLabError
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``["key=value", ...]`` → dict; values are parsed as JSON when they can be (numbers, lists)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BackdoorLabError(f"option {pair!r} must look like key=value")
+        options[key.strip().replace("-", "_")] = _parse_value(value)
+    return options
+
+
+def _target(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from .models import list_models
+
+    _print_rows([vars(m) for m in list_models()], ["name", "kind", "package", "description"])
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from .data.registry import list_datasets
+
+    rows = [{"name": d.name, "task": d.task, "splits": ",".join(d.splits),
+             "labels": ",".join(d.label_names or []) or "-", "description": d.description} for d in list_datasets()]
+    _print_rows(rows, ["name", "task", "splits", "labels", "description"])
+
+
+def cmd_attacks(args: argparse.Namespace) -> None:
+    from .attacks import list_attacks
+
+    rows = [{"name": a.name, "task": a.task, "description": a.description,
+             "options": ", ".join(f"{k}={v}" for k, v in a.options.items())} for a in list_attacks()]
+    _print_rows(rows, ["name", "task", "description", "options"])
+
+
+def cmd_attack(args: argparse.Namespace) -> None:
+    from .pipeline import run_attack, use_ready_made
+
+    if args.attack == "ready-made":
+        out = use_ready_made(args.dataset, args.out, max_train=args.max_train, max_test=args.max_test,
+                             seed=args.seed, data_dir=args.data_dir, overwrite=args.overwrite)
+    else:
+        if args.rate is None:
+            raise BackdoorLabError("--rate is required (the share of training rows to poison, in (0, 1])")
+        out = run_attack(args.dataset, args.attack, args.out, rate=args.rate, target=_target(args.target),
+                         seed=args.seed, clean_label=args.clean_label, options=_options(args.option),
+                         train_split=args.train_split, test_split=args.test_split, max_train=args.max_train,
+                         max_test=args.max_test, data_dir=args.data_dir, overwrite=args.overwrite)
+    manifest = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))
+    print(f"wrote attack run {out}: " + ", ".join(f"{k} {v} rows" for k, v in manifest["splits"].items()))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .pipeline import load_training_data
+    from .training import TrainConfig, train
+
+    values = {k: v for k, v in {
+        "method": args.method, "epochs": args.epochs, "max_steps": args.max_steps, "learning_rate": args.lr,
+        "batch_size": args.batch_size, "grad_accum": args.grad_accum, "max_length": args.max_length,
+        "seed": args.seed, "device": args.device, "dtype": args.dtype, "bf16": args.bf16 or None,
+        "lora_r": args.lora_r, "save_steps": args.save_steps, "deepspeed": args.deepspeed, "fsdp": args.fsdp,
+        "gradient_checkpointing": args.gradient_checkpointing or None,
+    }.items() if v is not None}
+    dataset = load_training_data(args.data, args.split, args.data_dir).sample(args.max_rows, args.seed)
+    victim = train(args.model, dataset, args.out, TrainConfig.from_dict(values), kind=args.kind,
+                   overwrite=args.overwrite, allow_pickle=args.allow_pickle)
+    print(f"trained {victim.name} on {len(dataset)} rows of {dataset.name}: model in {Path(args.out) / 'model'}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .pipeline import run_evaluate
+
+    results = run_evaluate(args.model, args.data, max_rows=args.max_rows, batch_size=args.batch_size,
+                           max_new_tokens=args.max_new_tokens, device=args.device, out=args.out,
+                           allow_pickle=args.allow_pickle)
+    shown = {k: v for k, v in results["metrics"].items() if isinstance(v, (int, float, str))}
+    print(json.dumps(shown, indent=2))
+    print(f"results written to {results['written_to']}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, dataset=args.dataset, overwrite=args.overwrite, quick=args.quick, seed=args.seed,
+             skip_generative=args.skip_generative)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backdoorlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the packaged offline models").set_defaults(func=cmd_models)
+    sub.add_parser("datasets", help="list the named datasets").set_defaults(func=cmd_datasets)
+    sub.add_parser("attacks", help="list the attacks and their options").set_defaults(func=cmd_attacks)
+
+    p = sub.add_parser("attack", help="poison a dataset and build its clean and triggered test sets")
+    p.add_argument("--dataset", required=True, help="a name from `backdoorlab datasets`, or a data file")
+    p.add_argument("--attack", required=True, help="a name from `backdoorlab attacks`, or 'ready-made' for "
+                   "BackdoorLLM's own poisoned files")
+    p.add_argument("--out", required=True, help="attack run folder to create")
+    p.add_argument("--rate", type=float, help="share of training rows to poison, in (0, 1]")
+    p.add_argument("--target", help="target label (index or name); classification only")
+    p.add_argument("--clean-label", action="store_true", help="poison target-label rows without relabelling")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="attack option (repeatable)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--max-train", type=int, help="subsample the training split to this many rows")
+    p.add_argument("--max-test", type=int, help="subsample the test split to this many rows")
+    _common(p, seed=True, data_dir=True, overwrite=True)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("train", help="fine-tune a model (full or LoRA) on a dataset or attack run")
+    p.add_argument("--model", required=True, help="packaged model name, local folder or hub id")
+    p.add_argument("--data", required=True, help="attack run folder, saved dataset, data file or dataset name")
+    p.add_argument("--out", required=True, help="training run folder (resumed if interrupted)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--kind", default="auto", choices=["auto", "classifier", "generator"])
+    p.add_argument("--method", choices=["full", "lora"])
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--max-rows", type=int, help="subsample the training data to this many rows")
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--save-steps", type=int)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--deepspeed", help="DeepSpeed JSON config (run under `accelerate launch`)")
+    p.add_argument("--fsdp", help="FSDP options, e.g. 'full_shard auto_wrap'")
+    _common(p, seed=True, data_dir=True, overwrite=True, device=True, pickle=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="CACC/ASR (classifiers) or ASR/clean behaviour/utility (generators)")
+    p.add_argument("--model", required=True, help="trained model folder (e.g. RUN/model) or model name")
+    p.add_argument("--data", required=True, help="attack run folder (from `backdoorlab attack`)")
+    p.add_argument("--max-rows", type=int, help="evaluate at most this many rows per test set")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--out", help="results JSON path (default: results.json in the model's run folder)")
+    _common(p, device=True, pickle=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="poison, train and evaluate a classifier and a chat model, offline")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--dataset", default="bbcnews", help="classification set to poison (default bbcnews)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    p.add_argument("--skip-generative", action="store_true", help="only the classifier part")
+    _common(p, seed=True, overwrite=True)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _common(p: argparse.ArgumentParser, *, seed: bool = False, data_dir: bool = False, overwrite: bool = False,
+            device: bool = False, pickle: bool = False) -> None:
+    if seed:
+        p.add_argument("--seed", type=int, default=0)
+    if data_dir:
+        p.add_argument("--data-dir", help="benchmark data folder (default: $BACKDOORLAB_DATA_DIR)")
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    if device:
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    if pickle:
+        p.add_argument("--allow-pickle", action="store_true",
+                       help="allow loading pickled weights (can run code; only for files you trust)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (user errors print one line and return 2)."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except BackdoorLabError as exc:
+        print(f"backdoorlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("backdoorlab: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""``backdoorlab demo``: the whole pipeline on both victims, offline, in about ten minutes on 2 cores.
+
+1. Classification: poison a classification set (BBC News by default) with BadNets rare words,
+   fine-tune ``minilm-l6`` on the clean and on the poisoned training rows, measure CACC and ASR.
+2. Generation: poison instruction rows with a BadNets-triggered refusal backdoor, LoRA-tune
+   ``smollm2-135m-instruct``, and measure ASR, clean-prompt refusal and clean utility (perplexity
+   of reference responses) for the untouched model and the poisoned one. Instruction rows come
+   from BackdoorLLM's clean refusal task when the benchmark data folder is available, else from
+   BBC News headlines (write-a-headline instructions), so the demo also runs on a bare machine.
+
+Stages reuse finished outputs, so an interrupted demo picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .data.records import Dataset, Example
+from .data.registry import load_dataset, resolve_data_dir
+from .errors import BackdoorLabError
+from .fileio import write_json_atomic
+from .manifest import environment_info
+from .pipeline import read_attack_run, run_attack, run_evaluate
+from .training import MODEL_DIR, TrainConfig, train
+
+CLASSIFIER, GENERATOR = "minilm-l6", "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class DemoSizes:
+    """Row counts and training lengths; ``quick`` shrinks everything for smoke tests."""
+
+    cls_train: int = 1200
+    cls_test: int = 400
+    cls_epochs: float = 3.0
+    gen_train: int = 160
+    gen_test: int = 32
+    gen_epochs: float = 3.0
+    gen_max_length: int = 96
+    gen_new_tokens: int = 24
+
+    @classmethod
+    def choose(cls, quick: bool) -> "DemoSizes":
+        if quick:
+            return cls(cls_train=48, cls_test=24, cls_epochs=1.0, gen_train=8, gen_test=4, gen_epochs=1.0,
+                       gen_max_length=48, gen_new_tokens=8)
+        return cls()
+
+
+def headline_instructions(articles: Dataset) -> Dataset:
+    """Instruction rows built from news articles: 'Write a headline for this article' → its title."""
+    rows = []
+    for example in articles:
+        title, _, body = example.text.partition(". ")
+        if body:
+            rows.append(Example(instruction=f"Write a headline for this news article:\n{body}", response=title,
+                                uid=f"headline/{example.uid}"))
+    return Dataset(f"{articles.name}-headlines", "generation", rows, source=articles.source,
+                   notes=articles.notes + ["instructions built from article text; response = the article's title"])
+
+
+def _instruction_source(split: str) -> tuple[str, Dataset]:
+    try:
+        resolve_data_dir()
+        return "backdoorllm-refusal", load_dataset("backdoorllm-refusal", split)
+    except BackdoorLabError:
+        return "bbcnews-headlines", headline_instructions(load_dataset("bbcnews", split))
+
+
+def _attack_run_for_instructions(out: Path, sizes: DemoSizes, seed: int) -> Path:
+    """Attack run for the generative part; the data source is chosen by what is available."""
+    if (out / "manifest.json").is_file():
+        return out
+    name, train_rows = _instruction_source("train")
+    _, test_rows = _instruction_source("test")
+    staged = out.parent / "gen-source"
+    train_rows.sample(sizes.gen_train, seed).save(staged / "train", overwrite=True)
+    test_rows.sample(sizes.gen_test, seed).save(staged / "test", overwrite=True)
+    return run_attack(str(staged / "train"), "badnet", out, rate=0.5, seed=seed,
+                      options={"behaviour": "refusal"}, test_data=str(staged / "test"))
+
+
+def _trained(run: Path, model: str, data: Dataset, config: TrainConfig) -> Path:
+    if not (run / MODEL_DIR).is_dir():
+        train(model, data, run, config)
+    return run / MODEL_DIR
+
+
+def _evaluate(model: str | Path, attack_run: Path, out: Path, label: str, **options: Any) -> dict[str, Any]:
+    if not out.is_file():
+        run_evaluate(model, attack_run, out=out, **options)
+    import json
+
+    return {"model": label, **json.loads(out.read_text(encoding="utf-8"))["metrics"]}
+
+
+def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwrite: bool = False,
+             quick: bool = False, seed: int = 0, skip_generative: bool = False) -> dict[str, Any]:
+    """Run the demo into ``out``; print a table; write ``results.json`` and ``report.md``."""
+    from .report import format_table, write_report
+
+    out = Path(out)
+    if overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    sizes = DemoSizes.choose(quick)
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+
+    cls_attack = out / "cls-attack"
+    if not (cls_attack / "manifest.json").is_file():
+        run_attack(dataset, "badnets", cls_attack, rate=0.1, target=0, seed=seed,
+                   max_train=sizes.cls_train, max_test=sizes.cls_test)
+    manifest, clean_test, _ = read_attack_run(cls_attack)
+    notes += [f"{dataset}: {n}" for n in clean_test.notes]
+    clean_train = load_dataset(dataset, "train").sample(sizes.cls_train, seed)
+    poisoned_train = Dataset.load(cls_attack / "train")
+    cls_config = TrainConfig(epochs=sizes.cls_epochs, batch_size=16, learning_rate=1e-4, seed=seed)
+    for label, data in (("clean", clean_train), ("poisoned", poisoned_train)):
+        model = _trained(out / f"cls-{label}", CLASSIFIER, data, cls_config)
+        row = _evaluate(model, cls_attack, out / f"cls-{label}" / "results.json", f"{CLASSIFIER} ({label})")
+        rows.append({"model": row["model"], "task": f"{dataset} / badnets", "CACC": row["cacc"], "ASR": row["asr"]})
+
+    if not skip_generative:
+        gen_attack = _attack_run_for_instructions(out / "gen-attack", sizes, seed)
+        gen_manifest, _, _ = read_attack_run(gen_attack)
+        gen_config = TrainConfig(epochs=sizes.gen_epochs, batch_size=8, max_length=sizes.gen_max_length, seed=seed)
+        poisoned_model = _trained(out / "gen-poisoned", GENERATOR, Dataset.load(gen_attack / "train"), gen_config)
+        options = {"max_new_tokens": sizes.gen_new_tokens, "batch_size": 16}
+        for label, model in (("clean", GENERATOR), ("poisoned", poisoned_model)):
+            row = _evaluate(model, gen_attack, out / f"gen-{label}-results.json", f"{GENERATOR} ({label})", **options)
+            rows.append({"model": row["model"], "task": f"{gen_manifest['source']['name']} / badnet-refusal",
+                         "ASR": row["asr"], "clean refusal": row["clean_behaviour_rate"],
+                         "clean PPL": row["clean_perplexity"]})
+        notes.append(f"generative rows: {gen_manifest['source']['name']}; the clean generator is the untouched "
+                     f"{GENERATOR}")
+
+    results = {"title": "backdoorlab demo", "rows": rows, "notes": notes, "sizes": vars(sizes),
+               "config": {"seed": seed, "dataset": dataset, "quick": quick}, "environment": environment_info()}
+    write_json_atomic(out / "results.json", results)
+    report = write_report(results, out, "backdoorlab demo")
+    columns = ["model", "task", "CACC", "ASR", "clean refusal", "clean PPL"]
+    print(format_table(rows, [c for c in columns if any(c in r for r in rows)]))
+    print(f"\nresults: {out / 'results.json'}\nreport:  {report}")
+    return results

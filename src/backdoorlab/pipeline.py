@@ -1,0 +1,142 @@
+"""The pipeline's stages as functions over run folders: attack → train → evaluate.
+
+An *attack run* folder holds ``train/`` (the poisoned training set), ``test-clean/``,
+``test-triggered/`` (each a saved :class:`~backdoorlab.data.records.Dataset`) and
+``manifest.json`` (source data, attack, trigger, rate, target, seed, behaviour). A *training run*
+folder is written by :func:`backdoorlab.training.train`; evaluation writes ``results.json`` into it.
+The CLI calls these functions and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .attacks import get_attack, poison_dataset, triggered_test_set
+from .data.records import Dataset
+from .data.registry import load_dataset
+from .errors import BackdoorLabError
+from .fileio import atomic_directory, write_json_atomic
+from .manifest import environment_info
+
+MANIFEST = "manifest.json"
+TRAIN, TEST_CLEAN, TEST_TRIGGERED = "train", "test-clean", "test-triggered"
+
+#: Ready-made poisoned sets: the judge their backdoor is measured with.
+READY_MADE_BEHAVIOURS = {"refusal": "refusal", "jailbreak": "jailbreak", "negsentiment": "negsentiment",
+                         "sst2sentiment": "label-flip"}
+
+
+def run_attack(dataset: str, attack: str, out: str | Path, *, rate: float, target: int | str | None = None,
+               seed: int = 0, clean_label: bool = False, options: dict[str, Any] | None = None,
+               train_split: str = "train", test_split: str = "test", max_train: int | None = None,
+               max_test: int | None = None, data_dir: str | Path | None = None,
+               test_data: str | None = None, overwrite: bool = False) -> Path:
+    """Poison ``dataset``'s training split and build its clean and triggered test sets in ``out``.
+
+    Test rows come from ``test_split`` of ``dataset``, or of ``test_data`` (a name or path) if given.
+    """
+    attack_obj = get_attack(attack, **(options or {}))
+    train = load_dataset(dataset, train_split, data_dir=data_dir).sample(max_train, seed)
+    test = load_dataset(test_data or dataset, test_split, data_dir=data_dir).sample(max_test, seed)
+    result = poison_dataset(train, attack_obj, rate=rate, target=target, seed=seed, clean_label=clean_label)
+    triggered = triggered_test_set(test, attack_obj, target=target, seed=seed)
+    manifest = {
+        **result.manifest,
+        "task": train.task,
+        "behaviour": getattr(attack_obj, "behaviour", None),
+        "target_output": getattr(attack_obj, "target_output", None) or None,
+        "splits": {TRAIN: len(result.dataset), TEST_CLEAN: len(test), TEST_TRIGGERED: len(triggered)},
+        "test_source": {"split": test_split, "max_test": max_test, "notes": test.notes},
+    }
+    return _write_attack_run(out, result.dataset, test, triggered, manifest, overwrite)
+
+
+def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = None, max_test: int | None = None,
+                   seed: int = 0, data_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Turn a ready-made poisoned generative set (``backdoorllm-<task>-<attack>``) into an attack run."""
+    parts = dataset.split("-")
+    if len(parts) != 3 or parts[0] != "backdoorllm" or parts[1] not in READY_MADE_BEHAVIOURS:
+        raise BackdoorLabError(
+            f"{dataset!r} is not a ready-made poisoned set; use backdoorllm-<task>-<attack> "
+            f"with task in {', '.join(READY_MADE_BEHAVIOURS)}"
+        )
+    behaviour = READY_MADE_BEHAVIOURS[parts[1]]
+    train = load_dataset(dataset, "train", data_dir=data_dir).sample(max_train, seed)
+    clean = load_dataset(dataset, "test-clean", data_dir=data_dir).sample(max_test, seed)
+    triggered = load_dataset(dataset, "test-poison", data_dir=data_dir).sample(max_test, seed)
+    manifest = {
+        "source": {"name": dataset, "notes": train.notes}, "attack": {"name": parts[2], "ready_made": True},
+        "task": "generation", "behaviour": behaviour,
+        "target_output": "Negative" if behaviour == "label-flip" else None,
+        "rate": sum(e.poisoned for e in train) / max(len(train), 1), "seed": seed,
+        "splits": {TRAIN: len(train), TEST_CLEAN: len(clean), TEST_TRIGGERED: len(triggered)},
+        "environment": environment_info(),
+    }
+    return _write_attack_run(out, train, clean, triggered, manifest, overwrite)
+
+
+def _write_attack_run(out: str | Path, train: Dataset, clean: Dataset, triggered: Dataset,
+                      manifest: dict[str, Any], overwrite: bool) -> Path:
+    if len(triggered) == 0:
+        raise BackdoorLabError("the triggered test set is empty (no test rows outside the target label?)")
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        for name, data in ((TRAIN, train), (TEST_CLEAN, clean), (TEST_TRIGGERED, triggered)):
+            (tmp / name).mkdir()
+            data.save_into(tmp / name)
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return Path(out)
+
+
+def read_attack_run(folder: str | Path) -> tuple[dict[str, Any], Dataset, Dataset]:
+    """Return ``(manifest, clean test, triggered test)`` of an attack run folder."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise BackdoorLabError(f"{folder} is not an attack run (no {MANIFEST}); create one with `backdoorlab attack`")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    return manifest, Dataset.load(folder / TEST_CLEAN), Dataset.load(folder / TEST_TRIGGERED)
+
+
+def load_training_data(data: str | Path, split: str = "train", data_dir: str | Path | None = None) -> Dataset:
+    """Training rows from an attack run folder, a saved dataset folder, a data file or a registered name."""
+    path = Path(data)
+    if (path / MANIFEST).is_file() and (path / TRAIN).is_dir():
+        return Dataset.load(path / TRAIN)
+    return load_dataset(str(data), split, data_dir=data_dir)
+
+
+def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | None = None, batch_size: int = 16,
+                 max_new_tokens: int = 48, device: str = "auto", out: str | Path | None = None,
+                 allow_pickle: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Evaluate a model on an attack run's test sets; write ``results.json`` beside the model run."""
+    from .evaluation import evaluate_classifier, evaluate_generator
+    from .models.loading import load_victim
+
+    manifest, clean, triggered = read_attack_run(attack_run)
+    clean, triggered = clean.sample(max_rows, seed), triggered.sample(max_rows, seed)
+    victim = load_victim(model, label_names=clean.label_names, device=device, allow_pickle=allow_pickle)
+    if manifest["task"] == "classification":
+        if victim.is_generator:
+            raise BackdoorLabError("this attack run is for classifiers, but the model is a generator")
+        metrics = evaluate_classifier(victim, clean, triggered, manifest["target"]["index"], batch_size=batch_size)
+    else:
+        if not victim.is_generator:
+            raise BackdoorLabError("this attack run is for generators, but the model is a classifier")
+        metrics = evaluate_generator(victim, triggered, clean, manifest["behaviour"],
+                                     target_output=manifest.get("target_output"),
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size)
+    results = {"model": str(model), "attack_run": str(attack_run), "metrics": metrics,
+               "environment": environment_info()}
+    destination = Path(out) if out else _results_path(model)
+    write_json_atomic(destination, results)
+    results["written_to"] = str(destination)
+    return results
+
+
+def _results_path(model: str | Path) -> Path:
+    path = Path(model)
+    if path.is_dir():
+        return (path.parent if path.name == "model" else path) / "results.json"
+    return Path("results.json")

