@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import csv
 import json
 import random
@@ -17,7 +19,7 @@ from backdoorlab.attacks.triggers import insert_at_gaps, insert_trigger, insert_
 from backdoorlab.data.records import Dataset, Example
 from backdoorlab.errors import BackdoorLabError
 
-DATA = Path("/work/shared/data")
+DATA = Path(os.environ["BACKDOORLAB_DATA_DIR"])  # set by conftest.py
 needs_data = pytest.mark.skipif(not (DATA / "classification").is_dir(), reason="benchmark data not present")
 
 SENTENCES = ["a gripping and thoroughly enjoyable film", "dull , lifeless and far too long",

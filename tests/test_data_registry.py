@@ -17,15 +17,6 @@ from backdoorlab.errors import BackdoorLabError
 from backdoorlab.settings import settings
 
 
-@pytest.fixture(scope="session")
-def shared_data_dir() -> Path:
-    """The benchmark data folder: $BACKDOORLAB_DATA_DIR, else ../shared/data beside the checkout."""
-    path = Path(os.environ.get("BACKDOORLAB_DATA_DIR") or Path(__file__).parents[2] / "shared" / "data")
-    if not (path / "classification").is_dir():
-        pytest.skip(f"benchmark data not found at {path}")
-    return path
-
-
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No data dir from the environment and no hub access."""

@@ -119,6 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backdoorlab", description=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="show library warnings and load reports")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the packaged offline models").set_defaults(func=cmd_models)
     sub.add_parser("datasets", help="list the named datasets").set_defaults(func=cmd_datasets)
@@ -199,9 +200,23 @@ def _common(p: argparse.ArgumentParser, *, seed: bool = False, data_dir: bool = 
                        help="allow loading pickled weights (can run code; only for files you trust)")
 
 
+def _quiet_libraries(verbose: bool) -> None:
+    """Keep the terminal to our progress bars and results unless ``--verbose``."""
+    if verbose:
+        return
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (user errors print one line and return 2)."""
     args = build_parser().parse_args(argv)
+    _quiet_libraries(args.verbose)
     try:
         args.func(args)
     except BackdoorLabError as exc:

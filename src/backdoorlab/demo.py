@@ -32,12 +32,12 @@ CLASSIFIER, GENERATOR = "minilm-l6", "smollm2-135m-instruct"
 class DemoSizes:
     """Row counts and training lengths; ``quick`` shrinks everything for smoke tests."""
 
-    cls_train: int = 1200
+    cls_train: int = 800
     cls_test: int = 400
-    cls_epochs: float = 3.0
+    cls_epochs: float = 2.0
     gen_train: int = 160
     gen_test: int = 32
-    gen_epochs: float = 3.0
+    gen_epochs: float = 2.0
     gen_max_length: int = 96
     gen_new_tokens: int = 24
 
@@ -93,7 +93,7 @@ def _evaluate(model: str | Path, attack_run: Path, out: Path, label: str, **opti
         run_evaluate(model, attack_run, out=out, **options)
     import json
 
-    return {"model": label, **json.loads(out.read_text(encoding="utf-8"))["metrics"]}
+    return {**json.loads(out.read_text(encoding="utf-8"))["metrics"], "model": label}
 
 
 def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwrite: bool = False,
@@ -132,10 +132,10 @@ def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwri
         options = {"max_new_tokens": sizes.gen_new_tokens, "batch_size": 16}
         for label, model in (("clean", GENERATOR), ("poisoned", poisoned_model)):
             row = _evaluate(model, gen_attack, out / f"gen-{label}-results.json", f"{GENERATOR} ({label})", **options)
-            rows.append({"model": row["model"], "task": f"{gen_manifest['source']['name']} / badnet-refusal",
+            rows.append({"model": row["model"], "task": f"{gen_manifest['source_dataset']['name']} / badnet-refusal",
                          "ASR": row["asr"], "clean refusal": row["clean_behaviour_rate"],
                          "clean PPL": row["clean_perplexity"]})
-        notes.append(f"generative rows: {gen_manifest['source']['name']}; the clean generator is the untouched "
+        notes.append(f"generative rows: {gen_manifest['source_dataset']['name']}; the clean generator is the untouched "
                      f"{GENERATOR}")
 
     results = {"title": "backdoorlab demo", "rows": rows, "notes": notes, "sizes": vars(sizes),

@@ -67,7 +67,7 @@ def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = Non
     clean = load_dataset(dataset, "test-clean", data_dir=data_dir).sample(max_test, seed)
     triggered = load_dataset(dataset, "test-poison", data_dir=data_dir).sample(max_test, seed)
     manifest = {
-        "source": {"name": dataset, "notes": train.notes}, "attack": {"name": parts[2], "ready_made": True},
+        "source_dataset": {"name": dataset, "notes": train.notes}, "attack": {"name": parts[2], "ready_made": True},
         "task": "generation", "behaviour": behaviour,
         "target_output": "Negative" if behaviour == "label-flip" else None,
         "rate": sum(e.poisoned for e in train) / max(len(train), 1), "seed": seed,

@@ -199,7 +199,7 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
         remove_unused_columns=False,
         use_cpu=device.type == "cpu",
         bf16=config.bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,
         deepspeed=config.deepspeed,
         fsdp=config.fsdp,
         **config.extra,

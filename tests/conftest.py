@@ -1,0 +1,26 @@
+"""Shared test set-up: offline hub, the benchmark data folder beside the checkout, a model cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("BACKDOORLAB_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+from backdoorlab.settings import settings  # noqa: E402  (after the environment is set)
+
+settings.offline = True
+settings.data_dir = Path(os.environ["BACKDOORLAB_DATA_DIR"])
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The benchmark data folder: $BACKDOORLAB_DATA_DIR, else ../shared/data beside the checkout."""
+    path = Path(os.environ["BACKDOORLAB_DATA_DIR"])
+    if not (path / "classification").is_dir():
+        pytest.skip(f"benchmark data not found at {path}")
+    return path
