@@ -152,7 +152,7 @@ def plot_metrics(rows: Sequence[Row], metrics: Sequence[str], path: str | Path, 
     for ax, (panel, is_rates) in zip(axes, panels):
         _draw_panel(ax, rows, panel, labels, is_rates)
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(rows), 4), frameon=False)
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(rows), 2), frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -151,11 +151,13 @@ def _check_labels(victim: Victim, dataset: Dataset) -> None:
 
 
 def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = None,
-          *, kind: str = "auto", overwrite: bool = False, allow_pickle: bool = False) -> Victim:
+          *, kind: str = "auto", overwrite: bool = False, allow_pickle: bool = False,
+          callbacks: list[Any] | None = None) -> Victim:
     """Fine-tune ``model`` on ``dataset`` into ``out_dir``; resume if a previous run was interrupted.
 
     Returns the trained :class:`Victim` (LoRA merged). Raises if ``out_dir/model`` already exists
-    unless ``overwrite``.
+    unless ``overwrite``. ``callbacks`` are :class:`transformers.TrainerCallback` objects (e.g. to
+    watch a validation metric during training).
     """
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
@@ -206,7 +208,7 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
     )
     started = time.time()
     trainer = Trainer(model=victim.model, args=args, train_dataset=_Rows(_features(victim, dataset, config.max_length)),
-                      data_collator=_collator(victim))
+                      data_collator=_collator(victim), callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=resume)
     victim.model = trainer.model
     summary = {
