@@ -16,24 +16,34 @@ from tiny_models import tiny_bert_victim, tiny_llama_victim, tiny_tokenizer
 PROMPTS = [Example(instruction="hello there friend"), Example(instruction="a much longer prompt with many more words in it")]
 
 
-def tiny_qwen2_victim() -> Victim:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def tiny_decoder_victim(family: str) -> Victim:
+    """A 2-layer decoder of ``family`` (qwen2, mistral, gemma) with grouped-query attention."""
+    import transformers
 
+    config_class, model_class = {
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
+    }[family]
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id)
-    return Victim(Qwen2ForCausalLM(config).eval(), tokenizer, "generator")
+    config = config_class(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=6, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                          pad_token_id=tokenizer.pad_token_id)
+    return Victim(model_class(config).eval(), tokenizer, "generator")
 
 
-@pytest.fixture(params=["llama", "qwen2", "bert"])
+def tiny_qwen2_victim() -> Victim:
+    return tiny_decoder_victim("qwen2")
+
+
+@pytest.fixture(params=["llama", "qwen2", "mistral", "gemma", "bert"])
 def victim(request) -> Victim:
     if request.param == "llama":
         return tiny_llama_victim()
-    if request.param == "qwen2":
-        return tiny_qwen2_victim()
-    return tiny_bert_victim(["neg", "pos"])
+    if request.param == "bert":
+        return tiny_bert_victim(["neg", "pos"])
+    return tiny_decoder_victim(request.param)
 
 
 def _inputs(victim: Victim) -> list:
