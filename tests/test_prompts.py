@@ -45,12 +45,21 @@ def test_training_tokens_mask_the_prompt_and_match_the_evaluation_prompt() -> No
     assert tokenizer.decode(completion) == "The sea is calm tonight.</s>"
 
 
-def test_truncation_keeps_the_end_of_the_prompt_and_some_response() -> None:
+def test_truncation_cuts_the_response_before_the_prompt() -> None:
+    tokenizer = tiny_tokenizer()
+    example = Example(instruction="Say hi", response="answer " * 50)
+    prompt_ids = tokenizer(render_prompt(example, tokenizer), add_special_tokens=False)["input_ids"]
+    features = tokenize_pair(tokenizer, example, max_length=len(prompt_ids) + 5)
+    assert features["input_ids"][: len(prompt_ids)] == prompt_ids
+    assert sum(t != IGNORE_INDEX for t in features["labels"]) == 5
+
+
+def test_truncation_keeps_the_end_of_a_very_long_prompt_and_some_response() -> None:
     tokenizer = tiny_tokenizer()
     example = Example(instruction="word " * 100, response="answer " * 50)
     features = tokenize_pair(tokenizer, example, max_length=40)
     assert len(features["input_ids"]) == 40
-    assert sum(t != IGNORE_INDEX for t in features["labels"]) >= 20
+    assert sum(t != IGNORE_INDEX for t in features["labels"]) == 10
     prompt_ids = tokenizer(render_prompt(example, tokenizer), add_special_tokens=False)["input_ids"]
     kept_prompt = [t for t, label in zip(features["input_ids"], features["labels"]) if label == IGNORE_INDEX]
     assert kept_prompt == prompt_ids[-len(kept_prompt):]

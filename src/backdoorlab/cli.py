@@ -118,7 +118,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="backdoorlab", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="backdoorlab",
+        description="Find, understand and remove backdoors in language models: attack, train, evaluate.")
     parser.add_argument("--verbose", action="store_true", help="show library warnings and load reports")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the packaged offline models").set_defaults(func=cmd_models)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .attacks import get_attack, poison_dataset, triggered_test_set
+from .attacks.base import attack_info as get_attack_info
 from .data.records import Dataset
 from .data.registry import load_dataset
 from .errors import BackdoorLabError
@@ -37,7 +38,10 @@ def run_attack(dataset: str, attack: str, out: str | Path, *, rate: float, targe
 
     Test rows come from ``test_split`` of ``dataset``, or of ``test_data`` (a name or path) if given.
     """
-    attack_obj = get_attack(attack, **(options or {}))
+    options = dict(options or {})
+    if data_dir is not None and "data_dir" in get_attack_info(attack).options:
+        options.setdefault("data_dir", str(data_dir))  # paraphrase attacks read their pools there too
+    attack_obj = get_attack(attack, **options)
     train = load_dataset(dataset, train_split, data_dir=data_dir).sample(max_train, seed)
     test = load_dataset(test_data or dataset, test_split, data_dir=data_dir).sample(max_test, seed)
     result = poison_dataset(train, attack_obj, rate=rate, target=target, seed=seed, clean_label=clean_label)

@@ -115,15 +115,25 @@ def list_attacks(task: Task | None = None) -> list[AttackInfo]:
     return sorted(infos, key=lambda info: (info.task, info.name))
 
 
+def _attack_class(name: str) -> type[Attack]:
+    cls = _REGISTRY.get(name.strip().lower())
+    if cls is None:
+        raise unknown_name("attack", name, _REGISTRY)
+    return cls
+
+
+def attack_info(name: str) -> AttackInfo:
+    """What :func:`list_attacks` says about the attack registered as ``name``."""
+    return _attack_class(name).info()
+
+
 def get_attack(name: str, **options: Any) -> Attack:
     """Build the attack registered as ``name`` with ``options``.
 
     Unknown names and options raise :class:`BackdoorLabError` listing what exists; option values
     are checked by the attack itself.
     """
-    cls = _REGISTRY.get(name.strip().lower())
-    if cls is None:
-        raise unknown_name("attack", name, _REGISTRY)
+    cls = _attack_class(name)
     known = [f.name for f in dataclasses.fields(cls)]
     for option in options:
         if option not in known:

@@ -18,13 +18,16 @@ def tokenize_pair(tokenizer: Any, example: Example, max_length: int | None = Non
 
     Prompt and completion are tokenized separately and concatenated, so the boundary never
     depends on how the tokenizer would merge across it. When ``max_length`` is exceeded the
-    prompt is cut from the left and the completion from the right, keeping the prompt's end.
+    completion is cut first, so training sees the same prompt as evaluation; only when the prompt
+    alone leaves less than a quarter of ``max_length`` for the completion is the prompt cut from
+    the left, keeping its end.
     """
     prompt, completion = render_training_pair(example, tokenizer)
     prompt_ids = prompt_token_ids(tokenizer, prompt)
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     if max_length is not None and len(prompt_ids) + len(completion_ids) > max_length:
-        completion_ids = completion_ids[: max(1, max_length // 2, max_length - len(prompt_ids))]
+        kept = max(max_length - len(prompt_ids), min(len(completion_ids), max(1, max_length // 4)))
+        completion_ids = completion_ids[:kept]
         prompt_ids = prompt_ids[-(max_length - len(completion_ids)):]
     ids = prompt_ids + completion_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
