@@ -36,11 +36,7 @@ def _require_rows(dataset: Dataset, role: str) -> None:
 # ------------------------------------------------------------------------- classifiers
 def _resolve_target(victim: Victim, dataset: Dataset, target: int | str) -> tuple[int, str]:
     index = dataset.label_index(target)
-    if victim.label_names is not None and len(victim.label_names) != dataset.num_labels:
-        raise BackdoorLabError(
-            f"the model has {len(victim.label_names)} labels ({', '.join(victim.label_names)}) but "
-            f"{dataset.name!r} has {dataset.num_labels} ({', '.join(dataset.label_names or [])})"
-        )
+    victim.check_compatible(dataset)
     return index, (dataset.label_names or [])[index]
 
 

@@ -78,6 +78,10 @@ def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = Non
         "splits": {TRAIN: len(train), TEST_CLEAN: len(clean), TEST_TRIGGERED: len(triggered)},
         "environment": environment_info(),
     }
+    if behaviour == "label-flip":
+        manifest["notes"] = ["BackdoorLLM's sst2sentiment test-poison file triggers every test sentence, including "
+                             "ones already negative, so ASR here over-states the flip rate; attack clean rows "
+                             "with --attack badnet --option behaviour=label-flip for an exact ASR"]
     return _write_attack_run(out, train, clean, triggered, manifest, overwrite)
 
 

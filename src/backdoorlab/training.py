@@ -136,20 +136,6 @@ def _apply_lora(victim: Victim, config: TrainConfig) -> None:
     victim.model = get_peft_model(victim.model, lora)
 
 
-def _check_labels(victim: Victim, dataset: Dataset) -> None:
-    if victim.is_generator:
-        if dataset.task != "generation":
-            raise BackdoorLabError(f"{dataset.name!r} is a classification set; a generator needs a generation set")
-        return
-    if dataset.task != "classification":
-        raise BackdoorLabError(f"{dataset.name!r} is a generation set; a classifier needs a classification set")
-    if victim.label_names and len(victim.label_names) != dataset.num_labels:
-        raise BackdoorLabError(
-            f"the model has {len(victim.label_names)} labels ({', '.join(victim.label_names)}) but "
-            f"{dataset.name!r} has {dataset.num_labels} ({', '.join(dataset.label_names or [])})"
-        )
-
-
 def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = None,
           *, kind: str = "auto", overwrite: bool = False, allow_pickle: bool = False,
           callbacks: list[Any] | None = None) -> Victim:
@@ -174,7 +160,7 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
         victim = load_victim(model, kind=kind, label_names=dataset.label_names, device=config.device,
                              dtype=config.dtype, allow_pickle=allow_pickle)
     config = config.resolved(victim.kind)
-    _check_labels(victim, dataset)
+    victim.check_compatible(dataset)
     victim.max_length = config.max_length
     if config.method == "lora":
         _apply_lora(victim, config)

@@ -237,6 +237,20 @@ class Victim:
                 "max_length": self.max_length, **(extra or {})})
         return Path(folder)
 
+    def check_compatible(self, dataset: Any) -> None:
+        """Raise a clear error unless ``dataset`` suits this victim (task and label set)."""
+        if self.is_generator:
+            if dataset.task != "generation":
+                raise BackdoorLabError(f"{dataset.name!r} is a classification set; a generator needs a generation set")
+            return
+        if dataset.task != "classification":
+            raise BackdoorLabError(f"{dataset.name!r} is a generation set; a classifier needs a classification set")
+        if self.label_names and len(self.label_names) != dataset.num_labels:
+            raise BackdoorLabError(
+                f"the model has {len(self.label_names)} labels ({', '.join(self.label_names)}) but "
+                f"{dataset.name!r} has {dataset.num_labels} ({', '.join(dataset.label_names or [])})"
+            )
+
     def _require(self, kind: str, method: str) -> None:
         if self.kind != kind:
             raise BackdoorLabError(f"{method}() needs a {kind}; this victim ({self.name or 'model'}) is a {self.kind}")
