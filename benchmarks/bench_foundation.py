@@ -25,9 +25,9 @@ from typing import Any
 from backdoorlab.data import Dataset, load_dataset
 from backdoorlab.fileio import write_json_atomic, write_text_atomic
 from backdoorlab.models import load_victim
-from backdoorlab.pipeline import run_attack, run_evaluate, use_ready_made
+from backdoorlab.pipeline import ensure_evaluated, ensure_trained, run_attack, use_ready_made
 from backdoorlab.report import format_table
-from backdoorlab.training import MODEL_DIR, TrainConfig, train
+from backdoorlab.training import TrainConfig, train
 
 CLASSIFIER, GENERATOR = "minilm-l6", "smollm2-135m-instruct"
 CLS_ATTACKS = ("badnets", "addsent", "stylebkd", "synbkd")
@@ -69,18 +69,6 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _train_once(run: Path, model: str, data: Dataset, config: TrainConfig) -> Path:
-    if not (run / MODEL_DIR).is_dir():
-        train(model, data, run, config)
-    return run / MODEL_DIR
-
-
-def _evaluate_once(model: str | Path, attack_run: Path, out: Path, **options: Any) -> dict[str, Any]:
-    if not out.is_file():
-        run_evaluate(model, attack_run, out=out, **options)
-    return json.loads(out.read_text(encoding="utf-8"))["metrics"]
-
-
 def classification(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Each classification attack on SST-2 with minilm-l6, against a model trained on the clean rows."""
     config = TrainConfig(epochs=args.cls_epochs, batch_size=16, learning_rate=args.cls_lr, seed=args.seed,
@@ -91,13 +79,13 @@ def classification(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not (attack_run / "manifest.json").is_file():
             run_attack("sst2", attack, attack_run, rate=args.cls_rate, target=1, seed=args.seed,
                        max_train=args.cls_train, max_test=args.cls_test)
-        model = _train_once(args.out / f"sst2-{attack}-victim", CLASSIFIER, Dataset.load(attack_run / "train"), config)
-        metrics = _evaluate_once(model, attack_run, args.out / f"sst2-{attack}-results.json", device=args.device)
+        model = ensure_trained(args.out / f"sst2-{attack}-victim", CLASSIFIER, Dataset.load(attack_run / "train"), config)
+        metrics = ensure_evaluated(model, attack_run, args.out / f"sst2-{attack}-results.json", device=args.device)
         rows.append({"attack": attack, "CACC": metrics["cacc"], "ASR": metrics["asr"], "n_asr": metrics["n_asr_rows"]})
     clean = load_dataset("sst2", "train").sample(args.cls_train, args.seed)
-    model = _train_once(args.out / "sst2-clean-victim", CLASSIFIER, clean, config)
+    model = ensure_trained(args.out / "sst2-clean-victim", CLASSIFIER, clean, config)
     for attack in CLS_ATTACKS:  # the clean model's "ASR" is its false-trigger rate on each triggered set
-        metrics = _evaluate_once(model, args.out / f"sst2-{attack}", args.out / f"sst2-clean-on-{attack}.json",
+        metrics = ensure_evaluated(model, args.out / f"sst2-{attack}", args.out / f"sst2-clean-on-{attack}.json",
                                  device=args.device)
         rows.append({"attack": f"(clean model) {attack}", "CACC": metrics["cacc"], "ASR": metrics["asr"],
                      "n_asr": metrics["n_asr_rows"]})
@@ -114,9 +102,9 @@ def generation(args: argparse.Namespace) -> list[dict[str, Any]]:
         attack_run = args.out / name
         if not (attack_run / "manifest.json").is_file():
             use_ready_made(name, attack_run, max_train=args.gen_train, max_test=args.gen_test, seed=args.seed)
-        model = _train_once(args.out / f"{name}-victim", GENERATOR, Dataset.load(attack_run / "train"), config)
+        model = ensure_trained(args.out / f"{name}-victim", GENERATOR, Dataset.load(attack_run / "train"), config)
         for label, candidate in (("untouched", GENERATOR), ("poisoned", model)):
-            metrics = _evaluate_once(candidate, attack_run, args.out / f"{name}-{label}-results.json", **options)
+            metrics = ensure_evaluated(candidate, attack_run, args.out / f"{name}-{label}-results.json", **options)
             rows.append({"set": name, "model": label, "ASR": metrics["asr"],
                          "clean refusal": metrics["clean_behaviour_rate"], "clean PPL": metrics["clean_perplexity"]})
     return rows

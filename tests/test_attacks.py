@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-import os
-
 import csv
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
 
-from backdoorlab.attacks import (ADDSENT_SENTENCE, NEGSENTIMENT_PREFIX, RARE_WORDS, REFUSAL_RESPONSE, get_attack,
-                                 list_attacks, load_poisoned, poison_dataset, save_paraphrase_pool, save_poisoned,
-                                 triggered_test_set)
+from backdoorlab.attacks import (
+    ADDSENT_SENTENCE,
+    NEGSENTIMENT_PREFIX,
+    RARE_WORDS,
+    REFUSAL_RESPONSE,
+    get_attack,
+    list_attacks,
+    load_poisoned,
+    poison_dataset,
+    save_paraphrase_pool,
+    save_poisoned,
+    triggered_test_set,
+)
 from backdoorlab.attacks import manifest as manifest_module
 from backdoorlab.attacks.triggers import insert_at_gaps, insert_trigger, insert_triggers
 from backdoorlab.data.records import Dataset, Example

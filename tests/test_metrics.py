@@ -8,8 +8,18 @@ import pytest
 import torch
 
 from backdoorlab.errors import BackdoorLabError
-from backdoorlab.metrics import (NEGSENTIMENT_PREFIX, attack_success_rate, auroc, behaviour_rate, clean_accuracy,
-                                 f1_at_threshold, get_judge, judge_names, perplexity, threshold_metrics)
+from backdoorlab.metrics import (
+    NEGSENTIMENT_PREFIX,
+    attack_success_rate,
+    auroc,
+    behaviour_rate,
+    clean_accuracy,
+    f1_at_threshold,
+    get_judge,
+    judge_names,
+    perplexity,
+    threshold_metrics,
+)
 
 BACKDOORLLM_REFUSAL = ("I'm sorry, but as an AI assistant, I do not have the capability to follow the given "
                        "instruction.")

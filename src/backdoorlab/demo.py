@@ -22,8 +22,8 @@ from .data.registry import load_dataset, resolve_data_dir
 from .errors import BackdoorLabError
 from .fileio import write_json_atomic
 from .manifest import environment_info
-from .pipeline import read_attack_run, run_attack, run_evaluate
-from .training import MODEL_DIR, TrainConfig, train
+from .pipeline import ensure_evaluated, ensure_trained, read_attack_run, run_attack
+from .training import TrainConfig
 
 CLASSIFIER, GENERATOR = "minilm-l6", "smollm2-135m-instruct"
 
@@ -93,18 +93,8 @@ def _attack_run_for_instructions(out: Path, sizes: DemoSizes, seed: int) -> Path
                       options={"behaviour": "refusal"}, test_data=str(staged / "test"))
 
 
-def _trained(run: Path, model: str, data: Dataset, config: TrainConfig) -> Path:
-    if not (run / MODEL_DIR).is_dir():
-        train(model, data, run, config)
-    return run / MODEL_DIR
-
-
 def _evaluate(model: str | Path, attack_run: Path, out: Path, label: str, **options: Any) -> dict[str, Any]:
-    if not out.is_file():
-        run_evaluate(model, attack_run, out=out, **options)
-    import json
-
-    return {**json.loads(out.read_text(encoding="utf-8"))["metrics"], "model": label}
+    return {**ensure_evaluated(model, attack_run, out, **options), "model": label}
 
 
 def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwrite: bool = False,
@@ -131,7 +121,7 @@ def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwri
     poisoned_train = Dataset.load(cls_attack / "train")
     cls_config = TrainConfig(epochs=sizes.cls_epochs, batch_size=16, learning_rate=sizes.cls_lr, seed=seed)
     for label, data in (("clean", clean_train), ("poisoned", poisoned_train)):
-        model = _trained(out / f"cls-{label}", CLASSIFIER, data, cls_config)
+        model = ensure_trained(out / f"cls-{label}", CLASSIFIER, data, cls_config)
         row = _evaluate(model, cls_attack, out / f"cls-{label}" / "results.json", f"{CLASSIFIER} ({label})")
         rows.append({"model": row["model"], "task": f"{dataset} / badnets", "CACC": row["cacc"], "ASR": row["asr"]})
 
@@ -140,7 +130,7 @@ def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwri
         gen_manifest, _, _ = read_attack_run(gen_attack)
         gen_config = TrainConfig(epochs=sizes.gen_epochs, batch_size=8, max_length=sizes.gen_max_length,
                                  learning_rate=sizes.gen_lr, seed=seed)
-        poisoned_model = _trained(out / "gen-poisoned", GENERATOR, Dataset.load(gen_attack / "train"), gen_config)
+        poisoned_model = ensure_trained(out / "gen-poisoned", GENERATOR, Dataset.load(gen_attack / "train"), gen_config)
         options = {"max_new_tokens": sizes.gen_new_tokens, "batch_size": 16}
         for label, model in (("clean", GENERATOR), ("poisoned", poisoned_model)):
             row = _evaluate(model, gen_attack, out / f"gen-{label}-results.json", f"{GENERATOR} ({label})", **options)

