@@ -113,7 +113,7 @@ def test_dirty_label_counts_labels_and_manifest():
     assert m["target"] == {"index": 1, "name": "positive"} and m["rate"] == 0.25 and m["seed"] == 7
     assert m["attack"]["name"] == "badnets" and m["attack"]["options"]["num_triggers"] == 1
     assert m["source_dataset"]["name"] == "sst2" and m["trigger"] == RARE_WORDS and not m["clean_label"]
-    assert m["backdoorlab_version"] and m["created"]
+    assert m["environment"]["versions"]["backdoorlab"] and m["environment"]["created"]
     json.dumps(m)
 
 
@@ -124,8 +124,8 @@ def test_same_seed_same_output_other_seed_differs():
     b = poison_dataset(data, attack, rate=0.2, target=1, seed=11)
     c = poison_dataset(data, attack, rate=0.2, target=1, seed=12)
     assert a.dataset.examples == b.dataset.examples
-    assert {k: v for k, v in a.manifest.items() if k != "created"} == \
-        {k: v for k, v in b.manifest.items() if k != "created"}
+    assert {k: v for k, v in a.manifest.items() if k != "environment"} == \
+        {k: v for k, v in b.manifest.items() if k != "environment"}
     assert a.manifest["poisoned_indices"] != c.manifest["poisoned_indices"]
     assert triggered_test_set(data, attack, target=1, seed=3).examples == \
         triggered_test_set(data, attack, target=1, seed=3).examples

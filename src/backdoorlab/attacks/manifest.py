@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..data.records import Dataset
 from ..errors import BackdoorLabError
 from ..fileio import atomic_directory, write_json_atomic
+from ..manifest import environment_info
 from .base import Attack
 
 MANIFEST_FILE = "manifest.json"
@@ -46,8 +45,7 @@ def build_manifest(dataset: Dataset, attack: Attack, *, rate: float, target: int
     """Everything needed to reproduce and interpret a poisoning run."""
     names = dataset.label_names or []
     return {
-        "backdoorlab_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "environment": environment_info(),
         "task": dataset.task,
         "source_dataset": {"name": dataset.name, "source": dataset.source, "notes": list(dataset.notes),
                            "label_names": dataset.label_names},
