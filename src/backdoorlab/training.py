@@ -13,7 +13,6 @@ An interrupted run resumes from its last checkpoint when started again with the 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -218,7 +217,3 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
 def _seen(steps: int, config: TrainConfig) -> int:
     return steps * config.batch_size * config.grad_accum
 
-
-def steps_per_epoch(rows: int, config: TrainConfig) -> int:
-    """Optimizer steps in one epoch for ``rows`` examples (single device)."""
-    return math.ceil(rows / (config.batch_size * config.grad_accum))
