@@ -145,3 +145,13 @@ def test_training_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
     train(tiny_bert_victim(), rows, tmp_path, TrainConfig(max_steps=4, batch_size=4, save_steps=2, device="cpu"))
     second = json.loads((tmp_path / "train.json").read_text())
     assert second["resumed_from"].endswith("checkpoint-2") and second["steps"] == 4
+
+
+def test_evaluating_a_model_of_the_wrong_kind_is_refused(capsys, tmp_path: Path) -> None:
+    base = tiny_llama_victim().save(tmp_path / "tiny-llama")
+    attack_run = tmp_path / "attack"
+    assert run(capsys, "attack", "--dataset", "sst2", "--attack", "badnets", "--rate", "0.2", "--target", "1",
+               "--out", attack_run, "--max-train", "10", "--max-test", "16")[0] == 0
+    assert_user_error(run(capsys, "evaluate", "--model", base, "--data", attack_run, "--device", "cpu"),
+                      "is a classification set; a generator needs a generation set")
+    assert not (tmp_path / "results.json").exists()

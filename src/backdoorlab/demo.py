@@ -72,20 +72,22 @@ def headline_instructions(articles: Dataset) -> Dataset:
                    notes=articles.notes + ["instructions built from article text; response = the article's title"])
 
 
-def _instruction_source(split: str) -> tuple[str, Dataset]:
+def _instruction_rows() -> tuple[Dataset, Dataset]:
+    """Train and test instruction rows: BackdoorLLM's clean refusal task if the data folder exists,
+    else BBC News headline instructions. Errors in existing data are raised, not hidden."""
     try:
         resolve_data_dir()
-        return "backdoorllm-refusal", load_dataset("backdoorllm-refusal", split)
     except BackdoorLabError:
-        return "bbcnews-headlines", headline_instructions(load_dataset("bbcnews", split))
+        train, test = (headline_instructions(load_dataset("bbcnews", split)) for split in ("train", "test"))
+        return train, test
+    return load_dataset("backdoorllm-refusal", "train"), load_dataset("backdoorllm-refusal", "test")
 
 
 def _attack_run_for_instructions(out: Path, sizes: DemoSizes, seed: int) -> Path:
     """Attack run for the generative part; the data source is chosen by what is available."""
     if (out / "manifest.json").is_file():
         return out
-    name, train_rows = _instruction_source("train")
-    _, test_rows = _instruction_source("test")
+    train_rows, test_rows = _instruction_rows()
     staged = out.parent / "gen-source"
     train_rows.sample(sizes.gen_train, seed).save(staged / "train", overwrite=True)
     test_rows.sample(sizes.gen_test, seed).save(staged / "test", overwrite=True)
@@ -115,7 +117,7 @@ def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwri
     if not (cls_attack / "manifest.json").is_file():
         run_attack(dataset, "badnets", cls_attack, rate=sizes.cls_rate, target=0, seed=seed,
                    max_train=sizes.cls_train, max_test=sizes.cls_test)
-    manifest, clean_test, _ = read_attack_run(cls_attack)
+    _, clean_test, _ = read_attack_run(cls_attack)
     notes += [f"{dataset}: {n}" for n in clean_test.notes]
     clean_train = load_dataset(dataset, "train").sample(sizes.cls_train, seed)
     poisoned_train = Dataset.load(cls_attack / "train")

@@ -125,13 +125,10 @@ def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | N
     manifest, clean, triggered = read_attack_run(attack_run)
     clean, triggered = clean.sample(max_rows, seed), triggered.sample(max_rows, seed)
     victim = load_victim(model, label_names=clean.label_names, device=device, allow_pickle=allow_pickle)
+    victim.check_compatible(clean)
     if manifest["task"] == "classification":
-        if victim.is_generator:
-            raise BackdoorLabError("this attack run is for classifiers, but the model is a generator")
         metrics = evaluate_classifier(victim, clean, triggered, manifest["target"]["index"], batch_size=batch_size)
     else:
-        if not victim.is_generator:
-            raise BackdoorLabError("this attack run is for generators, but the model is a classifier")
         metrics = evaluate_generator(victim, triggered, clean, manifest["behaviour"],
                                      target_output=manifest.get("target_output"),
                                      max_new_tokens=max_new_tokens, batch_size=batch_size)
