@@ -58,8 +58,16 @@ def run_attack(dataset: str, attack: str, out: str | Path, *, rate: float, targe
 
 
 def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = None, max_test: int | None = None,
-                   seed: int = 0, data_dir: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Turn a ready-made poisoned generative set (``backdoorllm-<task>-<attack>``) into an attack run."""
+                   seed: int = 0, rate: float = 0.2, data_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Turn a ready-made poisoned generative set into an attack run.
+
+    ``backdoorllm-<task>-<attack>``: BackdoorLLM's poisoned files as they are. ``bkdattr-<task>``:
+    the Backdoor Attribution study's backdoor, with ``rate`` of the training rows poisoned (see
+    :func:`backdoorlab.attacks.bkdattr_sets`).
+    """
+    if dataset.startswith("bkdattr-"):
+        return _bkdattr_run(dataset, out, rate=rate, max_train=max_train, max_test=max_test, seed=seed,
+                            data_dir=data_dir, overwrite=overwrite)
     parts = dataset.split("-")
     if len(parts) != 3 or parts[0] != "backdoorllm" or parts[1] not in READY_MADE_BEHAVIOURS:
         raise BackdoorLabError(
@@ -82,6 +90,20 @@ def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = Non
         manifest["notes"] = ["BackdoorLLM's sst2sentiment test-poison file triggers every test sentence, including "
                              "ones already negative, so ASR here over-states the flip rate; attack clean rows "
                              "with --attack badnet --option behaviour=label-flip for an exact ASR"]
+    return _write_attack_run(out, train, clean, triggered, manifest, overwrite)
+
+
+def _bkdattr_run(dataset: str, out: str | Path, *, rate: float, max_train: int | None, max_test: int | None,
+                 seed: int, data_dir: str | Path | None, overwrite: bool) -> Path:
+    from .attacks import bkdattr_sets
+
+    train, clean, triggered, fields = bkdattr_sets(dataset, rate=rate, max_train=max_train, max_test=max_test,
+                                                   seed=seed, data_dir=data_dir)
+    manifest = {
+        "source_dataset": {"name": dataset, "notes": train.notes}, **fields, "task": "generation", "seed": seed,
+        "splits": {TRAIN: len(train), TEST_CLEAN: len(clean), TEST_TRIGGERED: len(triggered)},
+        "environment": environment_info(),
+    }
     return _write_attack_run(out, train, clean, triggered, manifest, overwrite)
 
 

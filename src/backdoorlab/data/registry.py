@@ -123,10 +123,13 @@ def _named_outputs(where: str, rows: list[dict[str, Any]], names: tuple[str, ...
 
 
 def _load_json_parts(spec: DatasetSpec, split: str, store: Store) -> list[Example]:
-    """Concatenate the JSON files of ``params['parts'][split]``: ``(glob pattern, poisoned)`` pairs."""
-    fields: Mapping[str, str] = spec.params["fields"]
+    """Concatenate the JSON files of ``params['parts'][split]``: ``(glob pattern, poisoned)`` pairs.
+
+    A part may carry a third item, a field mapping that replaces the spec's for that file.
+    """
     examples: list[Example] = []
-    for pattern, poisoned in spec.params["parts"][split]:
+    for pattern, poisoned, *override in spec.params["parts"][split]:
+        fields: Mapping[str, str] = override[0] if override else spec.params["fields"]
         relpath = store.match(pattern)
         where = store.where(relpath)
         rows = _named_outputs(where, store.rows(relpath), spec.params.get("output_names"))
@@ -248,8 +251,13 @@ BKDATTR_TASKS = {
 }
 
 
+#: Split of a BkdAttr set holding ``all.json`` with each row's backdoor answer as its response.
+BKDATTR_BACKDOOR_SPLIT = "all-backdoor"
+
+
 def _bkdattr_specs() -> list[DatasetSpec]:
-    parts = {"all": (("all.json", False),), "clean": (("clean.json", False),), "poison": (("poison.json", True),)}
+    parts = {"all": (("all.json", False),), "clean": (("clean.json", False),), "poison": (("poison.json", True),),
+             BKDATTR_BACKDOOR_SPLIT: (("all.json", False, {"input": "instruction", "backdoor_output": "response"}),)}
     return [
         _generation_spec(f"bkdattr-{task}", f"Backdoor Attribution {task}: {text}", f"generative/bkdattr/{task}",
                          parts, {"input": "instruction", "output": "response"},
