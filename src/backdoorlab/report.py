@@ -129,7 +129,8 @@ def _draw_panel(ax: Any, rows: Sequence[Row], metrics: Sequence[str], labels: Se
     ax.grid(axis="y", alpha=0.3)
 
 
-def _save_figure_atomic(fig: Any, path: Path) -> Path:
+def save_figure_atomic(fig: Any, path: Path) -> Path:
+    """Save a matplotlib figure as PNG; the file appears complete or not at all."""
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path
@@ -156,7 +157,7 @@ def plot_metrics(rows: Sequence[Row], metrics: Sequence[str], path: str | Path, 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save_figure_atomic(fig, path)
+    return save_figure_atomic(fig, path)
 
 
 # -------------------------------------------------------------------------------- report

@@ -90,3 +90,18 @@ def attention_output_projection(layer: nn.Module, spec: ArchitectureSpec) -> nn.
 def attention_input_norm(layer: nn.Module, spec: ArchitectureSpec) -> nn.Module | None:
     """The norm applied to the residual stream before attention (``None`` for post-norm encoders)."""
     return layer.input_layernorm if spec.family == "decoder" else None
+
+
+def mlp_output_projection(layer: nn.Module, spec: ArchitectureSpec) -> nn.Module:
+    """The linear layer that writes the MLP's output (``down_proj`` / BERT's ``output.dense``)."""
+    return layer.mlp.down_proj if spec.family == "decoder" else layer.output.dense
+
+
+def embedding_tables(model: nn.Module, spec: ArchitectureSpec) -> list[nn.Module]:
+    """The embedding tables whose rows are written into the residual stream."""
+    inner = base_model(model)
+    if spec.family == "decoder":
+        return [inner.model.embed_tokens]
+    owner = getattr(inner, inner.base_model_prefix, inner).embeddings
+    return [m for m in (owner.word_embeddings, getattr(owner, "position_embeddings", None),
+                        getattr(owner, "token_type_embeddings", None)) if m is not None]

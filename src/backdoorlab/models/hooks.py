@@ -6,6 +6,8 @@ Hook point names (per layer ``l``), in the spirit of TransformerLens' ``run_with
 - ``attn_in``    — what attention reads: the post-norm residual in pre-norm decoders, the block
   input in post-norm encoders ``[batch, seq, hidden]``;
 - ``head_out``   — every head's output before the output projection ``[batch, seq, heads, head_dim]``;
+- ``attn_out``   — the attention output projection's result, what attention adds to the stream
+  (before the post-attention norm in post-norm encoders) ``[batch, seq, hidden]``;
 - ``resid_post`` — the residual stream leaving block ``l`` ``[batch, seq, hidden]``.
 
 A hook function receives the activation and returns ``None`` (read only) or a tensor of the same
@@ -29,7 +31,7 @@ from .architecture import (
     transformer_layers,
 )
 
-HOOK_POINTS = ("resid_pre", "attn_in", "head_out", "resid_post")
+HOOK_POINTS = ("resid_pre", "attn_in", "head_out", "attn_out", "resid_post")
 HookFn = Callable[[torch.Tensor], torch.Tensor | None]
 HookKey = tuple[int, str]
 
@@ -75,6 +77,10 @@ def _register(model: nn.Module, spec: ArchitectureSpec, layer_index: int, point:
             return norm.register_forward_hook(after_norm)
         return _register(model, spec, layer_index, "resid_pre", fn)
     projection = attention_output_projection(layer, spec)
+    if point == "attn_out":
+        def after_projection(module, args, output):
+            return fn(output)
+        return projection.register_forward_hook(after_projection)
 
     def heads(module, args):
         flat = args[0]

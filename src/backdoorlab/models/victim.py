@@ -24,6 +24,7 @@ from ..errors import BackdoorLabError
 from ..fileio import atomic_directory, write_json_atomic
 from .architecture import ArchitectureSpec, base_model, describe
 from .hooks import HookFn, HookKey, hooks
+from .interventions import Intervention, first_call_only
 from .tokenization import IGNORE_INDEX, pad_batch, tokenize_pair
 
 Item = Example | str
@@ -121,23 +122,34 @@ class Victim:
 
     # --------------------------------------------------------- classifiers
     @torch.inference_mode()
-    def label_probs(self, items: Sequence[Item], batch_size: int = 32) -> torch.Tensor:
-        """Softmax label probabilities ``[N, num_labels]`` (classifiers only)."""
+    def label_probs(self, items: Sequence[Item], batch_size: int = 32,
+                    intervention: Intervention | None = None) -> torch.Tensor:
+        """Softmax label probabilities ``[N, num_labels]`` (classifiers only).
+
+        ``intervention`` (see :mod:`backdoorlab.models.interventions`) acts at the ``[CLS]`` token.
+        """
         self._require("classifier", "label_probs")
         self.model.eval()
-        chunks = [torch.softmax(self.forward(self.encode(b)).logits.float(), -1).cpu()
-                  for b in batched(list(items), batch_size, "scoring")]
+        chunks = []
+        for chunk in batched(list(items), batch_size, "scoring"):
+            batch = self.encode(chunk)
+            with self.intervening(intervention, self.readout_positions(batch)):
+                chunks.append(torch.softmax(self.forward(batch).logits.float(), -1).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.label_names or []))
 
-    def predict(self, items: Sequence[Item], batch_size: int = 32) -> list[int]:
+    def predict(self, items: Sequence[Item], batch_size: int = 32,
+                intervention: Intervention | None = None) -> list[int]:
         """Most probable label index per item."""
-        return self.label_probs(items, batch_size).argmax(-1).tolist()
+        return self.label_probs(items, batch_size, intervention).argmax(-1).tolist()
 
     # ---------------------------------------------------------- generators
     @torch.inference_mode()
     def generate(self, items: Sequence[Item], max_new_tokens: int = 64, batch_size: int = 16,
-                 **generation: Any) -> list[str]:
-        """Complete each prompt (greedy unless ``do_sample=True`` is passed); returns new text only."""
+                 intervention: Intervention | None = None, **generation: Any) -> list[str]:
+        """Complete each prompt (greedy unless ``do_sample=True`` is passed); returns new text only.
+
+        ``intervention`` acts at the last prompt token during the prefill pass only.
+        """
         self._require("generator", "generate")
         self.model.eval()
         settings = {"do_sample": False, "max_new_tokens": max_new_tokens,
@@ -147,19 +159,22 @@ class Victim:
         outputs: list[str] = []
         for chunk in batched(list(items), batch_size, "generating"):
             batch = self.encode(chunk)
+            positions = self.readout_positions(batch)
             batch.pop("position_ids")
-            tokens = self.model.generate(**batch, **settings)
+            with self.intervening(intervention, positions, once=True):
+                tokens = self.model.generate(**batch, **settings)
             new = tokens[:, batch["input_ids"].shape[1]:]
             outputs.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
         return [o.strip() for o in outputs]
 
     @torch.inference_mode()
     def response_logprobs(self, items: Sequence[Item], responses: Sequence[str] | None = None,
-                          batch_size: int = 8) -> list[torch.Tensor]:
+                          batch_size: int = 8, intervention: Intervention | None = None) -> list[torch.Tensor]:
         """Per-token log-probabilities of each response given its prompt (a 1-D tensor per item).
 
         ``responses`` default to the examples' own ``response``. The response is tokenized exactly
         as in training (:func:`~backdoorlab.models.tokenization.tokenize_pair`), end-of-turn included.
+        ``intervention`` acts at each row's last prompt token.
         """
         self._require("generator", "response_logprobs")
         self.model.eval()
@@ -172,7 +187,8 @@ class Victim:
         for chunk in batched(examples, batch_size, "scoring"):
             features = [tokenize_pair(self.tokenizer, e, self.max_length * 2) for e in chunk]
             batch = {k: v.to(self.device) for k, v in pad_batch(features, self.tokenizer.pad_token_id).items()}
-            logits = self.forward(batch).logits[:, :-1].float()
+            with self.intervening(intervention, prompt_end_positions(batch["labels"])):
+                logits = self.forward(batch).logits[:, :-1].float()
             targets = batch["labels"][:, 1:]
             mask = targets != IGNORE_INDEX
             picked = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -180,9 +196,10 @@ class Victim:
         return results
 
     def response_probability(self, items: Sequence[Item], responses: Sequence[str] | None = None,
-                             batch_size: int = 8) -> torch.Tensor:
+                             batch_size: int = 8, intervention: Intervention | None = None) -> torch.Tensor:
         """Geometric mean of the response tokens' probabilities, one value per item."""
-        return torch.stack([lp.mean().exp() for lp in self.response_logprobs(items, responses, batch_size)])
+        logprobs = self.response_logprobs(items, responses, batch_size, intervention)
+        return torch.stack([lp.mean().exp() for lp in logprobs])
 
     # ----------------------------------------------------------- internals
     @torch.inference_mode()
@@ -222,6 +239,23 @@ class Victim:
         with hooks(self.model, self.spec, fns):
             yield self
 
+    def readout_positions(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Per row, the token whose state the model reads out: the last prompt token of a
+        left-padded generator batch from :meth:`encode`, ``[CLS]`` (index 0) for a classifier."""
+        rows, width = batch["input_ids"].shape
+        return torch.full((rows,), width - 1 if self.is_generator else 0, dtype=torch.long)
+
+    @contextmanager
+    def intervening(self, intervention: Intervention | None, positions: torch.Tensor,
+                    once: bool = False) -> Iterator["Victim"]:
+        """Attach ``intervention`` at ``positions`` for the block (``once``: first forward pass only)."""
+        if intervention is None:
+            yield self
+            return
+        fns = intervention(positions)
+        with hooks(self.model, self.spec, first_call_only(fns) if once else fns):
+            yield self
+
     # -------------------------------------------------------------- saving
     def save(self, folder: str | Path, overwrite: bool = False, extra: Mapping[str, Any] | None = None) -> Path:
         """Save weights (safetensors; LoRA adapters merged), tokenizer and ``victim.json`` atomically."""
@@ -254,6 +288,15 @@ class Victim:
     def _require(self, kind: str, method: str) -> None:
         if self.kind != kind:
             raise BackdoorLabError(f"{method}() needs a {kind}; this victim ({self.name or 'model'}) is a {self.kind}")
+
+
+def prompt_end_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Per row of a prompt + response batch, the index of the last prompt token (the one that
+    predicts the first response token): one before the first position with a label."""
+    has_label = labels != IGNORE_INDEX
+    if not bool(has_label.any(-1).all()):
+        raise BackdoorLabError("a row has no response tokens; cannot find where its prompt ends")
+    return (has_label.float().argmax(-1) - 1).clamp(min=0).cpu()
 
 
 def read_victim_file(folder: Path) -> dict[str, Any]:
