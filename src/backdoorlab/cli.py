@@ -69,8 +69,9 @@ def cmd_attack(args: argparse.Namespace) -> None:
     from .pipeline import run_attack, use_ready_made
 
     if args.attack == "ready-made":
+        rate = {} if args.rate is None else {"rate": args.rate}  # bkdattr sets only; BackdoorLLM's are fixed
         out = use_ready_made(args.dataset, args.out, max_train=args.max_train, max_test=args.max_test,
-                             seed=args.seed, data_dir=args.data_dir, overwrite=args.overwrite)
+                             seed=args.seed, data_dir=args.data_dir, overwrite=args.overwrite, **rate)
     else:
         if args.rate is None:
             raise BackdoorLabError("--rate is required (the share of training rows to poison, in (0, 1])")
@@ -110,6 +111,43 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"results written to {results['written_to']}")
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from .analysis.runner import run_analysis
+
+    results = run_analysis([args.step], args.model, args.data, args.out, options=_options(args.option),
+                           device=args.device, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+    for step, result in results.items():
+        headline = result.get("headline") or result.get("agreement") or {
+            k: result[k] for k in ("best_layer", "best_mlp_accuracy", "best_svm_accuracy") if k in result}
+        print(f"{step}: " + ", ".join(f"{k} {_short(v)}" for k, v in headline.items()))
+    print(f"wrote {Path(args.out) / 'summary.md'}")
+
+
+def _short(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def cmd_defenses(args: argparse.Namespace) -> None:
+    from .defenses import list_defenses
+
+    rows = [{"name": n, "description": d, "options": ", ".join(f"{k}={v}" for k, v in o.items())}
+            for n, d, o in list_defenses()]
+    _print_rows(rows, ["name", "description", "options"])
+
+
+def cmd_defend(args: argparse.Namespace) -> None:
+    from .defenses import run_defense
+
+    metrics = run_defense(args.method, args.model, args.data, args.out, options=_options(args.option),
+                          evaluate=not args.no_eval, max_eval_rows=args.max_rows, device=args.device,
+                          allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+    if "before" in metrics:
+        keys = [k for k in metrics["after"] if isinstance(metrics["after"][k], (int, float))]
+        for key in keys:
+            print(f"{key}: {_short(metrics['before'].get(key))} -> {_short(metrics['after'][key])}")
+    print(f"wrote {Path(args.out) / 'model'}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -120,7 +158,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backdoorlab",
-        description="Find, understand and remove backdoors in language models: attack, train, evaluate.")
+        description="Find, understand and remove backdoors in language models: attack, train, evaluate, "
+                    "analyze, defend.")
     parser.add_argument("--verbose", action="store_true", help="show library warnings and load reports")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the packaged offline models").set_defaults(func=cmd_models)
@@ -130,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attack", help="poison a dataset and build its clean and triggered test sets")
     p.add_argument("--dataset", required=True, help="a name from `backdoorlab datasets`, or a data file")
     p.add_argument("--attack", required=True, help="a name from `backdoorlab attacks`, or 'ready-made' for "
-                   "BackdoorLLM's own poisoned files")
+                   "BackdoorLLM's own poisoned files and the BkdAttr backdoors (bkdattr-* sets; --rate, default 0.2)")
     p.add_argument("--out", required=True, help="attack run folder to create")
     p.add_argument("--rate", type=float, help="share of training rows to poison, in (0, 1]")
     p.add_argument("--target", help="target label (index or name); classification only")
@@ -176,6 +215,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results JSON path (default: results.json in the model's run folder)")
     _common(p, device=True, pickle=True)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("analyze", help="backdoor attribution: probes, head attribution, ablation, vector")
+    p.add_argument("step", choices=["probe", "heads", "ablate", "vector", "all"])
+    p.add_argument("--model", required=True, help="the (suspect) model: run folder's model/, name or hub id")
+    p.add_argument("--data", required=True, help="attack run folder giving clean/triggered prompts and the target")
+    p.add_argument("--out", required=True, help="analysis folder (JSON, PNG, summary.md); reused by later steps")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="analysis option, e.g. pairs=64, attribution_prompts=32, method=exact|approx|both, "
+                        "top_fraction=0.03, layer_stride=2, ablation_mode=zero|mean (repeatable)")
+    _common(p, overwrite=True, device=True, pickle=True)
+    p.set_defaults(func=cmd_analyze)
+
+    sub.add_parser("defenses", help="list the defenses and their options").set_defaults(func=cmd_defenses)
+    p = sub.add_parser("defend", help="mitigate a backdoor and measure ASR/clean metrics before and after")
+    p.add_argument("--method", required=True, help="a name from `backdoorlab defenses`")
+    p.add_argument("--model", required=True, help="the suspect model")
+    p.add_argument("--data", required=True, help="attack run folder the defense may learn from and is measured on")
+    p.add_argument("--out", required=True, help="defense run folder (model/, defense.json, metrics.json)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="defense option (repeatable)")
+    p.add_argument("--max-rows", type=int, default=100, help="evaluate on at most this many rows per test set")
+    p.add_argument("--no-eval", action="store_true", help="only write the mitigated model")
+    _common(p, overwrite=True, device=True, pickle=True)
+    p.set_defaults(func=cmd_defend)
 
     p = sub.add_parser("demo", help="poison, train and evaluate a classifier and a chat model, offline")
     p.add_argument("--out", default="runs/demo")

@@ -1,0 +1,84 @@
+"""Mitigations built on backdoor attribution (arXiv 2509.21761 §5.2–5.3).
+
+Both find the backdoor's attention heads with BAHA on the attack run's clean/triggered prompt
+pairs (so the defender needs triggered examples, as in the study), then edit weights
+(:mod:`backdoorlab.defenses.weight_edits`):
+
+- ``head-ablation``: remove the top ``top_fraction`` of heads from the model;
+- ``backdoor-vector``: project the backdoor vector's direction out of the residual stream.
+  ``direction="triggered-mean"`` uses the study's vector (summed triggered mean contributions of
+  the top heads); the default ``"difference"`` subtracts the same heads' clean mean contributions
+  first, which drops the part every prompt shares and so spares clean behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from ..analysis.runner import Analysis, AnalysisConfig
+from ..analysis.vector import backdoor_vector
+from ..errors import BackdoorLabError
+from ..models.victim import Victim
+from .base import Defense, DefenseOutcome, register_defense
+from .weight_edits import project_out, remove_heads
+
+DIRECTIONS = ("difference", "triggered-mean")
+
+
+@dataclass
+class _AttributionDefense(Defense):
+    top_fraction: float = 0.03
+    method: str = "exact"  # exact | approx (attribution patching) | both
+    pairs: int = 64
+    attribution_prompts: int = 32
+    batch_size: int = 16
+    seed: int = 0
+    analysis_dir: str | None = None  # reuse the heads.json / head means of an earlier `analyze` run
+
+    def analysis(self, victim: Victim, attack_run: Path, workdir: Path) -> Analysis:
+        config = AnalysisConfig(pairs=self.pairs, attribution_prompts=self.attribution_prompts, method=self.method,
+                                top_fraction=self.top_fraction, batch_size=self.batch_size, seed=self.seed)
+        folder = Path(self.analysis_dir) if self.analysis_dir else workdir / "analysis"
+        if self.analysis_dir and not (folder / "heads.json").is_file():
+            raise BackdoorLabError(f"analysis_dir {folder} has no heads.json; run `backdoorlab analyze heads` first")
+        return Analysis(victim, attack_run, folder, config)
+
+
+@register_defense
+@dataclass
+class HeadAblation(_AttributionDefense):
+    """Remove the top attributed heads (their output-projection columns are zeroed)."""
+
+    name: ClassVar[str] = "head-ablation"
+    description: ClassVar[str] = "BAHA-rank heads on triggered/clean pairs, zero the top ones' output weights"
+
+    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
+        heads = self.analysis(victim, attack_run, workdir).top_heads()
+        remove_heads(victim, heads)
+        return DefenseOutcome(victim, {"removed_heads": [list(h) for h in heads]})
+
+
+@register_defense
+@dataclass
+class BackdoorVectorDefense(_AttributionDefense):
+    """Project the backdoor vector's direction out of every residual-stream writer."""
+
+    name: ClassVar[str] = "backdoor-vector"
+    description: ClassVar[str] = "BAHA-rank heads, build the backdoor vector, project it out of the weights"
+
+    direction: str = "difference"
+
+    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
+        if self.direction not in DIRECTIONS:
+            raise BackdoorLabError(f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
+        analysis = self.analysis(victim, attack_run, workdir)
+        heads = analysis.top_heads()
+        triggered, clean = analysis.head_means()
+        vector = backdoor_vector(victim, triggered, heads)
+        if self.direction == "difference":
+            vector = vector - backdoor_vector(victim, clean, heads)
+        project_out(victim, vector)
+        return DefenseOutcome(victim, {"heads": [list(h) for h in heads], "direction": self.direction,
+                                       "vector_norm": float(vector.norm())})
