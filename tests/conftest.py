@@ -24,3 +24,18 @@ def shared_data_dir() -> Path:
     if not (path / "classification").is_dir():
         pytest.skip(f"benchmark data not found at {path}")
     return path
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread(request):  # type: ignore[no-untyped-def]
+    """Tiny test models gain nothing from intra-op threads and lose a lot to them on a busy 2-core machine
+    (tests marked ``integration``, on real models, keep the default)."""
+    import torch
+
+    if request.node.get_closest_marker("integration"):
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

