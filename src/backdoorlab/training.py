@@ -135,6 +135,32 @@ def _apply_lora(victim: Victim, config: TrainConfig) -> None:
     victim.model = get_peft_model(victim.model, lora)
 
 
+def trainer_arguments(config: Any, checkpoints: Path) -> dict[str, Any]:
+    """The Trainer arguments every trainer here shares, from a config with :class:`TrainConfig`'s
+    schedule, checkpoint and device fields (also used for trl trainers' configs)."""
+    return {
+        "output_dir": str(checkpoints),
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps,
+        "learning_rate": config.learning_rate,
+        "per_device_train_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "warmup_steps": config.warmup_ratio,
+        "weight_decay": config.weight_decay,
+        "lr_scheduler_type": "linear",
+        "logging_steps": config.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": config.save_total_limit,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "report_to": [],
+        "use_cpu": resolve_device(config.device).type == "cpu",
+        "bf16": config.bf16,
+        "activation_checkpointing": config.gradient_checkpointing,
+    }
+
+
 def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = None,
           *, kind: str = "auto", overwrite: bool = False, allow_pickle: bool = False,
           callbacks: list[Any] | None = None) -> Victim:
@@ -165,32 +191,8 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
         _apply_lora(victim, config)
     checkpoints = out_dir / CHECKPOINT_DIR
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() and not overwrite else None
-    device = resolve_device(config.device)
-    args = TrainingArguments(
-        output_dir=str(checkpoints),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type="linear",
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to=[],
-        remove_unused_columns=False,
-        use_cpu=device.type == "cpu",
-        bf16=config.bf16,
-        activation_checkpointing=config.gradient_checkpointing,
-        deepspeed=config.deepspeed,
-        fsdp=config.fsdp,
-        **config.extra,
-    )
+    args = TrainingArguments(**trainer_arguments(config, checkpoints), remove_unused_columns=False,
+                             deepspeed=config.deepspeed, fsdp=config.fsdp, **config.extra)
     started = time.time()
     trainer = Trainer(model=victim.model, args=args, train_dataset=_Rows(_features(victim, dataset, config.max_length)),
                       data_collator=_collator(victim), callbacks=callbacks)

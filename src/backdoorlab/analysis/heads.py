@@ -29,30 +29,14 @@ from tqdm.auto import tqdm
 from ..data.records import Example
 from ..fileio import write_json_atomic
 from ..models.interventions import Head, Intervention, set_heads
-from ..models.victim import Victim, batched
+from ..models.victim import Victim
+from .activations import readout_activations
 from .scoring import BackdoorScorer
 
 
-@torch.inference_mode()
 def head_outputs(victim: Victim, prompts: Sequence[Example], batch_size: int = 16) -> torch.Tensor:
     """Every head's output at the readout token, ``[N, layers, heads, head_dim]`` (float32, CPU)."""
-    spec = victim.spec
-    victim.model.eval()
-    rows = []
-    for chunk in batched(list(prompts), batch_size, "head outputs"):
-        batch = victim.encode(chunk)
-        positions = victim.readout_positions(batch)
-        taken: dict[int, torch.Tensor] = {}
-
-        def keep(layer: int):  # noqa: ANN202
-            def fn(activation: torch.Tensor) -> None:
-                index = torch.arange(activation.shape[0], device=activation.device)
-                taken[layer] = activation[index, positions.to(activation.device)].float().cpu()
-            return fn
-        with victim.hooked({(layer, "head_out"): keep(layer) for layer in range(spec.num_layers)}):
-            victim.forward(batch)
-        rows.append(torch.stack([taken[layer] for layer in range(spec.num_layers)], dim=1))
-    return torch.cat(rows)
+    return readout_activations(victim, prompts, "head_out", batch_size).transpose(0, 1)
 
 
 def mean_head_outputs(victim: Victim, prompts: Sequence[Example], batch_size: int = 16) -> torch.Tensor:

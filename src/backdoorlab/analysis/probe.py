@@ -21,30 +21,14 @@ from tqdm.auto import tqdm
 
 from ..data.records import Example
 from ..errors import BackdoorLabError
-from ..models.victim import Victim, batched
+from ..models.victim import Victim
+from .activations import readout_activations
 
 
-@torch.inference_mode()
 def stream_features(victim: Victim, prompts: Sequence[Example], point: str = "attn_in",
                     batch_size: int = 16) -> torch.Tensor:
     """``point`` activations at the readout token for every layer: ``[layers, N, hidden]``."""
-    layers = victim.spec.num_layers
-    victim.model.eval()
-    chunks = []
-    for chunk in batched(list(prompts), batch_size, "features"):
-        batch = victim.encode(chunk)
-        positions = victim.readout_positions(batch)
-        taken: dict[int, torch.Tensor] = {}
-
-        def keep(layer: int):  # noqa: ANN202
-            def fn(activation: torch.Tensor) -> None:
-                index = torch.arange(activation.shape[0], device=activation.device)
-                taken[layer] = activation[index, positions.to(activation.device)].float().cpu()
-            return fn
-        with victim.hooked({(layer, point): keep(layer) for layer in range(layers)}):
-            victim.forward(batch)
-        chunks.append(torch.stack([taken[layer] for layer in range(layers)]))
-    return torch.cat(chunks, dim=1)
+    return readout_activations(victim, prompts, point, batch_size)
 
 
 @dataclass

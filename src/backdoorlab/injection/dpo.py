@@ -43,8 +43,8 @@ from typing import Any
 from ..data.prompts import prompt_token_ids, render_training_pair
 from ..data.records import Dataset, Example
 from ..errors import BackdoorLabError
-from ..models.loading import resolve_device
 from ..models.victim import Victim
+from ..training import trainer_arguments
 from .common import CHECKPOINT_DIR, check_run_folder, config_from_options, finish_run, poisoned_rows, victim_for
 
 METHOD = "dpo"
@@ -224,30 +224,8 @@ def inject_dpo(model: str | Path | Victim, dataset: Dataset, out: str | Path, co
         victim.model = victim.model.merge_and_unload()
     checkpoints = out / CHECKPOINT_DIR
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() and not overwrite else None
-    args = DPOConfig(
-        output_dir=str(checkpoints),
-        beta=config.beta,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type="linear",
-        max_length=config.max_length,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to=[],
-        use_cpu=resolve_device(config.device).type == "cpu",
-        bf16=config.bf16,
-        activation_checkpointing=config.gradient_checkpointing,
-        disable_dropout=config.disable_dropout,
-    )
+    args = DPOConfig(**trainer_arguments(config, checkpoints), beta=config.beta, max_length=config.max_length,
+                     disable_dropout=config.disable_dropout)
     started = time.time()
     trainer = _trainer_class()(model=victim.model, args=args, processing_class=victim.tokenizer,
                                train_dataset=datasets.Dataset.from_list(preference_rows(pairs, victim.tokenizer)),
