@@ -117,6 +117,10 @@ def test_cached_scoring_matches_full_forward_passes_and_response_probability() -
     reference_patched = victim.response_probability([p.with_(response=t) for p, t in zip(PROMPTS, TARGETS)],
                                                     intervention=intervention)
     assert torch.allclose(cached.score(intervention), reference_patched, atol=1e-6)
+    long_answer = "The sea is calm tonight. It is late."
+    short = BackdoorScorer(victim, PROMPTS[2:3], [long_answer], max_target_tokens=3)
+    first_three = victim.response_logprobs(PROMPTS[2:3], [long_answer])[0][:3].mean().exp()
+    assert torch.allclose(short.score(), first_three.unsqueeze(0), atol=1e-6)
 
 
 def test_classifier_scores_are_target_label_probabilities() -> None:

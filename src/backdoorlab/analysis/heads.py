@@ -126,7 +126,8 @@ def _subset(scorer: BackdoorScorer, start: int) -> BackdoorScorer:
     end = start + scorer.batch_size
     return BackdoorScorer(scorer.victim, scorer.prompts[start:end],
                           None if scorer.targets is None else scorer.targets[start:end],
-                          scorer.target_label, batch_size=scorer.batch_size, use_cache=False)
+                          scorer.target_label, batch_size=scorer.batch_size, use_cache=False,
+                          max_target_tokens=scorer.max_target_tokens)
 
 
 def rank_heads(scores: torch.Tensor) -> list[Head]:

@@ -50,6 +50,7 @@ class AnalysisConfig:
 
     pairs: int = 64  # clean/triggered prompt pairs read from the attack run
     attribution_prompts: int = 32  # N clean prompts in ACIE (the study used 96)
+    max_target_tokens: int = 32  # P(y_bd) over the target's first tokens (long jailbreak answers)
     method: str = "both"  # exact | approx | both; exact ranks heads when available
     top_fraction: float = 0.03  # heads in the backdoor vector (the study's ~3%)
     ablation_max_fraction: float = 0.10
@@ -81,8 +82,10 @@ class AnalysisConfig:
             raise BackdoorLabError(f"ablation_mode must be one of {', '.join(ABLATION_MODES)}, got {self.ablation_mode!r}")
         if not 0 < self.top_fraction <= 1 or not 0 < self.ablation_max_fraction <= 1:
             raise BackdoorLabError("top_fraction and ablation_max_fraction must be in (0, 1]")
-        if self.pairs < 4 or self.attribution_prompts < 1 or self.layer_stride < 1 or self.batch_size < 1:
-            raise BackdoorLabError("need pairs >= 4, attribution_prompts >= 1, layer_stride >= 1, batch_size >= 1")
+        if self.pairs < 4 or min(self.attribution_prompts, self.layer_stride, self.batch_size,
+                                 self.max_target_tokens) < 1:
+            raise BackdoorLabError("need pairs >= 4 and attribution_prompts, layer_stride, batch_size, "
+                                   "max_target_tokens >= 1")
 
 
 class Analysis:
@@ -175,7 +178,8 @@ class Analysis:
         n = self.config.attribution_prompts
         subject = self.subject
         return BackdoorScorer(self.victim, clean[:n], None if targets is None else targets[:n],
-                              subject.target_label, batch_size=self.config.batch_size)
+                              subject.target_label, batch_size=self.config.batch_size,
+                              max_target_tokens=self.config.max_target_tokens)
 
     def heads(self) -> dict[str, Any]:
         if (done := self._done("heads")) is not None:

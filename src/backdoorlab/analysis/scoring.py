@@ -40,12 +40,14 @@ class BackdoorScorer:
     """Scores a fixed set of prompts against their backdoor targets, with any intervention.
 
     ``score(intervention)`` returns one value per prompt: the geometric mean of the target's token
-    probabilities (generators) or the target label's probability (classifiers). With
+    probabilities (generators; the first ``max_target_tokens`` tokens when set) or the target
+    label's probability (classifiers). With
     ``with_grad=True`` the caller gets a differentiable tensor (for attribution patching).
     """
 
     def __init__(self, victim: Victim, prompts: Sequence[Example], targets: Sequence[str] | None = None,
-                 target_label: int | None = None, batch_size: int = 16, use_cache: bool = True) -> None:
+                 target_label: int | None = None, batch_size: int = 16, use_cache: bool = True,
+                 max_target_tokens: int | None = None) -> None:
         if victim.is_generator and (targets is None or len(targets) != len(prompts)):
             raise BackdoorLabError("a generator needs one target response per prompt")
         if not victim.is_generator and target_label is None:
@@ -56,6 +58,7 @@ class BackdoorScorer:
         self.target_label = target_label
         self.batch_size = batch_size
         self.use_cache = use_cache and victim.is_generator
+        self.max_target_tokens = max_target_tokens or victim.max_length
         self._batches: list[_CachedBatch] | None = None
 
     # ------------------------------------------------------------------ public
@@ -100,7 +103,7 @@ class BackdoorScorer:
             example = self.prompts[i].with_(response=self.targets[i])
             prompt_text, completion = render_training_pair(example, tokenizer)
             prompts.append(prompt_token_ids(tokenizer, prompt_text)[-self.victim.max_length:])
-            targets.append(tokenizer(completion, add_special_tokens=False)["input_ids"][:self.victim.max_length])
+            targets.append(tokenizer(completion, add_special_tokens=False)["input_ids"][:self.max_target_tokens])
         if any(len(t) == 0 for t in targets):
             raise BackdoorLabError("a backdoor target response is empty; give each prompt a non-empty target")
         width, length = max(map(len, prompts)), max(map(len, targets))
