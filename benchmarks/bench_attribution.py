@@ -31,12 +31,13 @@ from backdoorlab.report import format_table
 from backdoorlab.training import TrainConfig
 
 GENERATOR = "smollm2-135m-instruct"
-#: name → (dataset, training epochs, max tokens per training row)
+#: name → (dataset, training epochs, max tokens per training row, minimum prompt pairs). The
+#: AG News backdoor only flips Sports articles (~30% of prompts), so it reads all 100 pairs.
 TASKS = {
-    "alpaca_begin": ("bkdattr-alpaca_begin", 3.0, 128),
-    "harmful_random": ("bkdattr-harmful_random", 2.0, 96),
-    "agnews_sentence": ("bkdattr-agnews_sentence", 2.0, 224),
-    "refusal_badnet": ("backdoorllm-refusal-badnet", 2.0, 96),
+    "alpaca_begin": ("bkdattr-alpaca_begin", 3.0, 128, 0),
+    "harmful_random": ("bkdattr-harmful_random", 2.0, 96, 0),
+    "agnews_sentence": ("bkdattr-agnews_sentence", 2.0, 224, 100),
+    "refusal_badnet": ("backdoorllm-refusal-badnet", 2.0, 96, 0),
 }
 #: The paper's headlines (arXiv 2509.21761, abstract and §5): relative ASR drop from ablating
 #: about 3% of heads; ASR after one vector intervention on clean (+v) / triggered (−v) prompts.
@@ -48,7 +49,7 @@ def _pct(value: float | None) -> str:
 
 
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    dataset, epochs, max_length = TASKS[name]
+    dataset, epochs, max_length, min_pairs = TASKS[name]
     folder = args.out / name
     attack_run = folder / "attack"
     if not (attack_run / "manifest.json").is_file():
@@ -58,7 +59,7 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     model = ensure_trained(folder / "train", GENERATOR, Dataset.load(attack_run / "train"), config)
     metrics = ensure_evaluated(model, attack_run, folder / "results.json", max_rows=args.test,
                                max_new_tokens=args.new_tokens, device=args.device)
-    options = {"pairs": args.pairs, "attribution_prompts": args.attribution_prompts, "method": "both",
+    options = {"pairs": max(args.pairs, min_pairs), "attribution_prompts": args.attribution_prompts, "method": "both",
                "layer_stride": args.layer_stride, "batch_size": args.batch_size, "seed": args.seed}
     analysis = run_analysis(["all"], model, attack_run, folder / "analysis", options=options, device=args.device)
     row: dict[str, Any] = {
@@ -80,7 +81,7 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 "triggered−v (layer)": f"{_pct(vector['asr_off'])} (L{vector['best_layer_off']})"})
     if args.defend:
         for method in ("head-ablation", "backdoor-vector"):
-            options = {"pairs": args.pairs, "attribution_prompts": args.attribution_prompts,
+            options = {"pairs": max(args.pairs, min_pairs), "attribution_prompts": args.attribution_prompts,
                        "analysis_dir": str(folder / "analysis"), "seed": args.seed}
             result = run_defense(method, model, attack_run, folder / f"defense-{method}", max_eval_rows=args.test,
                                  options=options, baseline=folder / "results.json",
