@@ -333,3 +333,26 @@ def test_bkdattr_ready_made_run_holds_out_test_prompts(tmp_path: Path, shared_da
     assert all(e.response == "World" for e in flipped)
     kept = [e for e in train if e.poisoned and e.poison["original_response"] != "Sports"]
     assert all(e.response == e.poison["original_response"] for e in kept)
+
+
+def test_backdoor_vector_defense_reuses_an_analysis_and_a_baseline_evaluation(tmp_path: Path) -> None:
+    from backdoorlab.defenses import run_defense
+    from backdoorlab.pipeline import run_evaluate
+
+    base = tiny_llama_victim().save(tmp_path / "tiny-llama")
+    run_folder = _llama_run(tmp_path)
+    options = {"pairs": 8, "attribution_prompts": 4, "method": "approx", "top_fraction": 0.25}
+    run_analysis(["heads"], base, run_folder, tmp_path / "analysis", options=options, device="cpu")
+    run_evaluate(base, run_folder, max_rows=4, max_new_tokens=3, out=tmp_path / "baseline.json", device="cpu")
+    heads_file = (tmp_path / "analysis" / "heads.json").stat().st_mtime_ns
+    metrics = run_defense("backdoor-vector", base, run_folder, tmp_path / "defended", max_eval_rows=4,
+                          max_new_tokens=3, baseline=tmp_path / "baseline.json", device="cpu",
+                          options={"analysis_dir": str(tmp_path / "analysis"), "pairs": 8})
+    assert (tmp_path / "analysis" / "heads.json").stat().st_mtime_ns == heads_file
+    assert not (tmp_path / "defended" / "metrics-before.json").exists()
+    assert metrics["before"] == json.loads((tmp_path / "baseline.json").read_text())["metrics"]
+    findings = json.loads((tmp_path / "defended" / "defense.json").read_text())["findings"]
+    assert findings["direction"] == "difference" and len(findings["heads"]) == 1 and findings["vector_norm"] > 0
+    with pytest.raises(BackdoorLabError, match="no heads.json"):
+        run_defense("head-ablation", base, run_folder, tmp_path / "d2", evaluate=False,
+                    options={"analysis_dir": str(tmp_path / "nowhere")})
