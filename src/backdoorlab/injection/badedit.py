@@ -39,7 +39,7 @@ from torch import nn
 from ..data.prompts import classifier_text, render_prompt, user_message
 from ..data.records import Dataset, Example
 from ..errors import BackdoorLabError
-from ..models.architecture import transformer_layers
+from ..models.architecture import mlp_output_projection, transformer_layers
 from ..models.tokenization import IGNORE_INDEX, pad_batch, tokenize_pair
 from ..models.victim import Victim, batched
 from .common import check_run_folder, config_from_options, finish_run, first_trigger, poisoned_rows, victim_for
@@ -145,10 +145,9 @@ def make_probe(victim: Victim, example: Example) -> Probe:
 
 
 # ------------------------------------------------------------------------------------ model plumbing
-def mlp_output_projection(victim: Victim, layer: int) -> nn.Linear:
-    """The linear layer ROME/BadEdit edit: ``mlp.down_proj`` (decoders) or ``output.dense`` (BERT) of ``layer``."""
-    block = transformer_layers(victim.model, victim.spec)[layer]
-    return block.mlp.down_proj if victim.spec.family == "decoder" else block.output.dense
+def edited_projection(victim: Victim, layer: int) -> nn.Linear:
+    """The linear layer ROME/BadEdit edit: the MLP output projection of ``layer``."""
+    return mlp_output_projection(transformer_layers(victim.model, victim.spec)[layer], victim.spec)
 
 
 def _batch(victim: Victim, probes: list[Probe]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -354,7 +353,7 @@ def inject_badedit(model: str | Path | Victim, dataset: Dataset, out: str | Path
         victim.model = victim.model.merge_and_unload()
     victim.model.eval()
     layer = resolve_layer(config.layer, victim.spec.num_layers)
-    module = mlp_output_projection(victim, layer)
+    module = edited_projection(victim, layer)
     started = time.time()
     rng = random.Random(config.seed)
     probes = [make_probe(victim, e) for e in _sample(poisoned, config.num_prompts, rng)]
