@@ -60,7 +60,8 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     metrics = ensure_evaluated(model, attack_run, folder / "results.json", max_rows=args.test,
                                max_new_tokens=args.new_tokens, device=args.device)
     options = {"pairs": max(args.pairs, min_pairs), "attribution_prompts": args.attribution_prompts, "method": "both",
-               "layer_stride": args.layer_stride, "batch_size": args.batch_size, "seed": args.seed}
+               "layer_stride": args.layer_stride, "ablation_points": args.ablation_points,
+               "batch_size": args.batch_size, "seed": args.seed}
     analysis = run_analysis(["all"], model, attack_run, folder / "analysis", options=options, device=args.device)
     row: dict[str, Any] = {
         "backdoor": name, "ASR": metrics["asr"], "clean rate": metrics.get("clean_behaviour_rate"),
@@ -75,6 +76,8 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
                                                f"(k={head['k_near_3pct']})",
         "ASR, 10% heads (random heads)": f"{_pct(ablate['curve'][-1]['asr'])} "
                                          f"({_pct(ablate.get('random_control', {}).get('asr'))})",
+        "ASR, heads removed at every position": " / ".join(f"k={p['k']}: {_pct(p['asr'])}"
+                                                          for p in ablate.get("everywhere", [])) or "–",
     })
     vector = analysis["vector"]["headline"]
     row.update({"clean+v (layer)": f"{_pct(vector['asr_on'])} (L{vector['best_layer_on']})",
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=48, help="clean/triggered prompt pairs for the analyses")
     parser.add_argument("--attribution-prompts", type=int, default=24, help="N clean prompts in ACIE")
     parser.add_argument("--layer-stride", type=int, default=3, help="vector sweep every this many layers")
+    parser.add_argument("--ablation-points", type=int, default=7, help="k values from 0 to 10%% of heads")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--defend", action="store_true", help="also run the two attribution defenses")

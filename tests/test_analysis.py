@@ -356,3 +356,25 @@ def test_backdoor_vector_defense_reuses_an_analysis_and_a_baseline_evaluation(tm
     with pytest.raises(BackdoorLabError, match="no heads.json"):
         run_defense("head-ablation", base, run_folder, tmp_path / "d2", evaluate=False,
                     options={"analysis_dir": str(tmp_path / "nowhere")})
+
+
+def test_ablation_everywhere_acts_in_every_decoding_pass_and_at_every_position() -> None:
+    victim = tiny_llama_victim()
+    seen: list[torch.Tensor] = []
+    zero_all = scale_heads([(1, 0)], 0.0, everywhere=True)
+
+    def watch(positions):
+        return {(1, "head_out"): [lambda a: seen.append(a[:, :, 0].detach().clone())]}
+    from backdoorlab.models.interventions import combine
+    victim.generate(PROMPTS[:1], max_new_tokens=3, intervention=zero_all)  # runs without error
+    batch = victim.encode(PROMPTS[:1])
+    with torch.inference_mode(), victim.intervening(combine(zero_all, watch), victim.readout_positions(batch)):
+        victim.forward(batch)
+    assert torch.all(seen[-1] == 0)  # every position of head 0 in layer 1 was zeroed before the watcher
+    passes: list[int] = []
+
+    def counting(positions):
+        return {(0, "head_out"): [lambda a: passes.append(a.shape[1])]}
+    counting.every_pass = True
+    victim.generate(PROMPTS[:1], max_new_tokens=4, intervention=counting)
+    assert len(passes) == 4 and passes[1:] == [1, 1, 1]  # prefill, then one pass per new token

@@ -4,6 +4,9 @@ A head is removed by zeroing its output at the readout token (the last prompt to
 prefill for generators, ``[CLS]`` for classifiers), which removes its contribution to the
 residual stream there. ``mode="mean"`` sets it to its clean mean output instead (mean ablation),
 which keeps the stream's scale. A random-heads curve is the control the paper's figure omits.
+Ablating at every position and decoding step (``everywhere``) is what removing the heads from the
+weights does (``defend --method head-ablation``); tokens generated after the first can otherwise
+still read the trigger through the ablated heads.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ from .subject import AnalysisSubject
 ABLATION_MODES = ("zero", "mean")
 
 
-def ablate(heads: Sequence[Head], mode: str = "zero", clean_means: torch.Tensor | None = None) -> Intervention | None:
-    """The intervention removing ``heads`` (``None`` when there are none)."""
+def ablate(heads: Sequence[Head], mode: str = "zero", clean_means: torch.Tensor | None = None,
+           everywhere: bool = False) -> Intervention | None:
+    """The intervention removing ``heads`` (``None`` when there are none); ``everywhere`` (zero
+    ablation only): at every position and decoding step, not just the readout token."""
     if not heads:
         return None
+    if everywhere and mode != "zero":
+        raise BackdoorLabError("ablation at every position is zero ablation (mode='zero')")
     if mode == "zero":
-        return scale_heads(heads, 0.0)
+        return scale_heads(heads, 0.0, everywhere=everywhere)
     if mode == "mean":
         if clean_means is None:
             raise BackdoorLabError("mean ablation needs the clean mean head outputs")
@@ -49,16 +56,17 @@ def random_ranking(layers: int, heads: int, seed: int = 0) -> list[Head]:
 
 
 def ablation_curve(subject: AnalysisSubject, ranking: Sequence[Head], ks: Sequence[int], *, mode: str = "zero",
-                   clean_means: torch.Tensor | None = None, max_new_tokens: int = 32,
+                   clean_means: torch.Tensor | None = None, everywhere: bool = False, max_new_tokens: int = 32,
                    batch_size: int = 16) -> list[dict[str, Any]]:
-    """ASR on triggered prompts and clean utility with the top-``k`` heads of ``ranking`` removed."""
+    """ASR on triggered prompts and clean utility with the top-``k`` heads of ``ranking`` removed
+    (at the readout token, or ``everywhere``)."""
     _, triggered, _ = subject.asr_rows()
     total = subject.victim.spec.total_heads
     points = []
     for k in tqdm(ks, desc="ablation", leave=False):
         if not 0 <= k <= len(ranking):
             raise BackdoorLabError(f"cannot ablate {k} heads; the ranking has {len(ranking)}")
-        intervention = ablate(list(ranking[:k]), mode, clean_means)
+        intervention = ablate(list(ranking[:k]), mode, clean_means, everywhere)
         points.append({"k": k, "fraction": k / total,
                        "asr": backdoor_rate(subject, triggered, intervention, max_new_tokens=max_new_tokens,
                                             batch_size=batch_size),

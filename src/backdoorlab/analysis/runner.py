@@ -240,8 +240,11 @@ class Analysis:
         if self.config.random_control:
             control = random_ranking(spec.num_layers, spec.num_heads, self.config.seed)
             result["random_control"] = ablation_curve(self.subject, control, [ks[-1]], **options)[0]
-        base = curve[0]["asr"]
         at_3 = min(curve, key=lambda p: abs(p["fraction"] - 0.03))
+        if self.config.ablation_mode == "zero":  # the weight-removal equivalent, at ~3% and at the maximum
+            result["everywhere"] = ablation_curve(self.subject, ranking, sorted({at_3["k"], ks[-1]}),
+                                                  everywhere=True, **options)
+        base = curve[0]["asr"]
         result["headline"] = {"asr_before": base, "k_near_3pct": at_3["k"], "asr_after_near_3pct": at_3["asr"],
                               "relative_asr_drop_near_3pct": (base - at_3["asr"]) / base if base else None}
         utility = next(k for k in curve[0] if k.startswith("clean_"))

@@ -56,6 +56,9 @@ def _ablate(result: dict[str, Any]) -> list[str]:
     rows = [f"| {p['k']} | {_pct(p['fraction'])} | {_pct(p['asr'])} | {p[utility]:.3f} |" for p in result["curve"]]
     lines = ["## Head ablation", "", f"Mode: {result['mode']} at the readout token.", "",
              f"| heads | share | ASR | {utility.replace('_', ' ')} |", "|---|---|---|---|", *rows, ""]
+    for point in result.get("everywhere", []):
+        lines += [f"Top {point['k']} heads ablated at every position and decoding step → ASR {_pct(point['asr'])}, "
+                  f"{utility.replace('_', ' ')} {point[utility]:.3f}.", ""]
     if "random_control" in result:
         c = result["random_control"]
         lines += [f"Control: {c['k']} random heads ablated → ASR {_pct(c['asr'])}, "

@@ -50,8 +50,12 @@ def set_heads(values: Mapping[Head, torch.Tensor]) -> Intervention:
     return build
 
 
-def scale_heads(heads: Iterable[Head], factor: float = 0.0) -> Intervention:
-    """Multiply each head's output at the readout position by ``factor`` (0 = zero ablation)."""
+def scale_heads(heads: Iterable[Head], factor: float = 0.0, everywhere: bool = False) -> Intervention:
+    """Multiply each head's output at the readout position by ``factor`` (0 = zero ablation).
+
+    ``everywhere``: at every position and, during generation, in every decoding pass too (the
+    run-time equivalent of removing the heads from the weights).
+    """
     by_layer: dict[int, list[int]] = defaultdict(list)
     for layer, head in heads:
         by_layer[layer].append(head)
@@ -60,12 +64,16 @@ def scale_heads(heads: Iterable[Head], factor: float = 0.0) -> Intervention:
         def hook_for(layer_heads: list[int]) -> HookFn:
             def fn(activation: torch.Tensor) -> torch.Tensor:
                 out = activation.clone()
-                rows, cols = _rows(out, positions)
                 index = torch.tensor(layer_heads, device=out.device)
-                out[rows[:, None], cols[:, None], index[None, :]] *= factor
+                if everywhere:
+                    out[:, :, index] *= factor
+                else:
+                    rows, cols = _rows(out, positions)
+                    out[rows[:, None], cols[:, None], index[None, :]] *= factor
                 return out
             return fn
         return {(layer, "head_out"): [hook_for(hs)] for layer, hs in by_layer.items()}
+    build.every_pass = everywhere  # type: ignore[attr-defined]
     return build
 
 
@@ -82,7 +90,8 @@ def add_vector(layer: int, vector: torch.Tensor, scale: float = 1.0, point: str 
 
 
 def combine(*interventions: Intervention | None) -> Intervention:
-    """Apply several interventions together (``None`` entries are skipped)."""
+    """Apply several interventions together (``None`` entries are skipped); in generation they act
+    in every decoding pass only if all of them do, else in the prefill pass only."""
     chosen = [i for i in interventions if i is not None]
 
     def build(positions: torch.Tensor) -> dict[HookKey, list[HookFn]]:
@@ -91,7 +100,13 @@ def combine(*interventions: Intervention | None) -> Intervention:
             for key, fns in intervention(positions).items():
                 merged[key].extend(fns)
         return dict(merged)
+    build.every_pass = bool(chosen) and all(acts_every_pass(i) for i in chosen)  # type: ignore[attr-defined]
     return build
+
+
+def acts_every_pass(intervention: Intervention) -> bool:
+    """Whether ``intervention`` must also act in generation's decoding passes (not only prefill)."""
+    return bool(getattr(intervention, "every_pass", False))
 
 
 def first_call_only(fns: dict[HookKey, list[HookFn]]) -> dict[HookKey, list[HookFn]]:

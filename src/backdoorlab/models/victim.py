@@ -24,7 +24,7 @@ from ..errors import BackdoorLabError
 from ..fileio import atomic_directory, write_json_atomic
 from .architecture import ArchitectureSpec, base_model, describe
 from .hooks import HookFn, HookKey, hooks
-from .interventions import Intervention, first_call_only
+from .interventions import Intervention, acts_every_pass, first_call_only
 from .tokenization import IGNORE_INDEX, pad_batch, tokenize_pair
 
 Item = Example | str
@@ -253,7 +253,9 @@ class Victim:
             yield self
             return
         fns = intervention(positions)
-        with hooks(self.model, self.spec, first_call_only(fns) if once else fns):
+        if once and not acts_every_pass(intervention):
+            fns = first_call_only(fns)
+        with hooks(self.model, self.spec, fns):
             yield self
 
     # -------------------------------------------------------------- saving
