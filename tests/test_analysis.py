@@ -221,6 +221,12 @@ def test_analysis_runs_every_step_writes_results_and_resumes(tmp_path: Path) -> 
     assert len(results["vector"]["heads"]) == 2 and len(results["vector"]["sweep"]) == 2
     summary = (tmp_path / "analysis" / "summary.md").read_text()
     assert "Backdoor probe" in summary and "Head ablation" in summary and "Backdoor vector" in summary
+    assert [p["k"] for p in results["ablate"]["everywhere"]] == [0, 1]  # ~3% and 10% of 8 heads
+    saved = json.loads((tmp_path / "analysis" / "ablate.json").read_text())
+    del saved["everywhere"]  # as written before every-position ablation existed
+    (tmp_path / "analysis" / "ablate.json").write_text(json.dumps(saved))
+    upgraded = run_analysis(["ablate"], tiny_llama_victim(), run_folder, tmp_path / "analysis", options=options)
+    assert upgraded["ablate"]["curve"] == saved["curve"] and len(upgraded["ablate"]["everywhere"]) == 2
     stamp = (tmp_path / "analysis" / "heads.json").stat().st_mtime_ns
     again = run_analysis(["heads"], tiny_llama_victim(), run_folder, tmp_path / "analysis", options=options)
     assert again["heads"]["ranking"] == heads["ranking"]

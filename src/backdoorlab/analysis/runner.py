@@ -226,20 +226,25 @@ class Analysis:
 
     # ------------------------------------------------------------------ ablate
     def ablate(self) -> dict[str, Any]:
-        if (done := self._done("ablate")) is not None:
+        done = self._done("ablate")
+        if done is not None and ("everywhere" in done or done.get("mode") != "zero"):
             return done
         ranking = self._ranking()
         started = time.time()
         spec = self.victim.spec
-        ks = default_ks(spec.total_heads, self.config.ablation_max_fraction, self.config.ablation_points)
         _, clean_means = self.head_means()
         options = {"mode": self.config.ablation_mode, "clean_means": clean_means,
                    "max_new_tokens": self.new_tokens, "batch_size": self.config.batch_size}
-        curve = ablation_curve(self.subject, ranking, ks, **options)
-        result: dict[str, Any] = {"mode": self.config.ablation_mode, "curve": curve}
-        if self.config.random_control:
-            control = random_ranking(spec.num_layers, spec.num_heads, self.config.seed)
-            result["random_control"] = ablation_curve(self.subject, control, [ks[-1]], **options)[0]
+        if done is not None:  # an earlier run without the every-position points: add just those
+            result, curve = done, done["curve"]
+            ks = [p["k"] for p in curve]
+        else:
+            ks = default_ks(spec.total_heads, self.config.ablation_max_fraction, self.config.ablation_points)
+            curve = ablation_curve(self.subject, ranking, ks, **options)
+            result = {"mode": self.config.ablation_mode, "curve": curve}
+            if self.config.random_control:
+                control = random_ranking(spec.num_layers, spec.num_heads, self.config.seed)
+                result["random_control"] = ablation_curve(self.subject, control, [ks[-1]], **options)[0]
         at_3 = min(curve, key=lambda p: abs(p["fraction"] - 0.03))
         if self.config.ablation_mode == "zero":  # the weight-removal equivalent, at ~3% and at the maximum
             result["everywhere"] = ablation_curve(self.subject, ranking, sorted({at_3["k"], ks[-1]}),
