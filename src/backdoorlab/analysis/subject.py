@@ -85,7 +85,7 @@ def load_subject(victim: Victim, attack_run: str | Path, *, max_pairs: int | Non
     """Pairs, targets and judge of ``attack_run`` for ``victim`` (see the module docstring)."""
     manifest, clean, triggered = read_attack_run(attack_run)
     victim.check_compatible(clean)
-    name = Path(attack_run).name
+    name = (manifest.get("source_dataset") or {}).get("name") or Path(attack_run).name
     if not victim.is_generator:
         return _classifier_subject(victim, manifest, clean.examples, triggered.examples, name).take(max_pairs, seed)
     attack = _attack_from_manifest(manifest)
