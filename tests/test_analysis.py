@@ -219,6 +219,13 @@ def test_analysis_runs_every_step_writes_results_and_resumes(tmp_path: Path) -> 
     assert len(heads["ranking"]) == 8 and -1 <= heads["agreement"]["spearman"] <= 1
     assert [p["k"] for p in results["ablate"]["curve"]][0] == 0
     assert len(results["vector"]["heads"]) == 2 and len(results["vector"]["sweep"]) == 2
+    control = results["vector"]["random_control"]
+    assert 0 <= control["asr_clean_plus_random"] <= 1 and control["layer_off"] in (0, 1)
+    saved_vector = json.loads((tmp_path / "analysis" / "vector.json").read_text())
+    del saved_vector["random_control"]
+    (tmp_path / "analysis" / "vector.json").write_text(json.dumps(saved_vector))
+    again_vector = run_analysis(["vector"], tiny_llama_victim(), run_folder, tmp_path / "analysis", options=options)
+    assert again_vector["vector"]["sweep"] == saved_vector["sweep"] and "random_control" in again_vector["vector"]
     summary = (tmp_path / "analysis" / "summary.md").read_text()
     assert "Backdoor probe" in summary and "Head ablation" in summary and "Backdoor vector" in summary
     assert [p["k"] for p in results["ablate"]["everywhere"]] == [0, 1]  # ~3% and 10% of 8 heads

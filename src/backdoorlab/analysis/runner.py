@@ -26,6 +26,7 @@ import torch
 from ..errors import BackdoorLabError, unknown_name
 from ..fileio import write_json_atomic
 from ..manifest import environment_info
+from ..models.interventions import add_vector
 from ..models.victim import Victim
 from . import plots
 from .ablation import ABLATION_MODES, ablation_curve, default_ks, random_ranking
@@ -261,12 +262,16 @@ class Analysis:
 
     # ------------------------------------------------------------------ vector
     def vector(self) -> dict[str, Any]:
-        if (done := self._done("vector")) is not None:
+        done = self._done("vector")
+        if done is not None and "random_control" in done:
             return done
         top = self.top_heads()
         started = time.time()
         means, _ = self.head_means()
         vector = backdoor_vector(self.victim, means, top)
+        if done is not None:  # an earlier run without the control: add just that
+            done["random_control"] = self._vector_control(vector, done["headline"])
+            return self._write("vector", done, started)
         spec = self.victim.spec
         layers = self.config.layers or list(range(0, spec.num_layers, self.config.layer_stride))
         if any(not 0 <= layer < spec.num_layers for layer in layers):
@@ -290,7 +295,22 @@ class Analysis:
                   "sweep": sweep, "headline": {"best_layer_on": best_on["layer"], "asr_on": best_on["asr_clean_plus_v"],
                                                "best_layer_off": best_off["layer"],
                                                "asr_off": best_off["asr_triggered_minus_v"]}}
+        result["random_control"] = self._vector_control(vector, result["headline"])
         return self._write("vector", result, started)
+
+    def _vector_control(self, vector: torch.Tensor, headline: dict[str, Any]) -> dict[str, Any]:
+        """The same interventions with a random vector of the same norm, at the best layers: does the
+        backdoor vector's direction matter, or would any push that large do?"""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        noise = torch.randn(vector.shape, generator=generator)
+        noise = noise * (vector.norm() / noise.norm())
+        clean, triggered, _ = self.subject.asr_rows()
+        options = {"max_new_tokens": self.new_tokens, "batch_size": self.config.batch_size}
+        on, off = headline["best_layer_on"], headline["best_layer_off"]
+        return {"layer_on": on, "asr_clean_plus_random": backdoor_rate(
+                    self.subject, clean, add_vector(on, noise, self.config.vector_scale), **options),
+                "layer_off": off, "asr_triggered_minus_random": backdoor_rate(
+                    self.subject, triggered, add_vector(off, noise, -self.config.vector_scale), **options)}
 
 
 def run_analysis(steps: list[str], model: str | Path | Victim, attack_run: str | Path, out: str | Path, *,

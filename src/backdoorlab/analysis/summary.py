@@ -74,7 +74,15 @@ def _vector(result: dict[str, Any]) -> list[str]:
             f"{_pct(base['asr_clean'])} on clean prompts.", "",
             f"Best layer to switch it on (clean + v): {head['best_layer_on']} → ASR {_pct(head['asr_on'])}. "
             f"Best layer to switch it off (triggered − v): {head['best_layer_off']} → ASR {_pct(head['asr_off'])}.",
-            "", "![vector](vector.png)", ""]
+            "", *_vector_control(result.get("random_control")), "![vector](vector.png)", ""]
+
+
+def _vector_control(control: dict[str, Any] | None) -> list[str]:
+    if not control:
+        return []
+    return [f"Control, a random vector of the same norm: clean + r at layer {control['layer_on']} → ASR "
+            f"{_pct(control['asr_clean_plus_random'])}; triggered − r at layer {control['layer_off']} → ASR "
+            f"{_pct(control['asr_triggered_minus_random'])}.", ""]
 
 
 SECTIONS = {"probe": _probe, "heads": _heads, "ablate": _ablate, "vector": _vector}
