@@ -80,8 +80,11 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
                                                           for p in ablate.get("everywhere", [])) or "–",
     })
     vector = analysis["vector"]["headline"]
+    control = analysis["vector"].get("random_control", {})
     row.update({"clean+v (layer)": f"{_pct(vector['asr_on'])} (L{vector['best_layer_on']})",
-                "triggered−v (layer)": f"{_pct(vector['asr_off'])} (L{vector['best_layer_off']})"})
+                "triggered−v (layer)": f"{_pct(vector['asr_off'])} (L{vector['best_layer_off']})",
+                "random vector: clean+r / triggered−r": f"{_pct(control.get('asr_clean_plus_random'))} / "
+                                                       f"{_pct(control.get('asr_triggered_minus_random'))}"})
     if args.defend:
         for method in ("head-ablation", "backdoor-vector"):
             options = {"pairs": max(args.pairs, min_pairs), "attribution_prompts": args.attribution_prompts,
