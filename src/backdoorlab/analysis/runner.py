@@ -270,6 +270,7 @@ class Analysis:
         means, _ = self.head_means()
         vector = backdoor_vector(self.victim, means, top)
         if done is not None:  # an earlier run without the control: add just that
+            done["headline"] = _vector_headline(done["sweep"])
             done["random_control"] = self._vector_control(vector, done["headline"])
             return self._write("vector", done, started)
         spec = self.victim.spec
@@ -283,8 +284,6 @@ class Analysis:
                     **clean_utility(self.subject, batch_size=bs)}
         sweep = vector_sweep(self.subject, vector, layers, scale=self.config.vector_scale,
                              max_new_tokens=tokens, batch_size=bs)
-        best_on = max(sweep, key=lambda p: p["asr_clean_plus_v"])
-        best_off = min(sweep, key=lambda p: p["asr_triggered_minus_v"])
         utility = next(k for k in sweep[0] if k.startswith("clean_"))
         plots.curves(self.out / "vector.png", [p["layer"] for p in sweep],
                      {"ASR, clean + v": [p["asr_clean_plus_v"] for p in sweep],
@@ -292,9 +291,7 @@ class Analysis:
                      f"backdoor vector ({len(top)} heads), {self.victim.name}: {self.subject.name}", "layer",
                      utility=(utility.replace("_", " "), [p[utility] for p in sweep]))
         result = {"heads": [list(h) for h in top], "vector_norm": float(vector.norm()), "baseline": baseline,
-                  "sweep": sweep, "headline": {"best_layer_on": best_on["layer"], "asr_on": best_on["asr_clean_plus_v"],
-                                               "best_layer_off": best_off["layer"],
-                                               "asr_off": best_off["asr_triggered_minus_v"]}}
+                  "sweep": sweep, "headline": _vector_headline(sweep)}
         result["random_control"] = self._vector_control(vector, result["headline"])
         return self._write("vector", result, started)
 
@@ -311,6 +308,18 @@ class Analysis:
                     self.subject, clean, add_vector(on, noise, self.config.vector_scale), **options),
                 "layer_off": off, "asr_triggered_minus_random": backdoor_rate(
                     self.subject, triggered, add_vector(off, noise, -self.config.vector_scale), **options)}
+
+
+def _vector_headline(sweep: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best layers to switch the backdoor on and off; among equally good layers for switching
+    it off, the one that keeps clean utility best (a vector that wrecks the model also "works")."""
+    utility = next(k for k in sweep[0] if k.startswith("clean_"))
+    sign = 1 if "perplexity" in utility else -1  # lower perplexity / higher accuracy is better
+    best_on = max(sweep, key=lambda p: p["asr_clean_plus_v"])
+    best_off = min(sweep, key=lambda p: (p["asr_triggered_minus_v"], sign * p[utility]))
+    return {"best_layer_on": best_on["layer"], "asr_on": best_on["asr_clean_plus_v"],
+            "best_layer_off": best_off["layer"], "asr_off": best_off["asr_triggered_minus_v"],
+            f"{utility}_at_best_off": best_off[utility]}
 
 
 def run_analysis(steps: list[str], model: str | Path | Victim, attack_run: str | Path, out: str | Path, *,

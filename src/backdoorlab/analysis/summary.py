@@ -73,7 +73,8 @@ def _vector(result: dict[str, Any]) -> list[str]:
             f"{result['vector_norm']:.2f}). Without intervention: ASR {_pct(base['asr_triggered'])} on triggered, "
             f"{_pct(base['asr_clean'])} on clean prompts.", "",
             f"Best layer to switch it on (clean + v): {head['best_layer_on']} → ASR {_pct(head['asr_on'])}. "
-            f"Best layer to switch it off (triggered − v): {head['best_layer_off']} → ASR {_pct(head['asr_off'])}.",
+            f"Best layer to switch it off (triggered − v), ties broken by clean utility: {head['best_layer_off']} → "
+            f"ASR {_pct(head['asr_off'])}.",
             "", *_vector_control(result.get("random_control")), "![vector](vector.png)", ""]
 
 
