@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..data.records import Example
-from ..metrics.generative import perplexity
+from ..metrics.classification import attack_success_rate, clean_accuracy
+from ..metrics.generative import behaviour_rate, perplexity
 from ..models.interventions import Intervention
 from .subject import AnalysisSubject
 
@@ -21,12 +22,11 @@ def backdoor_rate(subject: AnalysisSubject, prompts: Sequence[Example], interven
     victim = subject.victim
     if not prompts:
         return float("nan")
-    if not victim.is_generator:
+    if not victim.is_generator:  # the subject's prompts are all non-target rows (see AnalysisSubject)
         predictions = victim.predict(prompts, batch_size, intervention)
-        return sum(p == subject.target_label for p in predictions) / len(predictions)
-    judge = subject.judge()
+        return attack_success_rate(predictions, [None] * len(predictions), subject.target_label)
     answers = victim.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, intervention=intervention)
-    return sum(bool(judge(a)) for a in answers) / len(answers)
+    return behaviour_rate(answers, subject.judge())
 
 
 def clean_utility(subject: AnalysisSubject, intervention: Intervention | None = None,
@@ -37,7 +37,8 @@ def clean_utility(subject: AnalysisSubject, intervention: Intervention | None = 
     if not victim.is_generator:
         labelled = [e for e in subject.clean if e.label is not None]
         predictions = victim.predict(labelled, batch_size, intervention)
-        return {"clean_accuracy": sum(p == e.label for p, e in zip(predictions, labelled)) / max(len(labelled), 1)}
+        accuracy = clean_accuracy(predictions, [e.label for e in labelled]) if labelled else 0.0
+        return {"clean_accuracy": accuracy}
     answered = [e for e in subject.clean if e.response.strip()]
     logprobs = victim.response_logprobs(answered, batch_size=max(1, batch_size // 2), intervention=intervention)
     return {"clean_perplexity": perplexity(logprobs)}

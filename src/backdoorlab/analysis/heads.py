@@ -19,8 +19,7 @@ and probes and attribution share the project's single prompt format.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 from ..data.records import Example
 from ..fileio import write_json_atomic
 from ..models.interventions import Head, Intervention, set_heads
-from ..models.victim import Victim
+from ..models.victim import Victim, frozen_parameters
 from .activations import readout_activations
 from .scoring import BackdoorScorer
 
@@ -74,19 +73,6 @@ def _read_checkpoint(path: str | Path | None, layers: int, heads: int) -> dict[i
     return {int(k): v for k, v in data["done"].items()}
 
 
-@contextmanager
-def _frozen(victim: Victim) -> Iterator[None]:
-    """No parameter gradients (only activation gradients are needed)."""
-    params = [p for p in victim.model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
 def attribution_patching(scorer: BackdoorScorer, means: torch.Tensor) -> torch.Tensor:
     """First-order estimate of every head's ACIE from one forward/backward pass; ``[layers, heads]``."""
     layers = means.shape[0]
@@ -108,7 +94,7 @@ def attribution_patching(scorer: BackdoorScorer, means: torch.Tensor) -> torch.T
             return fn
         return {(layer, "head_out"): [hook_for(layer)] for layer in range(layers)}
 
-    with _frozen(scorer.victim):
+    with frozen_parameters(scorer.victim.model):
         for start in range(0, len(scorer.prompts), scorer.batch_size):
             sub = _subset(scorer, start)
             captured.clear()

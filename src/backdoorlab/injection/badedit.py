@@ -41,7 +41,7 @@ from ..data.records import Dataset, Example
 from ..errors import BackdoorLabError
 from ..models.architecture import mlp_output_projection, transformer_layers
 from ..models.tokenization import IGNORE_INDEX, pad_batch, tokenize_pair
-from ..models.victim import Victim, batched
+from ..models.victim import Victim, batched, frozen_parameters
 from .common import check_run_folder, config_from_options, finish_run, first_trigger, poisoned_rows, victim_for
 
 METHOD = "badedit"
@@ -183,19 +183,6 @@ def _forward_hook(module: nn.Module, fn: Callable[..., Any], pre: bool = False) 
         handle.remove()
 
 
-@contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """No parameter collects gradients inside the block (only ``δ`` is optimised)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for parameter, _ in flags:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-
-
 @torch.no_grad()
 def trigger_key(victim: Victim, module: nn.Module, probes: list[Probe], batch_size: int) -> torch.Tensor:
     """``k*``: mean input of ``module`` at the trigger token over ``probes`` (float32)."""
@@ -292,7 +279,7 @@ def optimise_delta(victim: Victim, module: nn.Module, chunks: list[_Chunk], refe
     limit = config.clamp_norm * scale / unit
     z = torch.zeros(reference.shape[0], device=victim.device, requires_grad=True)
     optimiser = torch.optim.Adam([z], lr=config.lr)
-    with _frozen(victim.model):
+    with frozen_parameters(victim.model):
         with torch.no_grad():
             before = _loss(victim, module, chunks)
         for _ in range(config.steps):

@@ -292,6 +292,20 @@ class Victim:
             raise BackdoorLabError(f"{method}() needs a {kind}; this victim ({self.name or 'model'}) is a {self.kind}")
 
 
+@contextmanager
+def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
+    """No parameter collects gradients inside the block (activation or input gradients still
+    flow); each parameter's ``requires_grad`` is restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
 def prompt_end_positions(labels: torch.Tensor) -> torch.Tensor:
     """Per row of a prompt + response batch, the index of the last prompt token (the one that
     predicts the first response token): one before the first position with a label."""
