@@ -105,7 +105,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     results = run_evaluate(args.model, args.data, max_rows=args.max_rows, batch_size=args.batch_size,
                            max_new_tokens=args.max_new_tokens, device=args.device, out=args.out,
-                           allow_pickle=args.allow_pickle)
+                           allow_pickle=args.allow_pickle, guard=args.guard)
     shown = {k: v for k, v in results["metrics"].items() if isinstance(v, (int, float, str))}
     print(json.dumps(shown, indent=2))
     print(f"results written to {results['written_to']}")
@@ -157,12 +157,13 @@ def cmd_defend(args: argparse.Namespace) -> None:
 
     metrics = run_defense(args.method, args.model, args.data, args.out, options=_options(args.option),
                           evaluate=not args.no_eval, max_eval_rows=args.max_rows, device=args.device,
-                          allow_pickle=args.allow_pickle, overwrite=args.overwrite)
-    if "before" in metrics:
-        keys = [k for k in metrics["after"] if isinstance(metrics["after"][k], (int, float))]
-        for key in keys:
-            print(f"{key}: {_short(metrics['before'].get(key))} -> {_short(metrics['after'][key])}")
-    print(f"wrote {Path(args.out) / 'model'}")
+                          baseline=args.baseline, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+    if "after" in metrics:
+        before = metrics.get("before", {})
+        for key, value in metrics["after"].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                print(f"{key}: {_short(before.get(key, '-'))} -> {_short(value)}")
+    print(f"wrote {args.out} (defense.json, metrics.json)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--out", help="results JSON path (default: results.json in the model's run folder)")
+    p.add_argument("--guard", help="predict through an inference-time defense (its `defend` run folder)")
     _common(p, device=True, pickle=True)
     p.set_defaults(func=cmd_evaluate)
 
@@ -259,8 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("defenses", help="list the defenses and their options").set_defaults(func=cmd_defenses)
     p = sub.add_parser("defend", help="mitigate a backdoor and measure ASR/clean metrics before and after")
     p.add_argument("--method", required=True, help="a name from `backdoorlab defenses`")
-    p.add_argument("--model", required=True, help="the suspect model")
+    p.add_argument("--model", required=True,
+                   help="the suspect model (training-stage defenses: the clean pretrained model to train)")
     p.add_argument("--data", required=True, help="attack run folder the defense may learn from and is measured on")
+    p.add_argument("--baseline", help="results.json of the undefended model on --data, used as 'before'")
     p.add_argument("--out", required=True, help="defense run folder (model/, defense.json, metrics.json)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="defense option (repeatable)")
     p.add_argument("--max-rows", type=int, default=100, help="evaluate on at most this many rows per test set")

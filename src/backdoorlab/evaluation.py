@@ -7,7 +7,7 @@ often the behaviour fires without its trigger) and the perplexity of reference r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from .metrics.judges import Judge, get_judge
 from .models.victim import Victim
 
 RESULTS_FILE = "results.json"
+Predictor = Callable[[Sequence[Example], int], list[int]]
 
 
 def _merged_notes(*datasets: Dataset) -> list[str]:
@@ -41,8 +42,11 @@ def _resolve_target(victim: Victim, dataset: Dataset, target: int | str) -> tupl
 
 
 def evaluate_classifier(victim: Victim, clean_test: Dataset, triggered_test: Dataset, target: int | str,
-                        batch_size: int = 32) -> dict[str, Any]:
+                        batch_size: int = 32, predict: Predictor | None = None) -> dict[str, Any]:
     """CACC on ``clean_test`` and ASR on ``triggered_test`` towards ``target`` (index or label name).
+
+    ``predict(rows, batch_size)`` replaces ``victim.predict`` (e.g. a defense's guard); a
+    prediction of -1 (rejected) is never the target and never correct.
 
     Returns ``{"cacc", "asr", "n_clean", "n_triggered", "n_asr_rows", "target", "target_name", "model",
     "notes"}``; ``n_asr_rows`` counts the triggered rows ASR is computed on (true label not the
@@ -53,11 +57,13 @@ def evaluate_classifier(victim: Victim, clean_test: Dataset, triggered_test: Dat
     _require_rows(clean_test, "clean test")
     _require_rows(triggered_test, "triggered test")
     target_index, target_name = _resolve_target(victim, clean_test, target)
-    clean_predictions = victim.predict(clean_test.examples, batch_size)
-    triggered_predictions = victim.predict(triggered_test.examples, batch_size)
+    predict = predict or victim.predict
+    clean_predictions = predict(clean_test.examples, batch_size)
+    triggered_predictions = predict(triggered_test.examples, batch_size)
     true_labels = [e.label for e in triggered_test]
     return {
         "cacc": clean_accuracy(clean_predictions, [e.label for e in clean_test]),
+        "rejected": {"clean": clean_predictions.count(-1), "triggered": triggered_predictions.count(-1)},
         "asr": attack_success_rate(triggered_predictions, true_labels, target_index),
         "n_clean": len(clean_test),
         "n_triggered": len(triggered_test),

@@ -139,8 +139,12 @@ def load_training_data(data: str | Path, split: str = "train", data_dir: str | P
 
 def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | None = None, batch_size: int = 16,
                  max_new_tokens: int = 48, device: str = "auto", out: str | Path | None = None,
-                 allow_pickle: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Evaluate a model on an attack run's test sets; write ``results.json`` beside the model run."""
+                 allow_pickle: bool = False, seed: int = 0, guard: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a model on an attack run's test sets; write ``results.json`` beside the model run.
+
+    ``guard``: a defense run folder (or ``guard.json``) of an inference-time defense to predict
+    through (classifiers only).
+    """
     from .evaluation import evaluate_classifier, evaluate_generator
     from .models.loading import load_victim
 
@@ -149,7 +153,18 @@ def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | N
     victim = load_victim(model, label_names=clean.label_names, device=device, allow_pickle=allow_pickle)
     victim.check_compatible(clean)
     if manifest["task"] == "classification":
-        metrics = evaluate_classifier(victim, clean, triggered, manifest["target"]["index"], batch_size=batch_size)
+        predict = None
+        if guard is not None:
+            from .defenses.guard import load_guard
+
+            loaded = load_guard(guard)
+            predict = lambda items, size: loaded.predict(victim, items, size)  # noqa: E731
+        metrics = evaluate_classifier(victim, clean, triggered, manifest["target"]["index"], batch_size=batch_size,
+                                      predict=predict)
+        if guard is not None:
+            metrics["guard"] = str(guard)
+    elif guard is not None:
+        raise BackdoorLabError("guards (inference-time defenses) apply to classifiers only")
     else:
         metrics = evaluate_generator(victim, triggered, clean, manifest["behaviour"],
                                      target_output=manifest.get("target_output"),

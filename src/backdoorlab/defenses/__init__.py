@@ -1,10 +1,14 @@
 """Defenses: turn a suspect model into a mitigated one (``backdoorlab defend``).
 
-Registered: ``head-ablation`` and ``backdoor-vector`` (from backdoor attribution).
+Registered: ``none`` and ``fine-tune`` (baselines), ``head-ablation`` and ``backdoor-vector``
+(from backdoor attribution).
 """
 
-from . import attribution  # noqa: F401  (registers the attribution defenses)
+from . import attribution, finetune  # noqa: F401  (register the defenses)
 from .base import Defense, DefenseOutcome, get_defense, list_defenses, register_defense
+from .data import DefenseData, defense_data
+from .guard import REJECTED, Guard, load_guard, register_guard, save_guard
 from .runner import run_defense
 
-__all__ = ["Defense", "DefenseOutcome", "get_defense", "list_defenses", "register_defense", "run_defense"]
+__all__ = ["REJECTED", "Defense", "DefenseData", "DefenseOutcome", "Guard", "defense_data", "get_defense",
+           "list_defenses", "load_guard", "register_defense", "register_guard", "run_defense", "save_guard"]

@@ -1,8 +1,16 @@
 """The :class:`Defense` base class and the defense name registry (peft-style: name → config class).
 
-A defense is a dataclass whose fields are its options. :meth:`Defense.apply` gets the suspect
-model, the attack run it may learn from, and a work folder for its intermediate findings; it
-returns the mitigated model and a JSON-able dict of what it found and did.
+A defense is a dataclass whose fields are its options. :meth:`Defense.apply` gets a model, the
+attack run it may learn from, and a work folder for its intermediate findings; it returns the
+mitigated model (and, for inference-time defenses, a :class:`~backdoorlab.defenses.guard.Guard`)
+and a JSON-able dict of what it found and did.
+
+Each defense declares its ``stage``, which says what the ``model`` it is given is:
+
+- ``"post-training"``: the suspect (backdoored) model, edited or fine-tuned;
+- ``"training"``: the clean pretrained model, trained on the poisoned data in a way that resists
+  the backdoor (MuScleLoRA, BadLLM-TG);
+- ``"inference"``: the suspect model, left unchanged and wrapped by a guard (ONION, RAP, BadActs).
 """
 
 from __future__ import annotations
@@ -14,12 +22,17 @@ from typing import Any, ClassVar
 
 from ..errors import BackdoorLabError, unknown_name
 from ..models.victim import Victim
+from .guard import Guard
+
+STAGES = ("post-training", "training", "inference")
 
 
 @dataclass
 class DefenseOutcome:
     victim: Victim
     findings: dict[str, Any]
+    guard: Guard | None = None  # inference-time defenses: how predictions are made
+    model_changed: bool = True  # False: the input model is used as it is (not saved again)
 
 
 @dataclass
@@ -28,6 +41,7 @@ class Defense:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    stage: ClassVar[str] = "post-training"
 
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -42,14 +56,20 @@ _REGISTRY: dict[str, type[Defense]] = {}
 def register_defense(cls: type[Defense]) -> type[Defense]:
     if not cls.name or cls.name in _REGISTRY:
         raise ValueError(f"defense name {cls.name!r} is empty or already registered")
+    if cls.stage not in STAGES:
+        raise ValueError(f"defense {cls.name!r} has stage {cls.stage!r}; expected one of {STAGES}")
     _REGISTRY[cls.name] = cls
     return cls
 
 
 def list_defenses() -> list[tuple[str, str, dict[str, Any]]]:
     """``(name, description, default options)`` of every registered defense."""
-    return [(name, cls.description, {f.name: f.default for f in dataclasses.fields(cls)})
+    return [(name, f"[{cls.stage}] {cls.description}", {f.name: _default(f) for f in dataclasses.fields(cls)})
             for name, cls in sorted(_REGISTRY.items())]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def get_defense(name: str, **options: Any) -> Defense:
