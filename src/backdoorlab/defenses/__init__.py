@@ -1,10 +1,11 @@
 """Defenses: turn a suspect model into a mitigated one (``backdoorlab defend``).
 
-Registered: ``none`` and ``fine-tune`` (baselines), ``head-ablation`` and ``backdoor-vector``
-(from backdoor attribution).
+Registered: ``badllm-tg`` (trigger inversion + adversarial training); the classification baselines
+``none``, ``fine-tune``, ``onion``, ``rap``, ``muscle-lora`` and ``badacts``; ``head-ablation`` and
+``backdoor-vector`` (from backdoor attribution).
 """
 
-from . import attribution, finetune  # noqa: F401  (register the defenses)
+from . import attribution, badacts, badllm_tg, finetune, muscle_lora, onion, rap  # noqa: F401  (register)
 from .base import Defense, DefenseOutcome, get_defense, list_defenses, register_defense
 from .data import DefenseData, defense_data
 from .guard import REJECTED, Guard, load_guard, register_guard, save_guard

@@ -1,0 +1,211 @@
+"""BadLLM-TG: trigger inversion with an LLM trigger generator, then adversarial training.
+
+Zhang et al., "BadLLM-TG: A Backdoor Defender powered by LLM Trigger Generator", arXiv 2603.15692:
+
+1. §2.3, Eq. 4 — identify the target label ŷ from confidence changes in early training
+   (:mod:`backdoorlab.defenses.target_label`) and split D* into D_tgt and D_n-tgt;
+2. §2.4, Eqs. 5–8 — learn the generator's prompt by prompt-driven RL with the victim's loss as
+   reward (:mod:`backdoorlab.defenses.trigger_search`);
+3. §2.5, Eq. 9 — apply G(·; p̂) to the training set, keep every row's label, and fine-tune the
+   suspect on D* ∪ G(D*).
+
+Variants (``variant``): ``"faithful"`` — the generator studies raw D_tgt rows and performs every
+rewrite itself (``rewrite="llm"``), as in the paper; ``"evidence"`` (default) — the generator also
+reads n-grams mined from the high-Δc rows (:mod:`backdoorlab.defenses.evidence`), untried evidence
+stands in for proposals it cannot make, the pattern's phrases are inserted rather than
+paraphrased in (``rewrite="insert"``), which small local generators need, and the search keeps
+going after the first working trigger so that adversarial training covers every trigger found
+(``all_triggers``).
+
+Work files (all reused on a rerun): ``target.json``, ``evidence.json``, ``iterations.json``,
+``trigger.json`` (the recovered pattern), ``adversarial-set/`` and ``adversarial-training/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.records import Dataset
+from ..errors import BackdoorLabError
+from ..fileio import write_json_atomic
+from ..llm.backends import BACKENDS, get_backend
+from ..models.victim import Victim
+from ..training import TrainConfig, train
+from .base import DefenseOutcome, register_defense
+from .data import defense_data
+from .evidence import Evidence, mine_evidence
+from .finetune import ClassifierDefense
+from .target_label import STATISTICS, confidence_change, identify_target, record_confidences
+from .trigger_pattern import REWRITE_MODES, PatternApplier, TriggerPattern
+from .trigger_search import SearchConfig, TriggerSearch
+
+VARIANTS = ("evidence", "faithful")
+START_FROM = ("suspect", "base")
+
+
+@register_defense
+@dataclass
+class BadLLMTG(ClassifierDefense):
+    name = "badllm-tg"
+    description = "BadLLM-TG: LLM trigger generator tuned by prompt-driven RL, then adversarial training"
+    variant: str = "evidence"
+    generator: str = "local"  # local | openai
+    generator_model: str | None = None  # local default: smollm2-135m-instruct
+    base_url: str | None = None  # openai: the API root, e.g. http://localhost:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the endpoint's key
+    rewrite: str | None = None  # llm | insert | llm+insert; default by variant
+    target: int | None = None  # skip identification when the target label is known
+    base_model: str | None = None  # clean model for the identification scout; default: the suspect's base
+    identify_epochs: float = 1.0
+    identify_records: int = 5
+    identify_lr: float = 5e-5
+    statistic: str = "variance"
+    top_fraction: float = 0.05
+    min_majority: float = 0.6
+    evidence_fraction: float = 0.1
+    iterations: int = 8
+    candidates: int = 2
+    eval_rows: int = 24
+    loss_threshold: float = 0.2
+    all_triggers: bool | None = None  # keep searching and train on every working pattern; default by variant
+    temperature: float = 0.7
+    adv_fraction: float = 1.0
+    adv_epochs: float = 2.0
+    adv_lr: float = 2e-5
+    start_from: str = "suspect"
+    batch_size: int = 16
+    device: str = "auto"
+
+    def check(self) -> None:
+        choices = {"variant": (self.variant, VARIANTS), "generator": (self.generator, BACKENDS),
+                   "statistic": (self.statistic, STATISTICS), "start_from": (self.start_from, START_FROM)}
+        if self.rewrite is not None:
+            choices["rewrite"] = (self.rewrite, REWRITE_MODES)
+        for option, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise BackdoorLabError(f"badllm-tg option {option} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0 < self.adv_fraction <= 1 or not 0 < self.evidence_fraction <= 1:
+            raise BackdoorLabError("adv_fraction and evidence_fraction must be in (0, 1]")
+        if self.adv_epochs <= 0 or self.identify_epochs <= 0:
+            raise BackdoorLabError("adv_epochs and identify_epochs must be positive")
+
+    @property
+    def collect_all(self) -> bool:
+        return self.variant == "evidence" if self.all_triggers is None else bool(self.all_triggers)
+
+    @property
+    def rewrite_mode(self) -> str:
+        return self.rewrite or ("insert" if self.variant == "evidence" else "llm")
+
+    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
+        self.check()
+        if victim.is_generator:
+            raise BackdoorLabError("badllm-tg defends text classifiers; the model given is a generator")
+        data = defense_data(attack_run, clean_data=self.clean_data, max_clean=self.max_clean, seed=self.seed)
+        train_set = data.poisoned_train
+        victim.check_compatible(train_set)
+        identification, delta = self._identify(victim, train_set, workdir)
+        target = identification["target"]
+        names = train_set.label_names or [str(i) for i in range(train_set.num_labels)]
+        if not 0 <= target < len(names):
+            raise BackdoorLabError(f"target {target} is not a label index of {train_set.name!r} (0..{len(names) - 1})")
+        evidence = self._evidence(train_set, delta, target, workdir)
+        backend = get_backend(self.generator, model=self.generator_model, base_url=self.base_url,
+                              api_key_env=self.api_key_env, device=self.device)
+        applier = PatternApplier(backend, self.rewrite_mode, seed=self.seed)
+        result = self._search(victim, backend, applier, train_set, target, names[target], evidence, workdir)
+        patterns = result.working if self.collect_all else [result.best]
+        adversarial = self._adversarial_set(train_set, applier, patterns, workdir)
+        model = victim if self.start_from == "suspect" else self._load_base(victim, train_set)
+        config = TrainConfig(method="full", epochs=self.adv_epochs, learning_rate=self.adv_lr,
+                             batch_size=self.batch_size, seed=self.seed, device=self.device)
+        combined = train_set.with_examples([*train_set.examples, *adversarial.examples],
+                                           note="D* ∪ G(D*) (BadLLM-TG adversarial training set)")
+        trained = train(model, combined, workdir / "adversarial-training", config, overwrite=True)
+        findings = {"target_identification": {k: v for k, v in identification.items() if k != "top_rows"},
+                    "variant": self.variant, "rewrite": self.rewrite_mode, "generator": backend.describe(),
+                    "evidence": [e.to_dict() for e in evidence], "trigger": result.to_dict(),
+                    "adversarial_patterns": [p.describe() for p in patterns],
+                    "adversarial_rows": len(adversarial), "training_rows": len(combined)}
+        return DefenseOutcome(trained, findings)
+
+    # ------------------------------------------------------------------ steps
+    def _identify(self, victim: Victim, train_set: Dataset, workdir: Path) -> tuple[dict[str, Any], np.ndarray]:
+        path = workdir / "target.json"
+        if path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            return saved["identification"], np.array(saved["delta"])
+        labels = [e.label for e in train_set]
+        if self.target is not None:
+            identification = {"target": int(self.target), "given": True}
+            delta = np.zeros(len(labels))
+        else:
+            scout = self._load_base(victim, train_set)
+            trajectory = record_confidences(scout, train_set, workdir / "scout", epochs=self.identify_epochs,
+                                            records=self.identify_records, learning_rate=self.identify_lr,
+                                            batch_size=self.batch_size, seed=self.seed)
+            shutil.rmtree(workdir / "scout", ignore_errors=True)
+            delta = confidence_change(trajectory, self.statistic)
+            found = identify_target(delta, labels, top_fraction=self.top_fraction, min_majority=self.min_majority)
+            identification = {**found.to_dict(train_set.label_names), "given": False, "statistic": self.statistic}
+            write_json_atomic(workdir / "confidences.json", {"uids": [e.uid for e in train_set],
+                                                             "trajectory": trajectory.round(5).tolist()})
+        write_json_atomic(path, {"identification": identification, "delta": [round(float(d), 6) for d in delta]})
+        return identification, delta
+
+    def _load_base(self, victim: Victim, train_set: Dataset) -> Victim:
+        from ..models.loading import load_victim
+
+        base = self.base_model or victim.name
+        if not base:
+            raise BackdoorLabError("the suspect model does not record its base model; pass base_model=<name or folder>")
+        return load_victim(base, kind="classifier", label_names=train_set.label_names, device=self.device)
+
+    def _evidence(self, train_set: Dataset, delta: np.ndarray, target: int, workdir: Path) -> list[Evidence]:
+        path = workdir / "evidence.json"
+        if path.is_file():
+            return [Evidence(**e) for e in json.loads(path.read_text(encoding="utf-8"))]
+        if self.variant != "evidence" or not delta.any():
+            evidence: list[Evidence] = []
+        else:
+            count = max(2, round(len(train_set) * self.evidence_fraction))
+            order = [int(i) for i in np.argsort(-delta, kind="stable")]
+            suspects = [i for i in order[:count] if train_set[i].label == target]
+            rest = set(range(len(train_set))) - set(suspects)
+            evidence = mine_evidence([train_set[i].text for i in suspects], [train_set[i].text for i in sorted(rest)])
+        write_json_atomic(path, [e.to_dict() for e in evidence])
+        return evidence
+
+    def _search(self, victim: Victim, backend: Any, applier: PatternApplier, train_set: Dataset, target: int,
+                target_name: str, evidence: list[Evidence], workdir: Path) -> Any:
+        config = SearchConfig(iterations=self.iterations, candidates=self.candidates, eval_rows=self.eval_rows,
+                              loss_threshold=self.loss_threshold, temperature=self.temperature,
+                              stop_at_threshold=not self.collect_all, seed=self.seed)
+        search = TriggerSearch(victim, backend, applier, target=target, target_name=target_name,
+                               target_texts=[e.text for e in train_set if e.label == target],
+                               other_texts=[e.text for e in train_set if e.label != target], evidence=evidence,
+                               use_evidence=self.variant == "evidence", config=config,
+                               log_path=workdir / "iterations.json")
+        result = search.run()
+        write_json_atomic(workdir / "trigger.json", result.to_dict())
+        return result
+
+    def _adversarial_set(self, train_set: Dataset, applier: PatternApplier, patterns: list[TriggerPattern],
+                         workdir: Path) -> Dataset:
+        folder = workdir / "adversarial-set"
+        if (folder / "dataset.json").is_file():
+            return Dataset.load(folder)
+        rows = train_set.sample(max(1, round(len(train_set) * self.adv_fraction)), self.seed)
+        rewrites = applier.apply_each([e.text for e in rows], patterns)
+        examples = [e.with_(text=t, uid=f"{e.uid}/g") for e, t in zip(rows, rewrites.texts)]
+        described = " | ".join(p.describe() for p in patterns)
+        adversarial = rows.with_examples(examples, name=f"{train_set.name}-badllm-tg",
+                                         note=f"G(x; p) with p in [{described}]; labels kept")
+        adversarial.save(folder, overwrite=True)
+        return adversarial
