@@ -41,7 +41,8 @@ PAPER_BADLLM_TG_CACC = 88.62
 #: Method labels beyond the registry names: label → (defense name, options).
 VARIANTS = {"badllm-tg-faithful": ("badllm-tg", {"variant": "faithful"})}
 #: Budget settings for 2 CPU cores (the defenses' own defaults follow their papers).
-CPU_BUDGET = {"muscle-lora": {"epochs": 4}, "badacts": {"bound_epochs": 10}}
+CPU_BUDGET = {"muscle-lora": {"epochs": 3}, "badacts": {"bound_epochs": 5}, "onion": {"max_clean": 50},
+              "badllm-tg": {"iterations": 6}}
 
 
 def parse_overrides(values: list[str]) -> dict[str, dict[str, Any]]:
@@ -165,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defense-option", action="append", default=[], metavar="NAME:KEY=VALUE")
     parser.add_argument("--rate", type=float, default=0.2)
     parser.add_argument("--target", type=int, default=1)
-    parser.add_argument("--train", type=int, default=500, help="training rows per cell")
-    parser.add_argument("--test", type=int, default=150, help="clean and triggered test rows per cell")
+    parser.add_argument("--train", type=int, default=400, help="training rows per cell")
+    parser.add_argument("--test", type=int, default=100, help="clean and triggered test rows per cell")
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--sweep-rates", default="0.1,0.2,0.3,0.4")

@@ -11,7 +11,8 @@ Zhang et al., "BadLLM-TG: A Backdoor Defender powered by LLM Trigger Generator",
 
 Variants (``variant``): ``"faithful"`` — the generator studies raw D_tgt rows and performs every
 rewrite itself (``rewrite="llm"``), as in the paper; ``"evidence"`` (default) — the generator also
-reads n-grams mined from the high-Δc rows (:mod:`backdoorlab.defenses.evidence`), untried evidence
+reads n-grams mined from the high-Δc rows (:mod:`backdoorlab.defenses.evidence`), ranked by the
+victim's loss with each inserted alone (a cheap probe with the same reward), untried evidence
 stands in for proposals it cannot make, the pattern's phrases are inserted rather than
 paraphrased in (``rewrite="insert"``), which small local generators need, and the search keeps
 going after the first working trigger so that adversarial training covers every trigger found
@@ -68,12 +69,15 @@ class BadLLMTG(ClassifierDefense):
     statistic: str = "variance"
     top_fraction: float = 0.05
     min_majority: float = 0.6
-    evidence_fraction: float = 0.1
+    evidence_fraction: float = 0.25  # suspects: this share of the target-label rows, largest Δc first
+    evidence_mined: int = 40  # n-grams mined, then screened by the victim's loss ...
+    evidence_shown: int = 10  # ... and the best this many shown to the generator
     iterations: int = 8
     candidates: int = 2
     eval_rows: int = 24
     loss_threshold: float = 0.2
     all_triggers: bool | None = None  # keep searching and train on every working pattern; default by variant
+    working_flip_rate: float = 0.8  # a pattern "works" when it flips this share of the evaluation rows
     temperature: float = 0.7
     adv_fraction: float = 1.0
     adv_epochs: float = 2.0
@@ -119,7 +123,7 @@ class BadLLMTG(ClassifierDefense):
         backend = get_backend(self.generator, model=self.generator_model, base_url=self.base_url,
                               api_key_env=self.api_key_env, device=self.device)
         applier = PatternApplier(backend, self.rewrite_mode, seed=self.seed)
-        result = self._search(victim, backend, applier, train_set, target, names[target], evidence, workdir)
+        result, evidence = self._search(victim, backend, applier, train_set, target, names[target], evidence, workdir)
         patterns = result.working if self.collect_all else [result.best]
         adversarial = self._adversarial_set(train_set, applier, patterns, workdir)
         model = victim if self.start_from == "suspect" else self._load_base(victim, train_set)
@@ -174,27 +178,34 @@ class BadLLMTG(ClassifierDefense):
         if self.variant != "evidence" or not delta.any():
             evidence: list[Evidence] = []
         else:
-            count = max(2, round(len(train_set) * self.evidence_fraction))
-            order = [int(i) for i in np.argsort(-delta, kind="stable")]
-            suspects = [i for i in order[:count] if train_set[i].label == target]
-            rest = set(range(len(train_set))) - set(suspects)
-            evidence = mine_evidence([train_set[i].text for i in suspects], [train_set[i].text for i in sorted(rest)])
+            target_rows = [i for i in np.argsort(-delta, kind="stable").tolist() if train_set[i].label == target]
+            count = max(2, round(len(target_rows) * self.evidence_fraction))
+            texts = [e.text for e in train_set]
+            evidence = mine_evidence([texts[i] for i in target_rows[:count]],
+                                     [[texts[i] for i in target_rows[count:]],
+                                      [e.text for e in train_set if e.label != target]], top_k=self.evidence_mined)
         write_json_atomic(path, [e.to_dict() for e in evidence])
         return evidence
 
     def _search(self, victim: Victim, backend: Any, applier: PatternApplier, train_set: Dataset, target: int,
-                target_name: str, evidence: list[Evidence], workdir: Path) -> Any:
+                target_name: str, evidence: list[Evidence], workdir: Path) -> tuple[Any, list[Evidence]]:
         config = SearchConfig(iterations=self.iterations, candidates=self.candidates, eval_rows=self.eval_rows,
                               loss_threshold=self.loss_threshold, temperature=self.temperature,
-                              stop_at_threshold=not self.collect_all, seed=self.seed)
+                              stop_at_threshold=not self.collect_all, working_flip_rate=self.working_flip_rate,
+                              seed=self.seed)
         search = TriggerSearch(victim, backend, applier, target=target, target_name=target_name,
                                target_texts=[e.text for e in train_set if e.label == target],
                                other_texts=[e.text for e in train_set if e.label != target], evidence=evidence,
                                use_evidence=self.variant == "evidence", config=config,
                                log_path=workdir / "iterations.json")
+        screened_path = workdir / "evidence-screened.json"
+        if evidence and not screened_path.is_file():
+            write_json_atomic(screened_path, [e.to_dict() for e in search.screen(evidence, self.evidence_shown)])
+        if screened_path.is_file():
+            search.evidence = [Evidence(**e) for e in json.loads(screened_path.read_text(encoding="utf-8"))]
         result = search.run()
         write_json_atomic(workdir / "trigger.json", result.to_dict())
-        return result
+        return result, search.evidence
 
     def _adversarial_set(self, train_set: Dataset, applier: PatternApplier, patterns: list[TriggerPattern],
                          workdir: Path) -> Dataset:

@@ -106,8 +106,10 @@ def parse_proposal(reply: str, evidence: Sequence[Evidence] = ()) -> TriggerPatt
     phrases = re.findall(r"[\"“']([^\"”']{1,80})[\"”']", pattern_text)
     if not phrases and pattern_text and len(pattern_text.split()) <= 8:
         phrases = [pattern_text.rstrip(".")]
-    phrases = [p.strip() for p in phrases if any(c.isalnum() for c in p) and len(p.split()) <= 12][:3]
-    if instruction and (len(instruction.split()) > 60 or not any(c.isalpha() for c in instruction)):
+    phrases = [p.strip() for p in phrases
+               if any(c.isalnum() for c in p) and len(p.split()) <= 12 and not _echo(p)][:3]
+    if instruction and (len(instruction.split()) > 60 or not any(c.isalpha() for c in instruction)
+                        or _echo(instruction)):
         instruction = ""
     if not phrases and not instruction:
         return None
@@ -116,6 +118,11 @@ def parse_proposal(reply: str, evidence: Sequence[Evidence] = ()) -> TriggerPatt
     known = {e.phrase: e.position for e in evidence}
     position = next((known[p.lower()] for p in phrases if p.lower() in known), "random")
     return TriggerPattern(instruction, phrases, position, "generator")
+
+
+def _echo(text: str) -> bool:
+    """Whether a proposal only repeats the answer format (placeholders like ``<...>`` or ``[...]``)."""
+    return bool(re.search(r"[<>\[\]]", text)) or "the exact words or sentence" in text.lower()
 
 
 def evidence_candidates(evidence: Sequence[Evidence]) -> list[TriggerPattern]:
@@ -162,6 +169,18 @@ class TriggerSearch:
                 "tokens": {"prompt": rewrites.prompt_tokens, "completion": rewrites.completion_tokens},
                 "examples": [{"original": o, "rewritten": r, "loss": round(v, 4), "flipped": f}
                              for o, r, v, f in zip(self.eval_texts, rewrites.texts, losses, flipped)]}
+
+    def screen(self, evidence: Sequence[Evidence], keep: int) -> list[Evidence]:
+        """Evidence re-ranked by the victim's reward: each phrase inserted alone (no generator call) into
+        the evaluation rows, lowest loss first; the best ``keep`` are what the generator is shown."""
+        probe = PatternApplier(None, "insert", seed=self.config.seed)
+        losses = []
+        for item in evidence:
+            rewrites = probe.apply(self.eval_texts, TriggerPattern(phrases=[item.phrase], position=item.position))
+            probs = self.victim.label_probs(rewrites.texts, batch_size=64)[:, self.target]
+            losses.append(float(-probs.clamp_min(1e-12).log().mean()))
+        order = sorted(range(len(evidence)), key=lambda i: losses[i])
+        return [evidence[i].with_reward(losses[i]) for i in order[:keep]]
 
     # ---------------------------------------------------------------- prompts
     def _evidence_note(self) -> str:
@@ -225,10 +244,16 @@ class TriggerSearch:
                         f"{failures} iterations; its last reply was {replies[-1].text[:200]!r}. Use a stronger "
                         "generator (generator=openai with generator_model/base_url) or variant=evidence")
         if not scored:
-            raise BackdoorLabError(f"the trigger generator ({self.backend.describe()}) proposed no usable pattern")
+            raise BackdoorLabError(f"the trigger generator ({self.backend.describe()}) proposed no usable pattern "
+                                   f"and the evidence offered {len(self.evidence)} candidate(s); use a stronger "
+                                   "generator or more training rows")
         ranked = sorted(scored, key=lambda c: (c["loss"], -c["flip_rate"]))
-        working = [TriggerPattern.from_dict(c["pattern"]) for c in ranked
-                   if c["flip_rate"] >= self.config.working_flip_rate]
+        working: list[TriggerPattern] = []
+        for candidate in ranked:
+            pattern = TriggerPattern.from_dict(candidate["pattern"])
+            redundant = any(w.phrases and set(w.phrases) <= set(pattern.phrases) for w in working)
+            if candidate["flip_rate"] >= self.config.working_flip_rate and not redundant:
+                working.append(pattern)  # a superset of a working trigger's phrases adds nothing
         tokens = [it["tokens"] for it in log] + [c["tokens"] for c in scored]
         return SearchResult(TriggerPattern.from_dict(ranked[0]["pattern"]), ranked[0]["loss"], ranked[0]["flip_rate"],
                             len(log), sum(t["prompt"] for t in tokens), sum(t["completion"] for t in tokens),
