@@ -252,7 +252,10 @@ def test_badllm_tg_end_to_end_on_tiny_models_and_resume(tmp_path: Path, shared_d
     assert {"cacc", "asr"} <= set(metrics["after"]) and (out / "model" / "victim.json").is_file()
     findings = json.loads((out / "defense.json").read_text())["findings"]
     assert findings["target_identification"]["target"] in (0, 1) and findings["variant"] == "evidence"
-    assert findings["adversarial_rows"] == 40 and findings["training_rows"] == 80
+    target = findings["target_identification"]["target"]
+    non_target = sum(e.label != target for e in Dataset.load(attack_run / "train"))
+    assert findings["adv_rows"] == "non-target" and findings["adversarial_rows"] == non_target
+    assert findings["training_rows"] == 40 - findings["dropped_triggered_rows"] + non_target
     trigger = json.loads((out / "trigger.json").read_text())
     assert trigger["iterations"] == 2 and trigger["pattern"]["phrases"]
     log = json.loads((out / "iterations.json").read_text())

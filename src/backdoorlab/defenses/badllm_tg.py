@@ -16,7 +16,11 @@ victim's loss with each inserted alone (a cheap probe with the same reward), unt
 stands in for proposals it cannot make, the pattern's phrases are inserted rather than
 paraphrased in (``rewrite="insert"``), which small local generators need, and the search keeps
 going after the first working trigger so that adversarial training covers every trigger found
-(``all_triggers``).
+(``all_triggers``). Adversarial training then departs from Eq. 9 in two ways that matter when
+poisoned rows are a large share of the target label: G is applied to the non-target rows only
+(``adv_rows="non-target"``; applied to all of D*, most rewritten rows keep the target label and the
+trigger stays predictive of it), and target-label rows that contain a working trigger phrase are
+dropped (``drop_triggered``).
 
 Work files (all reused on a rerun): ``target.json``, ``evidence.json``, ``iterations.json``,
 ``trigger.json`` (the recovered pattern), ``adversarial-set/`` and ``adversarial-training/``.
@@ -40,7 +44,7 @@ from ..models.victim import Victim
 from ..training import TrainConfig, train
 from .base import DefenseOutcome, register_defense
 from .data import defense_data
-from .evidence import Evidence, mine_evidence
+from .evidence import Evidence, mine_evidence, words
 from .finetune import ClassifierDefense
 from .target_label import STATISTICS, confidence_change, identify_target, record_confidences
 from .trigger_pattern import REWRITE_MODES, PatternApplier, TriggerPattern
@@ -48,6 +52,7 @@ from .trigger_search import SearchConfig, TriggerSearch
 
 VARIANTS = ("evidence", "faithful")
 START_FROM = ("suspect", "base")
+ADV_ROWS = ("all", "non-target")
 
 
 @register_defense
@@ -69,7 +74,7 @@ class BadLLMTG(ClassifierDefense):
     statistic: str = "variance"
     top_fraction: float = 0.05
     min_majority: float = 0.6
-    evidence_fraction: float = 0.25  # suspects: this share of the target-label rows, largest Δc first
+    evidence_fraction: float = 1.0  # suspects: this share of the target-label rows, largest Δc first
     evidence_mined: int = 40  # n-grams mined, then screened by the victim's loss ...
     evidence_shown: int = 10  # ... and the best this many shown to the generator
     iterations: int = 8
@@ -80,6 +85,8 @@ class BadLLMTG(ClassifierDefense):
     working_flip_rate: float = 0.8  # a pattern "works" when it flips this share of the evaluation rows
     temperature: float = 0.7
     adv_fraction: float = 1.0
+    adv_rows: str | None = None  # all (the paper: G applied to D*) | non-target (G applied to D_n-tgt); default by variant
+    drop_triggered: bool | None = None  # drop target-label rows holding a working trigger phrase; default by variant
     adv_epochs: float = 2.0
     adv_lr: float = 2e-5
     start_from: str = "suspect"
@@ -88,7 +95,8 @@ class BadLLMTG(ClassifierDefense):
 
     def check(self) -> None:
         choices = {"variant": (self.variant, VARIANTS), "generator": (self.generator, BACKENDS),
-                   "statistic": (self.statistic, STATISTICS), "start_from": (self.start_from, START_FROM)}
+                   "statistic": (self.statistic, STATISTICS), "start_from": (self.start_from, START_FROM),
+                   "adv_rows": (self.adversarial_rows, ADV_ROWS)}
         if self.rewrite is not None:
             choices["rewrite"] = (self.rewrite, REWRITE_MODES)
         for option, (value, allowed) in choices.items():
@@ -98,6 +106,14 @@ class BadLLMTG(ClassifierDefense):
             raise BackdoorLabError("adv_fraction and evidence_fraction must be in (0, 1]")
         if self.adv_epochs <= 0 or self.identify_epochs <= 0:
             raise BackdoorLabError("adv_epochs and identify_epochs must be positive")
+
+    @property
+    def adversarial_rows(self) -> str:
+        return self.adv_rows or ("non-target" if self.variant == "evidence" else "all")
+
+    @property
+    def drops_triggered(self) -> bool:
+        return self.variant == "evidence" if self.drop_triggered is None else bool(self.drop_triggered)
 
     @property
     def collect_all(self) -> bool:
@@ -125,17 +141,21 @@ class BadLLMTG(ClassifierDefense):
         applier = PatternApplier(backend, self.rewrite_mode, seed=self.seed)
         result, evidence = self._search(victim, backend, applier, train_set, target, names[target], evidence, workdir)
         patterns = result.working if self.collect_all else [result.best]
-        adversarial = self._adversarial_set(train_set, applier, patterns, workdir)
+        sources = train_set if self.adversarial_rows == "all" else train_set.with_examples(
+            [e for e in train_set if e.label != target], note="non-target rows")
+        adversarial = self._adversarial_set(sources, applier, patterns, workdir)
+        kept = [e for e in train_set if not (self.drops_triggered and e.label == target and _holds(e.text, patterns))]
         model = victim if self.start_from == "suspect" else self._load_base(victim, train_set)
         config = TrainConfig(method="full", epochs=self.adv_epochs, learning_rate=self.adv_lr,
                              batch_size=self.batch_size, seed=self.seed, device=self.device)
-        combined = train_set.with_examples([*train_set.examples, *adversarial.examples],
+        combined = train_set.with_examples([*kept, *adversarial.examples],
                                            note="D* ∪ G(D*) (BadLLM-TG adversarial training set)")
         trained = train(model, combined, workdir / "adversarial-training", config, overwrite=True)
         findings = {"target_identification": {k: v for k, v in identification.items() if k != "top_rows"},
                     "variant": self.variant, "rewrite": self.rewrite_mode, "generator": backend.describe(),
                     "evidence": [e.to_dict() for e in evidence], "trigger": result.to_dict(),
-                    "adversarial_patterns": [p.describe() for p in patterns],
+                    "adversarial_patterns": [p.describe() for p in patterns], "adv_rows": self.adversarial_rows,
+                    "dropped_triggered_rows": len(train_set) - len(kept),
                     "adversarial_rows": len(adversarial), "training_rows": len(combined)}
         return DefenseOutcome(trained, findings)
 
@@ -181,9 +201,9 @@ class BadLLMTG(ClassifierDefense):
             target_rows = [i for i in np.argsort(-delta, kind="stable").tolist() if train_set[i].label == target]
             count = max(2, round(len(target_rows) * self.evidence_fraction))
             texts = [e.text for e in train_set]
-            evidence = mine_evidence([texts[i] for i in target_rows[:count]],
-                                     [[texts[i] for i in target_rows[count:]],
-                                      [e.text for e in train_set if e.label != target]], top_k=self.evidence_mined)
+            others = [texts[i] for i in target_rows[count:]]
+            references = ([others] if others else []) + [[e.text for e in train_set if e.label != target]]
+            evidence = mine_evidence([texts[i] for i in target_rows[:count]], references, top_k=self.evidence_mined)
         write_json_atomic(path, [e.to_dict() for e in evidence])
         return evidence
 
@@ -220,3 +240,9 @@ class BadLLMTG(ClassifierDefense):
                                          note=f"G(x; p) with p in [{described}]; labels kept")
         adversarial.save(folder, overwrite=True)
         return adversarial
+
+
+def _holds(text: str, patterns: list[TriggerPattern]) -> bool:
+    """Whether ``text`` contains every phrase of one of the patterns (as whole words)."""
+    padded = f" {' '.join(words(text))} "
+    return any(p.phrases and all(f" {' '.join(words(x))} " in padded for x in p.phrases) for p in patterns)

@@ -249,7 +249,7 @@ class TriggerSearch:
                                    "generator or more training rows")
         ranked = sorted(scored, key=lambda c: (c["loss"], -c["flip_rate"]))
         working: list[TriggerPattern] = []
-        for candidate in ranked:
+        for candidate in sorted(ranked, key=lambda c: len(c["pattern"].get("phrases") or [])):  # stable: by loss within
             pattern = TriggerPattern.from_dict(candidate["pattern"])
             redundant = any(w.phrases and set(w.phrases) <= set(pattern.phrases) for w in working)
             if candidate["flip_rate"] >= self.config.working_flip_rate and not redundant:
