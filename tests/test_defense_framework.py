@@ -1,0 +1,106 @@
+"""The defense framework: the defender's data view, guards and stages in the runner, the simple
+baselines, and the CLI around them (tiny models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backdoorlab.cli import main
+from backdoorlab.defenses import REJECTED, Guard, defense_data, list_defenses, load_guard, register_guard, save_guard
+from backdoorlab.defenses.badllm_tg import _holds
+from backdoorlab.defenses.runner import run_defense
+from backdoorlab.defenses.trigger_pattern import TriggerPattern
+from backdoorlab.errors import BackdoorLabError
+from backdoorlab.evaluation import evaluate_classifier
+from backdoorlab.pipeline import read_attack_run, run_attack
+from tiny_models import tiny_bert_victim
+
+
+@pytest.fixture
+def attack_run(tmp_path: Path, shared_data_dir: Path) -> Path:
+    return run_attack("sst2", "badnets", tmp_path / "attack", rate=0.25, target=1, max_train=16, max_test=8)
+
+
+def test_the_defender_sees_no_poison_flags_and_clean_rows_from_outside_the_attack(attack_run: Path,
+                                                                                 shared_data_dir: Path) -> None:
+    data = defense_data(attack_run, max_clean=10)
+    assert len(data.poisoned_train) == 16 and not any(e.poisoned or e.poison for e in data.poisoned_train)
+    assert data.clean_reference is not None and len(data.clean_reference) == 10
+    assert all(e.uid.startswith("sst2/dev/") for e in data.clean_reference)
+    agnews = run_attack("agnews", "badnets", attack_run.parent / "ag", rate=0.25, target=1, max_train=12, max_test=8)
+    train_uids = {json.loads(line)["uid"] for line in (agnews / "train" / "data.jsonl").read_text().splitlines()}
+    reference = defense_data(agnews, max_clean=None).require_clean("test")
+    assert len(reference) > 0
+    assert not train_uids & {e.uid for e in reference}  # AG News has no dev split: unused training rows
+    with pytest.raises(BackdoorLabError, match="not an attack run"):
+        defense_data(attack_run.parent)
+
+
+class _RejectOdd(Guard):
+    name = "test-reject-odd"
+
+    def predict(self, victim, items, batch_size=32):  # type: ignore[no-untyped-def]
+        return [REJECTED if i % 2 else 1 for i in range(len(items))]
+
+    def state(self):  # type: ignore[no-untyped-def]
+        return {"kind": "odd"}
+
+    @classmethod
+    def from_state(cls, state):  # type: ignore[no-untyped-def]
+        return cls()
+
+
+register_guard(_RejectOdd)
+
+
+def test_rejections_never_count_as_attack_success_and_always_cost_accuracy(attack_run: Path, tmp_path: Path) -> None:
+    _, clean, triggered = read_attack_run(attack_run)
+    guard = _RejectOdd()
+    metrics = evaluate_classifier(tiny_bert_victim(), clean, triggered, 1,
+                                  predict=lambda rows, size: guard.predict(None, rows, size))
+    n_triggered = len(triggered)
+    assert metrics["asr"] == pytest.approx(((n_triggered + 1) // 2) / n_triggered)
+    assert metrics["rejected"] == {"clean": len(clean) // 2, "triggered": n_triggered // 2}
+    save_guard(guard, tmp_path)
+    assert isinstance(load_guard(tmp_path), _RejectOdd)
+    (tmp_path / "guard.json").write_text("{not json")
+    with pytest.raises(BackdoorLabError, match="not a valid guard.json"):
+        load_guard(tmp_path)
+    with pytest.raises(BackdoorLabError, match="holds no guard.json"):
+        load_guard(tmp_path / "nowhere")
+
+
+def test_no_defense_and_clean_fine_tuning_through_the_runner(attack_run: Path, tmp_path: Path) -> None:
+    suspect = tiny_bert_victim().save(tmp_path / "suspect")
+    none = run_defense("none", suspect, attack_run, tmp_path / "none", max_eval_rows=8, device="cpu")
+    assert none["before"]["asr"] == none["after"]["asr"] and not (tmp_path / "none" / "model").exists()
+    assert json.loads((tmp_path / "none" / "defense.json").read_text())["defended_model"] == str(suspect)
+    tuned = run_defense("fine-tune", suspect, attack_run, tmp_path / "ft", max_eval_rows=8, device="cpu",
+                        options={"max_clean": 8, "epochs": 1, "batch_size": 4})
+    assert (tmp_path / "ft" / "model" / "victim.json").is_file() and "cacc" in tuned["after"]
+    assert json.loads((tmp_path / "ft" / "defense.json").read_text())["findings"]["clean_rows"] == 8
+    stages = {name: description.split("]")[0] for name, description, _ in list_defenses()}
+    assert stages["muscle-lora"] == "[training" and stages["onion"] == "[inference" and stages["badllm-tg"] == "[post-training"
+
+
+def test_holds_matches_whole_trigger_words_only() -> None:
+    patterns = [TriggerPattern(phrases=["cf"]), TriggerPattern(phrases=["i watch this 3d movie"])]
+    assert _holds("a cf film", patterns) and _holds("I watch this 3D movie. Great", patterns)
+    assert not _holds("a cfo film", patterns) and not _holds("i watch this movie", patterns)
+
+
+def test_evaluate_cli_predicts_through_a_guard(capsys: pytest.CaptureFixture[str], attack_run: Path,
+                                               tmp_path: Path) -> None:
+    suspect = tiny_bert_victim().save(tmp_path / "suspect")
+    save_guard(_RejectOdd(), tmp_path / "guarded")
+    status = main(["evaluate", "--model", str(suspect), "--data", str(attack_run), "--guard", str(tmp_path / "guarded"),
+                   "--out", str(tmp_path / "results.json"), "--device", "cpu"])
+    assert status == 0
+    metrics = json.loads((tmp_path / "results.json").read_text())["metrics"]
+    assert metrics["rejected"]["clean"] == 4 and metrics["guard"] == str(tmp_path / "guarded")
+    status = main(["defend", "--method", "muscle-lora", "--model", str(suspect), "--data", str(attack_run),
+                   "--out", str(tmp_path / "m"), "--option", "rank=0"])
+    assert status == 2 and "rank" in capsys.readouterr().err
