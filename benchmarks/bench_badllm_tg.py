@@ -43,6 +43,8 @@ VARIANTS = {"badllm-tg-faithful": ("badllm-tg", {"variant": "faithful"})}
 #: Budget settings for 2 CPU cores (the defenses' own defaults follow their papers).
 CPU_BUDGET = {"muscle-lora": {"epochs": 3}, "badacts": {"bound_epochs": 5}, "onion": {"max_clean": 50},
               "badllm-tg": {"iterations": 6}}
+#: Test rows per split for the slowest defenses (ONION scores every leave-one-out variant with an LM).
+EVAL_ROWS = {"onion": 50}
 
 
 def parse_overrides(values: list[str]) -> dict[str, dict[str, Any]]:
@@ -75,9 +77,14 @@ def victim_config(args: argparse.Namespace) -> TrainConfig:
 
 def run_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float, labels: list[str],
              overrides: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One dataset × attack × rate: attack, train the victim, apply every defense; one row per defense."""
+    """One dataset × attack × rate: attack, train the victim, apply every defense; one row per defense.
+
+    With ``--report-only`` nothing is computed: finished results are read, and missing ones are
+    marked "not run"."""
     cell = args.out / f"{dataset}-{attack}-{round(rate * 100)}"
     attack_run = cell / "attack"
+    if args.report_only:
+        return [_finished(cell, dataset, attack, rate, label) for label in labels]
     if not (attack_run / "manifest.json").is_file():
         run_attack(dataset, attack, attack_run, rate=rate, target=args.target, seed=args.seed,
                    max_train=args.train, max_test=args.test)
@@ -92,25 +99,36 @@ def run_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float, l
         started = time.time()
         row: dict[str, Any] = {"dataset": dataset, "attack": ATTACKS[attack], "rate": rate, "defense": label}
         try:
-            metrics = run_defense(method, model, attack_run, cell / label, options=options, baseline=baseline,
-                                  max_eval_rows=args.test, device=args.device)
+            run_defense(method, model, attack_run, cell / label, options=options, baseline=baseline,
+                        max_eval_rows=min(args.test, EVAL_ROWS.get(label, args.test)), device=args.device)
         except BackdoorLabError as error:
             print(f"[{cell.name}] {label} failed: {error}", file=sys.stderr)
             rows.append({**row, "error": str(error)})
             continue
-        after = metrics["after"]
-        row.update(CACC=100 * after["cacc"], ASR=100 * after["asr"], seconds=round(time.time() - started, 1))
-        defense_file = cell / label / "defense.json"
-        if defense_file.is_file():
-            findings = json.loads(defense_file.read_text(encoding="utf-8"))["findings"]
-            identified = (findings.get("target_identification") or {}).get("target")
-            if identified is not None:
-                row["identified_target"] = identified
-                row["true_target"] = json.loads((attack_run / "manifest.json").read_text())["target"]["index"]
-                row["trigger"] = findings["trigger"]["description"]
+        row = _finished(cell, dataset, attack, rate, label)
+        print(f"[{cell.name}] {label}: CACC {row['CACC']:.1f} ASR {row['ASR']:.1f} "
+              f"({time.time() - started:.0f} s)", flush=True)
         rows.append(row)
-        print(f"[{cell.name}] {label}: CACC {row['CACC']:.1f} ASR {row['ASR']:.1f}", flush=True)
     return rows
+
+
+def _finished(cell: Path, dataset: str, attack: str, rate: float, label: str) -> dict[str, Any]:
+    """The result row of a finished defense run (``"not run"`` when it has none)."""
+    row: dict[str, Any] = {"dataset": dataset, "attack": ATTACKS[attack], "rate": rate, "defense": label}
+    metrics_file, defense_file = cell / label / "metrics.json", cell / label / "defense.json"
+    if not metrics_file.is_file():
+        return {**row, "error": "not run"}
+    after = json.loads(metrics_file.read_text(encoding="utf-8"))["after"]
+    record = json.loads(defense_file.read_text(encoding="utf-8"))
+    row.update(CACC=100 * after["cacc"], ASR=100 * after["asr"], n_clean=after["n_clean"],
+               n_asr=after["n_asr_rows"], seconds=record.get("seconds"))
+    identified = (record["findings"].get("target_identification") or {}).get("target")
+    if identified is not None:
+        row["identified_target"] = identified
+        row["true_target"] = json.loads((cell / "attack" / "manifest.json").read_text())["target"]["index"]
+        row["trigger"] = " | ".join(record["findings"].get("adversarial_patterns") or
+                                    [record["findings"]["trigger"]["description"]])
+    return row
 
 
 def average_rows(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
@@ -166,14 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defense-option", action="append", default=[], metavar="NAME:KEY=VALUE")
     parser.add_argument("--rate", type=float, default=0.2)
     parser.add_argument("--target", type=int, default=1)
-    parser.add_argument("--train", type=int, default=400, help="training rows per cell")
+    parser.add_argument("--train", type=int, default=1000, help="training rows per cell")
     parser.add_argument("--test", type=int, default=100, help="clean and triggered test rows per cell")
     parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--sweep-rates", default="0.1,0.2,0.3,0.4")
     parser.add_argument("--sweep-cell", default="sst2:badnets", help="DATASET:ATTACK of the poison-rate sweep")
     parser.add_argument("--sweep-defenses", default="none,badllm-tg")
     parser.add_argument("--sweep-only", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="tabulate finished results; compute nothing")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -196,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         identification = identification_summary(rows)
         write_json_atomic(args.out / "table1.json", {"settings": settings, "rows": rows, "average": averages,
                                                      "target_identification": identification})
-        columns = ["dataset", "attack", "defense", "CACC", "ASR", "seconds"]
+        columns = ["dataset", "attack", "defense", "CACC", "ASR", "n_clean", "n_asr", "seconds", "error"]
         table = format_table(rows + averages, columns + ["paper ASR"], markdown=True)
         write_text_atomic(args.out / "table1.md", table + "\n")
         print(format_table(rows + averages, columns + ["paper ASR"]))
@@ -209,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep += run_cell(args, dataset, attack, rate, sweep_labels, overrides)
             write_json_atomic(args.out / "sweep.json", {"settings": settings, "rows": sweep})
         sweep_plot(sweep, args.out / "sweep.png")
-        print(format_table(sweep, ["rate", "defense", "CACC", "ASR"]))
+        print(format_table(sweep, ["rate", "defense", "CACC", "ASR", "error"]))
         print(f"target-label identification over the sweep: {identification_summary(sweep)}")
     return 0
 

@@ -101,7 +101,8 @@ class _Rows(torch.utils.data.Dataset):
         return self.rows[index]
 
 
-def _features(victim: Victim, dataset: Dataset, max_length: int) -> list[dict[str, Any]]:
+def training_features(victim: Victim, dataset: Dataset, max_length: int) -> list[dict[str, Any]]:
+    """Tokenized training rows: prompt+response pairs (generators) or text with its label (classifiers)."""
     if victim.is_generator:
         return [tokenize_pair(victim.tokenizer, e, max_length) for e in dataset]
     rows = []
@@ -113,7 +114,8 @@ def _features(victim: Victim, dataset: Dataset, max_length: int) -> list[dict[st
     return rows
 
 
-def _collator(victim: Victim):
+def training_collator(victim: Victim):  # type: ignore[no-untyped-def]
+    """The batch collator matching :func:`training_features`."""
     pad_id = victim.tokenizer.pad_token_id
     if victim.is_generator:
         return lambda features: pad_batch(features, pad_id, side="left")
@@ -194,8 +196,8 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
     args = TrainingArguments(**trainer_arguments(config, checkpoints), remove_unused_columns=False,
                              deepspeed=config.deepspeed, fsdp=config.fsdp, **config.extra)
     started = time.time()
-    trainer = Trainer(model=victim.model, args=args, train_dataset=_Rows(_features(victim, dataset, config.max_length)),
-                      data_collator=_collator(victim), callbacks=callbacks)
+    trainer = Trainer(model=victim.model, args=args, train_dataset=_Rows(training_features(victim, dataset, config.max_length)),
+                      data_collator=training_collator(victim), callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=resume)
     victim.model = trainer.model
     summary = {

@@ -20,7 +20,9 @@ going after the first working trigger so that adversarial training covers every 
 poisoned rows are a large share of the target label: G is applied to the non-target rows only
 (``adv_rows="non-target"``; applied to all of D*, most rewritten rows keep the target label and the
 trigger stays predictive of it), and target-label rows that contain a working trigger phrase are
-dropped (``drop_triggered``).
+dropped (``drop_triggered``); and the clean base model is retrained on that set
+(``start_from="base"``, 3 epochs at 2e-4) instead of fine-tuning the suspect (the authors' draft
+code; 2 epochs at 2e-5), which on SST-2/BadNets left ASR at 31% against 0% from the base.
 
 Work files (all reused on a rerun): ``target.json``, ``evidence.json``, ``iterations.json``,
 ``trigger.json`` (the recovered pattern), ``adversarial-set/`` and ``adversarial-training/``.
@@ -42,10 +44,9 @@ from ..fileio import write_json_atomic
 from ..llm.backends import BACKENDS, get_backend
 from ..models.victim import Victim
 from ..training import TrainConfig, train
-from .base import DefenseOutcome, register_defense
+from .base import Defense, DefenseOutcome, register_defense
 from .data import defense_data
 from .evidence import Evidence, mine_evidence, words
-from .finetune import ClassifierDefense
 from .target_label import STATISTICS, confidence_change, identify_target, record_confidences
 from .trigger_pattern import REWRITE_MODES, PatternApplier, TriggerPattern
 from .trigger_search import SearchConfig, TriggerSearch
@@ -57,7 +58,9 @@ ADV_ROWS = ("all", "non-target")
 
 @register_defense
 @dataclass
-class BadLLMTG(ClassifierDefense):
+class BadLLMTG(Defense):
+    """Options below; BadLLM-TG needs no clean data, only the poisoned training set and the suspect."""
+
     name = "badllm-tg"
     description = "BadLLM-TG: LLM trigger generator tuned by prompt-driven RL, then adversarial training"
     variant: str = "evidence"
@@ -87,15 +90,16 @@ class BadLLMTG(ClassifierDefense):
     adv_fraction: float = 1.0
     adv_rows: str | None = None  # all (the paper: G applied to D*) | non-target (G applied to D_n-tgt); default by variant
     drop_triggered: bool | None = None  # drop target-label rows holding a working trigger phrase; default by variant
-    adv_epochs: float = 2.0
-    adv_lr: float = 2e-5
-    start_from: str = "suspect"
+    adv_epochs: float | None = None  # default: 2 from the suspect, 3 from the base model
+    adv_lr: float | None = None  # default: 2e-5 from the suspect, 2e-4 from the base model (our MiniLM recipe)
+    start_from: str | None = None  # suspect (fine-tune it) | base (retrain the clean model); default by variant
     batch_size: int = 16
     device: str = "auto"
+    seed: int = 0
 
     def check(self) -> None:
         choices = {"variant": (self.variant, VARIANTS), "generator": (self.generator, BACKENDS),
-                   "statistic": (self.statistic, STATISTICS), "start_from": (self.start_from, START_FROM),
+                   "statistic": (self.statistic, STATISTICS), "start_from": (self.starting_point, START_FROM),
                    "adv_rows": (self.adversarial_rows, ADV_ROWS)}
         if self.rewrite is not None:
             choices["rewrite"] = (self.rewrite, REWRITE_MODES)
@@ -104,8 +108,12 @@ class BadLLMTG(ClassifierDefense):
                 raise BackdoorLabError(f"badllm-tg option {option} must be one of {', '.join(allowed)}, got {value!r}")
         if not 0 < self.adv_fraction <= 1 or not 0 < self.evidence_fraction <= 1:
             raise BackdoorLabError("adv_fraction and evidence_fraction must be in (0, 1]")
-        if self.adv_epochs <= 0 or self.identify_epochs <= 0:
+        if (self.adv_epochs is not None and self.adv_epochs <= 0) or self.identify_epochs <= 0:
             raise BackdoorLabError("adv_epochs and identify_epochs must be positive")
+
+    @property
+    def starting_point(self) -> str:
+        return self.start_from or ("base" if self.variant == "evidence" else "suspect")
 
     @property
     def adversarial_rows(self) -> str:
@@ -127,7 +135,7 @@ class BadLLMTG(ClassifierDefense):
         self.check()
         if victim.is_generator:
             raise BackdoorLabError("badllm-tg defends text classifiers; the model given is a generator")
-        data = defense_data(attack_run, clean_data=self.clean_data, max_clean=self.max_clean, seed=self.seed)
+        data = defense_data(attack_run, max_clean=0, seed=self.seed)
         train_set = data.poisoned_train
         victim.check_compatible(train_set)
         identification, delta = self._identify(victim, train_set, workdir)
@@ -145,9 +153,11 @@ class BadLLMTG(ClassifierDefense):
             [e for e in train_set if e.label != target], note="non-target rows")
         adversarial = self._adversarial_set(sources, applier, patterns, workdir)
         kept = [e for e in train_set if not (self.drops_triggered and e.label == target and _holds(e.text, patterns))]
-        model = victim if self.start_from == "suspect" else self._load_base(victim, train_set)
-        config = TrainConfig(method="full", epochs=self.adv_epochs, learning_rate=self.adv_lr,
-                             batch_size=self.batch_size, seed=self.seed, device=self.device)
+        from_suspect = self.starting_point == "suspect"
+        model = victim if from_suspect else self._load_base(victim, train_set)
+        config = TrainConfig(method="full", epochs=self.adv_epochs or (2.0 if from_suspect else 3.0),
+                             learning_rate=self.adv_lr or (2e-5 if from_suspect else 2e-4),
+                             batch_size=self.batch_size, seed=self.seed, device=self.device, save_steps=10**9)
         combined = train_set.with_examples([*kept, *adversarial.examples],
                                            note="D* ∪ G(D*) (BadLLM-TG adversarial training set)")
         trained = train(model, combined, workdir / "adversarial-training", config, overwrite=True)
@@ -155,6 +165,7 @@ class BadLLMTG(ClassifierDefense):
                     "variant": self.variant, "rewrite": self.rewrite_mode, "generator": backend.describe(),
                     "evidence": [e.to_dict() for e in evidence], "trigger": result.to_dict(),
                     "adversarial_patterns": [p.describe() for p in patterns], "adv_rows": self.adversarial_rows,
+                    "start_from": self.starting_point,
                     "dropped_triggered_rows": len(train_set) - len(kept),
                     "adversarial_rows": len(adversarial), "training_rows": len(combined)}
         return DefenseOutcome(trained, findings)

@@ -43,7 +43,7 @@ from ..data.records import Dataset
 from ..errors import BackdoorLabError
 from ..models.architecture import base_model
 from ..models.victim import Victim
-from ..training import _collator, _features
+from ..training import training_collator, training_features
 from .base import DefenseOutcome, register_defense
 from .data import defense_data
 from .finetune import ClassifierDefense
@@ -232,9 +232,9 @@ class MuScleLoRA(ClassifierDefense):
 
         model = victim.model
         params = [p for p in model.parameters() if p.requires_grad]
-        rows = _features(victim, train, self.max_length)
-        ref = _features(victim, reference, self.max_length) if reference is not None else []
-        collate = _collator(victim)
+        rows = training_features(victim, train, self.max_length)
+        ref = training_features(victim, reference, self.max_length) if reference is not None else []
+        collate = training_collator(victim)
         order = random.Random(self.seed)  # training order; the reference batches draw from their own stream
         ref_order = random.Random(self.seed + 1)
         steps_per_epoch = math.ceil(len(rows) / self.batch_size)
