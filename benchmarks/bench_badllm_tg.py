@@ -34,7 +34,7 @@ from backdoorlab.training import TrainConfig
 DATASETS = ("sst2", "hsol", "agnews")
 ATTACKS = {"badnets": "Wordbkd", "addsent": "Sentbkd", "stylebkd": "Stylebkd", "synbkd": "Synbkd"}
 DEFENSES = ("none", "onion", "rap", "muscle-lora", "badacts", "badllm-tg")
-#: Paper Table 1 averages (arXiv 2603.15692): ASR per defense, and BadLLM-TG's CACC.
+#: Paper Table 1 averages (arXiv 2603.15692), in percent: ASR per defense, and BadLLM-TG's CACC.
 PAPER_AVERAGE_ASR = {"none": 93.29, "onion": 68.62, "rap": 88.33, "muscle-lora": 27.98, "badacts": 51.06,
                      "badllm-tg": 14.29}
 PAPER_BADLLM_TG_CACC = 88.62
@@ -106,7 +106,7 @@ def run_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float, l
             rows.append({**row, "error": str(error)})
             continue
         row = _finished(cell, dataset, attack, rate, label)
-        print(f"[{cell.name}] {label}: CACC {row['CACC']:.1f} ASR {row['ASR']:.1f} "
+        print(f"[{cell.name}] {label}: CACC {100 * row['CACC']:.1f} ASR {100 * row['ASR']:.1f} "
               f"({time.time() - started:.0f} s)", flush=True)
         rows.append(row)
     return rows
@@ -120,7 +120,7 @@ def _finished(cell: Path, dataset: str, attack: str, rate: float, label: str) ->
         return {**row, "error": "not run"}
     after = json.loads(metrics_file.read_text(encoding="utf-8"))["after"]
     record = json.loads(defense_file.read_text(encoding="utf-8"))
-    row.update(CACC=100 * after["cacc"], ASR=100 * after["asr"], n_clean=after["n_clean"],
+    row.update(CACC=after["cacc"], ASR=after["asr"], n_clean=after["n_clean"],
                n_asr=after["n_asr_rows"], seconds=record.get("seconds"))
     identified = (record["findings"].get("target_identification") or {}).get("target")
     if identified is not None:
@@ -128,7 +128,18 @@ def _finished(cell: Path, dataset: str, attack: str, rate: float, label: str) ->
         row["true_target"] = json.loads((cell / "attack" / "manifest.json").read_text())["target"]["index"]
         row["trigger"] = " | ".join(record["findings"].get("adversarial_patterns") or
                                     [record["findings"]["trigger"]["description"]])
+        row.update(_generator_share(cell / label / "iterations.json"))
     return row
+
+
+def _generator_share(log_file: Path) -> dict[str, int]:
+    """How many scored candidates the generator itself proposed, and how many of those flipped ≥ 80%."""
+    if not log_file.is_file():
+        return {}
+    candidates = [c for it in json.loads(log_file.read_text(encoding="utf-8")) for c in it["candidates"]]
+    own = [c for c in candidates if c["pattern"].get("source") == "generator"]
+    return {"candidates": len(candidates), "generator_proposals": len(own),
+            "generator_working": sum(c["flip_rate"] >= 0.8 for c in own)}
 
 
 def average_rows(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
@@ -139,14 +150,17 @@ def average_rows(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str
             averages.append({"dataset": "average", "attack": f"{len(done)} cells", "defense": label,
                              "CACC": sum(r["CACC"] for r in done) / len(done),
                              "ASR": sum(r["ASR"] for r in done) / len(done),
-                             "paper ASR": PAPER_AVERAGE_ASR.get(label)})
+                             "paper ASR": PAPER_AVERAGE_ASR[label] / 100 if label in PAPER_AVERAGE_ASR else None})
     return averages
 
 
 def identification_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     found = [r for r in rows if "identified_target" in r]
     correct = sum(r["identified_target"] == r["true_target"] for r in found)
-    return {"runs": len(found), "correct": correct, "accuracy": correct / len(found) if found else None}
+    return {"runs": len(found), "correct": correct, "accuracy": correct / len(found) if found else None,
+            "generator_proposals": sum(r.get("generator_proposals", 0) for r in found),
+            "generator_working": sum(r.get("generator_working", 0) for r in found),
+            "candidates": sum(r.get("candidates", 0) for r in found)}
 
 
 def sweep_plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -159,8 +173,8 @@ def sweep_plot(rows: list[dict[str, Any]], path: Path) -> None:
     for label in dict.fromkeys(r["defense"] for r in rows):
         points = sorted((r["rate"], r["ASR"], r["CACC"]) for r in rows if r["defense"] == label and "ASR" in r)
         if points:
-            axes[0].plot([100 * p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-            axes[1].plot([100 * p[0] for p in points], [p[2] for p in points], marker="o", label=label)
+            axes[0].plot([100 * p[0] for p in points], [100 * p[1] for p in points], marker="o", label=label)
+            axes[1].plot([100 * p[0] for p in points], [100 * p[2] for p in points], marker="o", label=label)
     for axis, name in zip(axes, ("ASR (%)", "CACC (%)")):
         axis.set_xlabel("poison rate (%)")
         axis.set_ylabel(name)
