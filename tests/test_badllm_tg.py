@@ -245,7 +245,7 @@ def test_badllm_tg_end_to_end_on_tiny_models_and_resume(tmp_path: Path, shared_d
     llama = tiny_llama_victim().save(tmp_path / "tiny-llama")
     options = {"generator_model": str(llama), "base_model": str(bert), "min_majority": 0.0, "iterations": 2,
                "candidates": 1, "eval_rows": 6, "adv_epochs": 1, "batch_size": 8, "identify_records": 3,
-               "evidence_fraction": 0.5}
+               "evidence_fraction": 0.5, "min_flip_rate": 0.0}
     metrics = run_defense("badllm-tg", bert, attack_run, tmp_path / "tg", options=options, max_eval_rows=12,
                           device="cpu")
     out = tmp_path / "tg"
@@ -266,5 +266,11 @@ def test_badllm_tg_end_to_end_on_tiny_models_and_resume(tmp_path: Path, shared_d
     (out / "metrics.json").unlink()
     run_defense("badllm-tg", bert, attack_run, out, options=options, evaluate=False, device="cpu")
     assert (out / "iterations.json").stat().st_mtime_ns == stamp  # the search was reused, not redone
+    (out / "defense.json").unlink()
+    with pytest.warns(UserWarning, match="no trigger was recovered"):
+        run_defense("badllm-tg", bert, attack_run, out, options={**options, "min_flip_rate": 1.01}, evaluate=False,
+                    device="cpu")
+    record = json.loads((out / "defense.json").read_text())
+    assert record["defended_model"] == str(bert) and record["findings"]["adversarial_training"].startswith("skipped")
     with pytest.raises(BackdoorLabError, match="variant must be one of"):
         run_defense("badllm-tg", bert, attack_run, tmp_path / "bad", options={"variant": "magic"}, evaluate=False)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,7 @@ class BadLLMTG(Defense):
     loss_threshold: float = 0.2
     all_triggers: bool | None = None  # keep searching and train on every working pattern; default by variant
     working_flip_rate: float = 0.8  # a pattern "works" when it flips this share of the evaluation rows
+    min_flip_rate: float = 0.5  # below this for the best pattern: no trigger found, no adversarial training
     temperature: float = 0.7
     adv_fraction: float = 1.0
     adv_rows: str | None = None  # all (the paper: G applied to D*) | non-target (G applied to D_n-tgt); default by variant
@@ -148,6 +150,16 @@ class BadLLMTG(Defense):
                               api_key_env=self.api_key_env, device=self.device)
         applier = PatternApplier(backend, self.rewrite_mode, seed=self.seed)
         result, evidence = self._search(victim, backend, applier, train_set, target, names[target], evidence, workdir)
+        findings: dict[str, Any] = {
+            "target_identification": {k: v for k, v in identification.items() if k != "top_rows"},
+            "variant": self.variant, "rewrite": self.rewrite_mode, "generator": backend.describe(),
+            "evidence": [e.to_dict() for e in evidence], "trigger": result.to_dict()}
+        if result.flip_rate < self.min_flip_rate:
+            findings["adversarial_training"] = (
+                f"skipped: the best pattern flips {result.flip_rate:.0%} of the rows, below min_flip_rate="
+                f"{self.min_flip_rate}; no trigger was recovered, so the model is returned unchanged")
+            warnings.warn(f"badllm-tg: {findings['adversarial_training']}", stacklevel=2)
+            return DefenseOutcome(victim, findings, model_changed=False)
         patterns = result.working if self.collect_all else [result.best]
         sources = train_set if self.adversarial_rows == "all" else train_set.with_examples(
             [e for e in train_set if e.label != target], note="non-target rows")
@@ -161,13 +173,9 @@ class BadLLMTG(Defense):
         combined = train_set.with_examples([*kept, *adversarial.examples],
                                            note="D* ∪ G(D*) (BadLLM-TG adversarial training set)")
         trained = train(model, combined, workdir / "adversarial-training", config, overwrite=True)
-        findings = {"target_identification": {k: v for k, v in identification.items() if k != "top_rows"},
-                    "variant": self.variant, "rewrite": self.rewrite_mode, "generator": backend.describe(),
-                    "evidence": [e.to_dict() for e in evidence], "trigger": result.to_dict(),
-                    "adversarial_patterns": [p.describe() for p in patterns], "adv_rows": self.adversarial_rows,
-                    "start_from": self.starting_point,
-                    "dropped_triggered_rows": len(train_set) - len(kept),
-                    "adversarial_rows": len(adversarial), "training_rows": len(combined)}
+        findings.update({"adversarial_patterns": [p.describe() for p in patterns], "adv_rows": self.adversarial_rows,
+                         "start_from": self.starting_point, "dropped_triggered_rows": len(train_set) - len(kept),
+                         "adversarial_rows": len(adversarial), "training_rows": len(combined)})
         return DefenseOutcome(trained, findings)
 
     # ------------------------------------------------------------------ steps
