@@ -63,11 +63,11 @@ def parse_overrides(values: list[str]) -> dict[str, dict[str, Any]]:
     return overrides
 
 
-def defense_setup(label: str, overrides: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def defense_setup(label: str, overrides: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any], str]:
+    """``(defense name, options, stage)`` of a method label; unknown names or options fail before any work."""
     method, options = VARIANTS.get(label, (label, {}))
     options = {**CPU_BUDGET.get(method, {}), **options, **overrides.get(label, {})}
-    get_defense(method, **options)  # unknown names or options fail before any work
-    return method, options
+    return method, options, get_defense(method, **options).stage
 
 
 def victim_config(args: argparse.Namespace) -> TrainConfig:
@@ -93,8 +93,7 @@ def run_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float, l
     ensure_evaluated(victim, attack_run, baseline, device=args.device, max_rows=args.test)
     rows = []
     for label in labels:
-        method, options = defense_setup(label, overrides)
-        stage = get_defense(method, **options).stage
+        method, options, stage = defense_setup(label, overrides)
         model = args.model if stage == "training" else victim
         started = time.time()
         row: dict[str, Any] = {"dataset": dataset, "attack": ATTACKS[attack], "rate": rate, "defense": label}

@@ -82,6 +82,8 @@ def test_no_defense_and_clean_fine_tuning_through_the_runner(attack_run: Path, t
                         options={"max_clean": 8, "epochs": 1, "batch_size": 4})
     assert (tmp_path / "ft" / "model" / "victim.json").is_file() and "cacc" in tuned["after"]
     assert json.loads((tmp_path / "ft" / "defense.json").read_text())["findings"]["clean_rows"] == 8
+    with pytest.raises(BackdoorLabError, match="baseline .* does not exist"):
+        run_defense("muscle-lora", suspect, attack_run, tmp_path / "m", baseline=tmp_path / "missing.json")
     stages = {name: description.split("]")[0] for name, description, _ in list_defenses()}
     assert stages["muscle-lora"] == "[training" and stages["onion"] == "[inference" and stages["badllm-tg"] == "[post-training"
 

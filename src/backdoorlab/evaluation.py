@@ -15,7 +15,7 @@ from .data.prompts import user_message
 from .data.records import Dataset, Example
 from .errors import BackdoorLabError
 from .fileio import write_json_atomic
-from .metrics.classification import attack_success_rate, clean_accuracy
+from .metrics.classification import REJECTED, attack_success_rate, clean_accuracy
 from .metrics.generative import behaviour_rate, perplexity
 from .metrics.judges import Judge, get_judge
 from .models.victim import Victim
@@ -46,7 +46,7 @@ def evaluate_classifier(victim: Victim, clean_test: Dataset, triggered_test: Dat
     """CACC on ``clean_test`` and ASR on ``triggered_test`` towards ``target`` (index or label name).
 
     ``predict(rows, batch_size)`` replaces ``victim.predict`` (e.g. a defense's guard); a
-    prediction of -1 (rejected) is never the target and never correct.
+    prediction of ``REJECTED`` (-1) is never the target and never correct.
 
     Returns ``{"cacc", "asr", "n_clean", "n_triggered", "n_asr_rows", "target", "target_name", "model",
     "notes"}``; ``n_asr_rows`` counts the triggered rows ASR is computed on (true label not the
@@ -63,7 +63,7 @@ def evaluate_classifier(victim: Victim, clean_test: Dataset, triggered_test: Dat
     true_labels = [e.label for e in triggered_test]
     return {
         "cacc": clean_accuracy(clean_predictions, [e.label for e in clean_test]),
-        "rejected": {"clean": clean_predictions.count(-1), "triggered": triggered_predictions.count(-1)},
+        "rejected": {"clean": clean_predictions.count(REJECTED), "triggered": triggered_predictions.count(REJECTED)},
         "asr": attack_success_rate(triggered_predictions, true_labels, target_index),
         "n_clean": len(clean_test),
         "n_triggered": len(triggered_test),

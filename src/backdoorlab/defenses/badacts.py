@@ -41,8 +41,7 @@ from ..errors import BackdoorLabError
 from ..models.hooks import HookFn
 from ..models.victim import Victim, batched, frozen_parameters
 from .base import DefenseOutcome, register_defense
-from .data import defense_data
-from .finetune import ClassifierDefense
+from .data import ClassifierDefense
 from .guard import REJECTED, Guard, register_guard
 
 FLAGGED = ("reject", "purify")
@@ -214,8 +213,7 @@ class BadActs(ClassifierDefense):
         self.validate()
         if victim.is_generator:
             raise BackdoorLabError("badacts guards classifiers only; this model is a generator")
-        clean = list(defense_data(attack_run, clean_data=self.clean_data, max_clean=self.max_clean,
-                                  seed=self.seed).require_clean(self.name))
+        clean = list(self.clean_rows(attack_run))
         if any(e.label is None for e in clean):
             raise BackdoorLabError("badacts needs labelled clean reference rows")
         mean, std = activation_statistics(victim, clean, self.batch_size)

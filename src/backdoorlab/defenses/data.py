@@ -17,6 +17,7 @@ from ..data.records import Dataset
 from ..data.registry import list_datasets, load_dataset
 from ..errors import BackdoorLabError
 from ..pipeline import MANIFEST, TRAIN
+from .base import Defense
 
 DEV_SPLIT = "dev"
 
@@ -40,7 +41,7 @@ class DefenseData:
 def defense_data(attack_run: str | Path, *, clean_data: str | None = None, max_clean: int | None = 200,
                  seed: int = 0, data_dir: str | Path | None = None) -> DefenseData:
     """The defender's view of ``attack_run``; ``clean_data`` (a name, file or folder) overrides the
-    automatic clean reference set."""
+    automatic clean reference set, and ``max_clean=0`` leaves it out."""
     folder = Path(attack_run)
     if not (folder / MANIFEST).is_file():
         raise BackdoorLabError(f"{folder} is not an attack run (no {MANIFEST}); create one with `backdoorlab attack`")
@@ -49,13 +50,32 @@ def defense_data(attack_run: str | Path, *, clean_data: str | None = None, max_c
     blind = train.with_examples([e.with_(poisoned=False, poison=None) for e in train],
                                 note="poison flags hidden from the defense")
     source = (manifest.get("source_dataset") or {}).get("name", "")
-    if clean_data:
+    if max_clean == 0:
+        reference = None  # the defense needs no clean rows: do not read them
+    elif clean_data:
         reference = load_dataset(clean_data, DEV_SPLIT, data_dir=data_dir)
     else:
         reference = _unused_clean_rows(source, {e.uid for e in train}, data_dir)
     if reference is not None:
         reference = reference.sample(max_clean, seed)
     return DefenseData(blind, reference, manifest.get("task", train.task), source)
+
+
+@dataclass
+class ClassifierDefense(Defense):
+    """Options every classification defense shares: where its clean reference rows come from."""
+
+    clean_data: str | None = None  # dataset name/file/folder; default: the source's dev split or unused train rows
+    max_clean: int = 200
+    seed: int = 0
+
+    def defender_data(self, attack_run: str | Path) -> DefenseData:
+        """The defender's view of ``attack_run`` with this defense's clean-data options."""
+        return defense_data(attack_run, clean_data=self.clean_data, max_clean=self.max_clean, seed=self.seed)
+
+    def clean_rows(self, attack_run: str | Path) -> Dataset:
+        """The clean reference rows; a clear error when there are none."""
+        return self.defender_data(attack_run).require_clean(self.name)
 
 
 def _unused_clean_rows(source: str, used: set[str], data_dir: str | Path | None) -> Dataset | None:

@@ -15,16 +15,7 @@ from pathlib import Path
 from ..models.victim import Victim
 from ..training import TrainConfig, train
 from .base import Defense, DefenseOutcome, register_defense
-from .data import defense_data
-
-
-@dataclass
-class ClassifierDefense(Defense):
-    """Options every classification defense shares: where its clean reference rows come from."""
-
-    clean_data: str | None = None  # dataset name/file/folder; default: the source's dev split or unused train rows
-    max_clean: int = 200
-    seed: int = 0
+from .data import ClassifierDefense
 
 
 @register_defense
@@ -47,8 +38,7 @@ class CleanFineTune(ClassifierDefense):
     batch_size: int = 16
 
     def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
-        data = defense_data(attack_run, clean_data=self.clean_data, max_clean=self.max_clean, seed=self.seed)
-        clean = data.require_clean(self.name)
+        clean = self.clean_rows(attack_run)
         config = TrainConfig(method="full", epochs=self.epochs, learning_rate=self.learning_rate,
                              batch_size=self.batch_size, seed=self.seed)
         tuned = train(victim, clean, workdir / "fine-tune", config, overwrite=True)

@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 from ..data.records import Example
 from ..errors import BackdoorLabError, unknown_name
 from ..fileio import write_json_atomic
+from ..metrics.classification import REJECTED  # noqa: F401  (re-exported: guards predict it)
 from ..models.victim import Victim
 
-REJECTED = -1
 GUARD_FILE = "guard.json"
 
 

@@ -45,8 +45,7 @@ from ..models.architecture import base_model
 from ..models.victim import Victim
 from ..training import training_collator, training_features
 from .base import DefenseOutcome, register_defense
-from .data import defense_data
-from .finetune import ClassifierDefense
+from .data import ClassifierDefense
 
 HEAD_PREFIXES = ("classifier.", "score.")
 
@@ -209,7 +208,7 @@ class MuScleLoRA(ClassifierDefense):
         self.validate()
         if victim.is_generator:
             raise BackdoorLabError("muscle-lora trains classifiers only; this model is a generator")
-        data = defense_data(attack_run, clean_data=self.clean_data, max_clean=self.max_clean, seed=self.seed)
+        data = self.defender_data(attack_run)
         reference = data.require_clean(self.name).sample(self.ref_rows, self.seed) if self.align else None
         victim.check_compatible(data.poisoned_train)
         with torch.random.fork_rng(devices=[]):

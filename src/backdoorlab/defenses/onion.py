@@ -28,8 +28,7 @@ import torch
 from ..errors import BackdoorLabError
 from ..models.victim import Item, Victim
 from .base import DefenseOutcome, register_defense
-from .data import defense_data
-from .finetune import ClassifierDefense
+from .data import ClassifierDefense
 from .guard import Guard, register_guard
 from .lm_perplexity import PerplexityScorer
 
@@ -149,8 +148,7 @@ class Onion(ClassifierDefense):
         self._validate()
         if victim.is_generator:
             raise BackdoorLabError("onion protects classifiers only; this model is a generator")
-        clean = defense_data(attack_run, clean_data=self.clean_data, max_clean=self.max_clean,
-                             seed=self.seed).require_clean(self.name)
+        clean = self.clean_rows(attack_run)
         guard = OnionGuard(self.lm, 0.0, self.max_words)
         scores = guard.suspicion(victim.prompts(clean.examples), self.batch_size, device=str(victim.device))
         every = torch.cat(scores) if scores else torch.empty(0)

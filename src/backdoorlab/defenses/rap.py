@@ -34,8 +34,7 @@ from ..errors import BackdoorLabError
 from ..models.victim import Item, Victim, batched, frozen_parameters
 from ..pipeline import MANIFEST
 from .base import DefenseOutcome, register_defense
-from .data import defense_data
-from .finetune import ClassifierDefense
+from .data import ClassifierDefense
 from .guard import REJECTED, Guard, register_guard
 
 
@@ -217,8 +216,7 @@ class Rap(ClassifierDefense):
             raise BackdoorLabError("rap protects classifiers only; this model is a generator")
         label = self.protected(victim, attack_run)
         token_id, pieces = word_token(victim, self.word)
-        clean = defense_data(attack_run, clean_data=self.clean_data, max_clean=self.max_clean,
-                             seed=self.seed).require_clean(self.name)
+        clean = self.clean_rows(attack_run)
         texts = victim.prompts(clean.examples)
         probs = victim.label_probs(texts, self.batch_size)
         kept = [i for i, p in enumerate(probs.argmax(-1).tolist()) if p == label]

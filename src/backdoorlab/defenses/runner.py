@@ -50,6 +50,10 @@ def run_defense(method: str, model: str | Path, attack_run: str | Path, out: str
     eval_options = {"max_rows": max_eval_rows, "max_new_tokens": max_new_tokens, "device": device,
                     "allow_pickle": allow_pickle}
     before = None
+    if baseline and defense.stage == "training" and not Path(baseline).is_file():
+        raise BackdoorLabError(f"baseline {baseline} does not exist; for {method} it must be an evaluation of the "
+                               "undefended victim (`backdoorlab evaluate --out FILE`), since --model is the clean "
+                               "pretrained model")
     if baseline:
         before = ensure_evaluated(model, attack_run, Path(baseline), **eval_options)
     elif evaluate and defense.stage != "training":

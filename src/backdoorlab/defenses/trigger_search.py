@@ -157,12 +157,16 @@ class TriggerSearch:
         self.config, self.log_path = config, log_path
 
     # ---------------------------------------------------------------- reward
+    def reward(self, texts: Sequence[str]) -> tuple[list[float], list[bool]]:
+        """The victim's cross-entropy toward ŷ and whether it predicts ŷ, per text: the reward signal."""
+        probs = self.victim.label_probs(texts, batch_size=64)
+        return ([-math.log(max(float(p[self.target]), 1e-12)) for p in probs],
+                [int(p.argmax()) == self.target for p in probs])
+
     def score(self, pattern: TriggerPattern) -> dict[str, Any]:
         """Apply the pattern to the evaluation rows and measure the victim's loss toward ŷ."""
         rewrites = self.applier.apply(self.eval_texts, pattern)
-        probs = self.victim.label_probs(rewrites.texts, batch_size=64)
-        losses = [-math.log(max(float(p[self.target]), 1e-12)) for p in probs]
-        flipped = [int(p.argmax()) == self.target for p in probs]
+        losses, flipped = self.reward(rewrites.texts)
         return {"pattern": pattern.to_dict(), "description": pattern.describe(),
                 "loss": sum(losses) / len(losses), "flip_rate": sum(flipped) / len(flipped),
                 "unusable_rewrites": rewrites.unusable,
@@ -177,8 +181,8 @@ class TriggerSearch:
         losses = []
         for item in evidence:
             rewrites = probe.apply(self.eval_texts, TriggerPattern(phrases=[item.phrase], position=item.position))
-            probs = self.victim.label_probs(rewrites.texts, batch_size=64)[:, self.target]
-            losses.append(float(-probs.clamp_min(1e-12).log().mean()))
+            row_losses, _ = self.reward(rewrites.texts)
+            losses.append(sum(row_losses) / len(row_losses))
         order = sorted(range(len(evidence)), key=lambda i: losses[i])
         return [evidence[i].with_reward(losses[i]) for i in order[:keep]]
 

@@ -11,6 +11,9 @@ from collections.abc import Sequence
 
 from ..errors import BackdoorLabError
 
+#: The prediction of an input a defense rejected: never the target (ASR), never correct (CACC).
+REJECTED = -1
+
 
 def _check_lengths(predictions: Sequence[int], labels: Sequence[int | None], what: str) -> None:
     if len(predictions) != len(labels):
