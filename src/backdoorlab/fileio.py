@@ -74,9 +74,36 @@ def atomic_directory(final: str | Path, overwrite: bool = False) -> Iterator[Pat
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _swap_into_place(tmp, final)
+
+
+def _swap_into_place(new: Path, final: Path) -> None:
+    """Move folder ``new`` to ``final``; an existing ``final`` is renamed aside first and deleted
+    only after the new folder is in place, so a crash at any point leaves one of them intact."""
+    if not final.exists():
+        os.replace(new, final)
+        return
+    aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+    aside.rmdir()
+    os.replace(final, aside)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(aside, final)  # put the old folder back
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def fresh_directory(folder: str | Path) -> Path:
+    """Replace ``folder`` by an empty folder atomically (``--overwrite``): nothing of an earlier run
+    in it survives, and a crash leaves either the old folder or the new empty one."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial"))
+    os.chmod(tmp, 0o777 & ~_umask())
+    _swap_into_place(tmp, folder)
+    return folder

@@ -1,0 +1,186 @@
+"""Fingerprints of cached results, so a rerun never returns a stale one.
+
+Every result a stage keeps on disk to reuse later (an evaluation, a defense's findings, an
+analysis step, a training run) carries a fingerprint: the stage, the method, its options, the
+identity of the model it ran on, hashes of its input data, the ids of the rows it evaluated and
+the package version. A cached result is reused only when its fingerprint equals the one the
+current call would write; otherwise it is recomputed, or, where recomputing would discard
+expensive work, the caller stops with a clear error (:func:`check_folder_fingerprint`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .errors import BackdoorLabError
+from .fileio import write_json_atomic
+
+FINGERPRINT_KEY = "fingerprint"
+#: Weight and configuration files whose bytes identify a model folder.
+_MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".bin", ".pt", ".pth", ".model", ".txt")
+_CHUNK = 1 << 22
+_hash_cache: dict[tuple[str, int, int], str] = {}
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("backdoorlab")
+    except metadata.PackageNotFoundError:  # running from a source tree without installing
+        return "unknown"
+
+
+def canonical(value: Any) -> Any:
+    """A JSON-able, order-independent form of ``value`` (paths as strings, tuples as lists)."""
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(canonical(v) for v in value)
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def digest(value: Any) -> str:
+    """SHA-256 of the canonical JSON of ``value``."""
+    text = json.dumps(canonical(value), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (cached by path, size and modification time)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hash_cache:
+        sha = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                sha.update(chunk)
+        _hash_cache[key] = sha.hexdigest()
+    return _hash_cache[key]
+
+
+def model_identity(model: Any) -> str:
+    """What identifies a model: the hash of its folder's files, or its packaged name and version.
+
+    ``model`` is a local folder, a packaged model name, a hub id or a loaded
+    :class:`~backdoorlab.models.victim.Victim` (whose weights are hashed).
+    """
+    from .models.victim import Victim
+
+    if isinstance(model, Victim):
+        return "weights:" + weights_digest(model.model)
+    path = Path(str(model)).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _MODEL_FILE_SUFFIXES
+                       and not p.name.startswith("."))
+        return "folder:" + digest({str(p.relative_to(path)): file_digest(p) for p in files})
+    from .models.registry import PACKAGED
+
+    if str(model) in PACKAGED:
+        package = PACKAGED[str(model)][0].package
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        return f"packaged:{model}=={version}"
+    return f"name:{model}"
+
+
+def weights_digest(module: Any) -> str:
+    """SHA-256 over a torch module's parameters and buffers (names, shapes, dtypes and bytes)."""
+    sha = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        sha.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
+        sha.update(data.view(-1).view(_byte_dtype()).numpy().tobytes() if data.numel() else b"")
+    return sha.hexdigest()
+
+
+def _byte_dtype() -> Any:
+    import torch
+
+    return torch.uint8
+
+
+def dataset_digest(dataset: Any) -> str:
+    """SHA-256 of a :class:`~backdoorlab.data.records.Dataset`'s rows and label set."""
+    return digest({"task": dataset.task, "labels": dataset.label_names,
+                   "rows": [e.to_dict() for e in dataset.examples]})
+
+
+def folder_digest(folder: str | Path, patterns: Iterable[str] = ("**/*.json", "**/*.jsonl")) -> str:
+    """SHA-256 over the named files of a folder (e.g. an attack run's manifest and splits)."""
+    folder = Path(folder)
+    files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()
+                    and not p.name.startswith(".")})
+    return digest({str(p.relative_to(folder)): file_digest(p) for p in files})
+
+
+def make_fingerprint(stage: str, **parts: Any) -> dict[str, Any]:
+    """A fingerprint dict: ``stage``, the given ``parts`` (canonical) and the package version."""
+    return canonical({"stage": stage, **parts, "backdoorlab": package_version()})
+
+
+def same_fingerprint(stored: Any, expected: Mapping[str, Any]) -> bool:
+    return isinstance(stored, Mapping) and canonical(stored) == canonical(expected)
+
+
+def fingerprint_difference(stored: Any, expected: Mapping[str, Any]) -> list[str]:
+    """The top-level fields in which two fingerprints differ (for error messages)."""
+    if not isinstance(stored, Mapping):
+        return ["(no fingerprint stored)"]
+    stored, expected = canonical(stored), canonical(expected)
+    return sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+
+
+def read_if_current(path: str | Path, expected: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The JSON at ``path`` if it exists and holds ``expected`` as its fingerprint, else ``None``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    if isinstance(content, dict) and same_fingerprint(content.get(FINGERPRINT_KEY), expected):
+        return content
+    return None
+
+
+FOLDER_FINGERPRINT = ".fingerprint.json"
+
+
+def check_folder_fingerprint(folder: str | Path, expected: Mapping[str, Any], what: str) -> None:
+    """Claim ``folder`` for the work ``expected`` describes, or stop if it holds other work.
+
+    A folder with no fingerprint file and no other content is claimed (the file is written); one
+    whose fingerprint matches is resumed; anything else raises a :class:`BackdoorLabError` naming
+    the fields that differ, since continuing would mix or discard the user's earlier results.
+    """
+    folder = Path(folder)
+    marker = folder / FOLDER_FINGERPRINT
+    if marker.is_file():
+        try:
+            stored = json.loads(marker.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            stored = None
+        if same_fingerprint(stored, expected):
+            return
+        fields = ", ".join(fingerprint_difference(stored, expected))
+        raise BackdoorLabError(f"{folder} holds an earlier {what} with different settings ({fields} differ); "
+                               "pass --overwrite to replace it, or choose another output folder")
+    if folder.is_dir() and any(p.name != FOLDER_FINGERPRINT for p in folder.iterdir()):
+        raise BackdoorLabError(f"{folder} already holds files that are not from this {what}; pass --overwrite "
+                               "to replace them, or choose another output folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, dict(expected))
