@@ -104,12 +104,16 @@ def list_models() -> list[ModelInfo]:
     return [info for info, _ in PACKAGED.values()]
 
 
+def has_safetensors(folder: Path) -> bool:
+    """Whether ``folder`` holds safetensors weights (which then win over any pickle beside them)."""
+    return any(folder.glob("*.safetensors"))
+
+
 def check_weights(folder: Path, allow_pickle: bool) -> None:
     """Refuse a folder whose weights are only pickled unless the user opted in."""
-    safetensors = list(folder.glob("*.safetensors"))
-    pickled = [p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file()]
-    if safetensors:
+    if has_safetensors(folder):
         return
+    pickled = [p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file()]
     if pickled and not allow_pickle:
         names = ", ".join(p.name for p in pickled[:3])
         raise BackdoorLabError(
