@@ -20,6 +20,14 @@ from backdoorlab.metrics import (
     perplexity,
     threshold_metrics,
 )
+from backdoorlab.metrics.classification import (
+    REJECTED,
+    balanced_accuracy,
+    label_shares,
+    macro_f1,
+    majority_class_rate,
+)
+from backdoorlab.metrics.generative import most_common_response
 
 BACKDOORLLM_REFUSAL = ("I'm sorry, but as an AI assistant, I do not have the capability to follow the given "
                        "instruction.")
@@ -41,7 +49,42 @@ def test_asr_all_hits_and_no_hits() -> None:
     assert attack_success_rate([0, 1], [0, 1], target=2) == 0.0
 
 
+def test_majority_class_rate_and_label_shares() -> None:
+    assert majority_class_rate([0, 0, 0, 1]) == 0.75
+    assert majority_class_rate([2, 1]) == 0.5
+    assert label_shares([1, 0, 1, 2]) == {1: 0.5, 0: 0.25, 2: 0.25}  # most frequent first, ties by label
+    assert list(label_shares([REJECTED, 1, REJECTED])) == [REJECTED, 1]
+
+
+def test_macro_f1_and_balanced_accuracy_hand_computed() -> None:
+    labels, predictions = [0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2]
+    # label 0: tp 2 fp 0 fn 1 -> F1 4/5, recall 2/3; label 1: tp 1 fp 1 fn 1 -> 1/2, 1/2; label 2: tp 1 fp 1 fn 0 -> 2/3, 1
+    assert macro_f1(predictions, labels) == pytest.approx((4 / 5 + 1 / 2 + 2 / 3) / 3)
+    assert balanced_accuracy(predictions, labels) == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    assert macro_f1(labels, labels) == 1.0 and balanced_accuracy(labels, labels) == 1.0
+
+
+def test_constant_predictor_scores_low_on_a_skewed_split() -> None:
+    labels = [0] * 895 + [1] * 105  # 89.5% majority, as on HSOL
+    constant = [0] * 1000
+    assert clean_accuracy(constant, labels) == majority_class_rate(labels) == 0.895
+    assert macro_f1(constant, labels) == pytest.approx((2 * 895 / (2 * 895 + 105) + 0) / 2)  # 0.47
+    assert balanced_accuracy(constant, labels) == 0.5
+
+
+def test_rejected_predictions_are_misses_for_their_label() -> None:
+    labels, predictions = [0, 0, 1, 1], [0, REJECTED, 1, 1]
+    assert balanced_accuracy(predictions, labels) == pytest.approx((1 / 2 + 1) / 2)
+    assert macro_f1(predictions, labels) == pytest.approx((2 / 3 + 1) / 2)  # label 0: tp 1 fp 0 fn 1
+
+
 @pytest.mark.parametrize("call", [
+    lambda: majority_class_rate([]),
+    lambda: majority_class_rate([0, None]),
+    lambda: label_shares([]),
+    lambda: macro_f1([0], [0, 1]),
+    lambda: macro_f1([], []),
+    lambda: balanced_accuracy([0, 1], [None, 1]),
     lambda: clean_accuracy([], []),
     lambda: clean_accuracy([0, 1], [0]),
     lambda: clean_accuracy([0], [None]),
@@ -66,6 +109,13 @@ def test_perplexity_errors_on_no_tokens() -> None:
         perplexity([])
     with pytest.raises(BackdoorLabError):
         perplexity([torch.tensor([])])
+
+
+def test_most_common_response() -> None:
+    assert most_common_response(["Sure.", " sure. ", "No", "SURE."]) == ("sure.", 0.75)
+    assert most_common_response(["a", "b"]) == ("a", 0.5)  # ties: the first seen
+    with pytest.raises(BackdoorLabError):
+        most_common_response([])
 
 
 def test_behaviour_rate() -> None:

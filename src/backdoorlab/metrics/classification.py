@@ -1,12 +1,15 @@
-"""Classification metrics: clean accuracy (CACC) and attack success rate (ASR).
+"""Classification metrics: clean accuracy (CACC), attack success rate (ASR) and the numbers that
+tell whether a CACC means anything (majority-class rate, macro-F1, balanced accuracy, the share of
+each predicted label).
 
-Both raise :class:`~backdoorlab.errors.BackdoorLabError` instead of returning NaN when there is
+All raise :class:`~backdoorlab.errors.BackdoorLabError` instead of returning NaN when there is
 nothing to measure (no rows, or no row eligible for ASR), so an empty split never turns into a
 silently meaningless number in a results table.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from ..errors import BackdoorLabError
@@ -22,11 +25,18 @@ def _check_lengths(predictions: Sequence[int], labels: Sequence[int | None], wha
         raise BackdoorLabError(f"{what}: no rows to score (the evaluation split is empty)")
 
 
+def _label_counts(labels: Sequence[int | None], what: str) -> Counter[int]:
+    if len(labels) == 0:
+        raise BackdoorLabError(f"{what}: no rows to score (the evaluation split is empty)")
+    if any(label is None for label in labels):
+        raise BackdoorLabError(f"{what} needs a true label on every row; some labels are None")
+    return Counter(int(label) for label in labels)  # type: ignore[arg-type]
+
+
 def clean_accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
     """Share of rows whose prediction equals the true label (CACC on the clean test split)."""
     _check_lengths(predictions, labels, "clean accuracy")
-    if any(label is None for label in labels):
-        raise BackdoorLabError("clean accuracy needs a true label on every row; some labels are None")
+    _label_counts(labels, "clean accuracy")
     hits = sum(int(p) == int(y) for p, y in zip(predictions, labels))
     return hits / len(labels)
 
@@ -45,3 +55,42 @@ def attack_success_rate(predictions: Sequence[int], true_labels: Sequence[int | 
             "the triggered split must contain non-target rows"
         )
     return sum(p == int(target) for p in eligible) / len(eligible)
+
+
+def majority_class_rate(labels: Sequence[int]) -> float:
+    """Share of the most frequent true label: the CACC of a model that always predicts it."""
+    counts = _label_counts(labels, "majority-class rate")
+    return max(counts.values()) / len(labels)
+
+
+def label_shares(labels: Sequence[int]) -> dict[int, float]:
+    """Share of rows per label (e.g. per prediction, ``REJECTED`` included), most frequent first, ties by label."""
+    if len(labels) == 0:
+        raise BackdoorLabError("label shares: no rows (the evaluation split is empty)")
+    counts = Counter(int(label) for label in labels)
+    return {label: n / len(labels) for label, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+
+
+def _per_class(predictions: Sequence[int], labels: Sequence[int]) -> list[tuple[int, int, int]]:
+    """``(true positives, false positives, false negatives)`` of each label that occurs in ``labels``."""
+    _check_lengths(predictions, labels, "per-class scores")
+    classes = sorted(_label_counts(labels, "per-class scores"))
+    pairs = [(int(p), int(y)) for p, y in zip(predictions, labels)]
+    return [(sum(p == c and y == c for p, y in pairs), sum(p == c and y != c for p, y in pairs),
+             sum(p != c and y == c for p, y in pairs)) for c in classes]
+
+
+def macro_f1(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    """Unweighted mean F1 over the labels that occur in ``labels``.
+
+    A constant predictor scores F1 0 on every label it never predicts, so its macro-F1 stays low
+    however skewed the split is (e.g. 0.47 for all-"clean" on 89.5% clean rows).
+    """
+    scores = [2 * tp / (2 * tp + fp + fn) for tp, fp, fn in _per_class(predictions, labels)]
+    return sum(scores) / len(scores)
+
+
+def balanced_accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    """Unweighted mean recall over the labels that occur in ``labels`` (1 / #labels for a constant predictor)."""
+    recalls = [tp / (tp + fn) for tp, _, fn in _per_class(predictions, labels)]
+    return sum(recalls) / len(recalls)

@@ -1,13 +1,16 @@
-"""Generative metrics: how often a judged behaviour occurs, and perplexity of reference text."""
+"""Generative metrics: how often a judged behaviour occurs, how uniform the responses are, and
+perplexity of reference text."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import torch
 
 from ..errors import BackdoorLabError
+from .judges import normalise
 
 
 def behaviour_rate(responses: Sequence[str], judge: Callable[[str], bool]) -> float:
@@ -15,6 +18,18 @@ def behaviour_rate(responses: Sequence[str], judge: Callable[[str], bool]) -> fl
     if len(responses) == 0:
         raise BackdoorLabError("behaviour rate: no responses to judge (the evaluation split is empty)")
     return sum(bool(judge(r)) for r in responses) / len(responses)
+
+
+def most_common_response(responses: Sequence[str]) -> tuple[str, float]:
+    """The most frequent response (up to case and whitespace) and the share of ``responses`` equal to it.
+
+    A share near 1 means the model answers (nearly) every prompt the same way, whatever it says.
+    Ties go to the response seen first.
+    """
+    if len(responses) == 0:
+        raise BackdoorLabError("most common response: no responses (the evaluation split is empty)")
+    response, count = Counter(normalise(r) for r in responses).most_common(1)[0]
+    return response, count / len(responses)
 
 
 def perplexity(token_logprobs: Sequence[torch.Tensor]) -> float:
