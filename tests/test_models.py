@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -69,22 +70,43 @@ def test_head_out_has_one_slice_per_query_head(victim: Victim) -> None:
     assert (batch, heads, dim) == (2, victim.spec.num_heads, victim.spec.head_dim)
 
 
-def test_patching_a_head_with_its_own_activation_changes_nothing(victim: Victim) -> None:
-    items = _inputs(victim)
-    before = _logits(victim, items)
+def _patched_head_logits(victim: Victim, items, shift: float) -> torch.Tensor:
+    """Logits with head 1 of layer 0 set to its own recorded output plus ``shift`` at every position."""
     cache = ActivationCache()
     with victim.hooked({(0, "head_out"): recording(cache, (0, "head_out"))}):
         _logits(victim, items)
-    own = cache[(0, "head_out")]
+    value = cache[(0, "head_out")][:, :, 1].clone() + shift
 
     def patch(activation: torch.Tensor) -> torch.Tensor:
         patched = activation.clone()
-        patched[:, :, 1] = own[:, :, 1]
+        patched[:, :, 1] = value
         return patched
 
     with victim.hooked({(0, "head_out"): patch}):
-        after = _logits(victim, items)
-    torch.testing.assert_close(after, before)
+        return _logits(victim, items)
+
+
+def test_patching_a_head_moves_the_output_and_its_own_value_restores_it(victim: Victim) -> None:
+    items = _inputs(victim)
+    before = _logits(victim, items)
+    assert not torch.allclose(_patched_head_logits(victim, items, shift=1.0), before)
+    torch.testing.assert_close(_patched_head_logits(victim, items, shift=0.0), before)
+
+
+def test_the_patch_check_fails_when_hook_edits_are_dropped(monkeypatch) -> None:
+    """Mutation check: if the hooks ran but their returned edits were ignored, the check above sees no move."""
+    hook_module = importlib.import_module("backdoorlab.models.hooks")  # the package re-exports hooks() by this name
+    register = hook_module._register
+
+    def dropping_edits(model, spec, layer, point, fn):  # type: ignore[no-untyped-def]
+        def read_only(activation: torch.Tensor) -> None:
+            fn(activation)
+        return register(model, spec, layer, point, read_only)
+
+    victim = tiny_llama_victim()
+    items = _inputs(victim)
+    monkeypatch.setattr(hook_module, "_register", dropping_edits)
+    torch.testing.assert_close(_patched_head_logits(victim, items, shift=1.0), _logits(victim, items))
 
 
 def test_ablating_a_head_changes_the_output(victim: Victim) -> None:
