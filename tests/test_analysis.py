@@ -371,23 +371,32 @@ def test_backdoor_vector_defense_reuses_an_analysis_and_a_baseline_evaluation(tm
                     options={"analysis_dir": str(tmp_path / "nowhere")})
 
 
+def _attention_writes(victim, intervention=None) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    """What layer 1's attention adds to the stream, at every position, in each pass of a 4-token generation."""
+    writes: list[torch.Tensor] = []
+    with victim.hooked({(1, "attn_out"): lambda a: writes.append(a.detach().clone())}):
+        victim.generate(PROMPTS[:1], max_new_tokens=4, intervention=intervention)
+    return writes
+
+
+def _acts_like_removing_the_head(intervention) -> bool:  # type: ignore[no-untyped-def]
+    """Whether generating with ``intervention`` matches, pass for pass, a copy with head (1, 0) removed."""
+    pruned = tiny_llama_victim()
+    remove_heads(pruned, [(1, 0)])
+    expected = _attention_writes(pruned)
+    assert len(expected) == 4 and expected[0].shape[1] > 1  # prefill over the prompt, then one pass per token
+    got = _attention_writes(tiny_llama_victim(), intervention)
+    return len(got) == len(expected) and all(torch.allclose(g, e) for g, e in zip(got, expected))
+
+
 def test_ablation_everywhere_acts_in_every_decoding_pass_and_at_every_position() -> None:
-    victim = tiny_llama_victim()
-    seen: list[torch.Tensor] = []
-    zero_all = scale_heads([(1, 0)], 0.0, everywhere=True)
+    assert _acts_like_removing_the_head(scale_heads([(1, 0)], 0.0, everywhere=True))
+    assert not _acts_like_removing_the_head(scale_heads([(1, 0)], 0.0))  # readout position of the prefill only
 
-    def watch(positions):
-        return {(1, "head_out"): [lambda a: seen.append(a[:, :, 0].detach().clone())]}
-    from backdoorlab.models.interventions import combine
-    victim.generate(PROMPTS[:1], max_new_tokens=3, intervention=zero_all)  # runs without error
-    batch = victim.encode(PROMPTS[:1])
-    with torch.inference_mode(), victim.intervening(combine(zero_all, watch), victim.readout_positions(batch)):
-        victim.forward(batch)
-    assert torch.all(seen[-1] == 0)  # every position of head 0 in layer 1 was zeroed before the watcher
-    passes: list[int] = []
 
-    def counting(positions):
-        return {(0, "head_out"): [lambda a: passes.append(a.shape[1])]}
-    counting.every_pass = True
-    victim.generate(PROMPTS[:1], max_new_tokens=4, intervention=counting)
-    assert len(passes) == 4 and passes[1:] == [1, 1, 1]  # prefill, then one pass per new token
+def test_the_every_pass_check_fails_when_decoding_passes_are_skipped(monkeypatch) -> None:
+    """Mutation check: if generation applied every intervention to the prefill pass only, the check above fails."""
+    import backdoorlab.models.victim as victim_module
+
+    monkeypatch.setattr(victim_module, "acts_every_pass", lambda intervention: False)
+    assert not _acts_like_removing_the_head(scale_heads([(1, 0)], 0.0, everywhere=True))
