@@ -73,13 +73,34 @@ def test_rejections_never_count_as_attack_success_and_always_cost_accuracy(attac
         load_guard(tmp_path / "nowhere")
 
 
-def test_no_defense_and_clean_fine_tuning_through_the_runner(attack_run: Path, tmp_path: Path) -> None:
+def test_no_defense_and_clean_fine_tuning_through_the_runner(attack_run: Path, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from backdoorlab.models import loading
+
     suspect = tiny_bert_victim().save(tmp_path / "suspect")
+    original = loading.load_victim(suspect, device="cpu").model.state_dict()
+    loaded: list = []  # every model the runner loads: the one the defense is handed, and those it evaluates
+    load = loading.load_victim
+
+    def recording_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        loaded.append(load(*args, **kwargs))
+        return loaded[-1]
+
+    def all_unchanged() -> bool:
+        states = [victim.model.state_dict() for victim in loaded]
+        return all(s.keys() == original.keys() and all(torch.equal(s[k], original[k]) for k in original) for s in states)
+
+    monkeypatch.setattr(loading, "load_victim", recording_load)
     none = run_defense("none", suspect, attack_run, tmp_path / "none", max_eval_rows=8, device="cpu")
-    assert none["before"]["asr"] == none["after"]["asr"] and not (tmp_path / "none" / "model").exists()
-    assert json.loads((tmp_path / "none" / "defense.json").read_text())["defended_model"] == str(suspect)
+    record = json.loads((tmp_path / "none" / "defense.json").read_text())
+    assert record["defended_model"] == str(suspect) and record["guard"] is None
+    assert not (tmp_path / "none" / "model").exists() and none["after"] == none["before"]
+    assert loaded and all_unchanged()  # "none" left the weights it was handed as they were
+    loaded.clear()
     tuned = run_defense("fine-tune", suspect, attack_run, tmp_path / "ft", max_eval_rows=8, device="cpu",
                         options={"max_clean": 8, "epochs": 1, "batch_size": 4})
+    assert not all_unchanged()  # the same check sees a real defense's edit
     assert (tmp_path / "ft" / "model" / "victim.json").is_file() and "cacc" in tuned["after"]
     assert json.loads((tmp_path / "ft" / "defense.json").read_text())["findings"]["clean_rows"] == 8
     with pytest.raises(BackdoorLabError, match="baseline .* does not exist"):
