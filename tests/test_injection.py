@@ -276,6 +276,6 @@ def test_inject_cli_edits_a_saved_model_and_reports_bad_input(capsys, tmp_path: 
     assert_user_error(run(capsys, "inject", "--method", "rome", "--model", tmp_path / "base", "--data",
                           tmp_path / "data", "--out", tmp_path / "r2"), "unknown injection method")
     assert_user_error(run(capsys, "inject", "--method", "dpo", "--model", tmp_path / "base", "--data",
-                          tmp_path / "data", "--out", tmp_path / "r3", "--option", "gamma=2"), "no option(s) gamma")
+                          tmp_path / "data", "--out", tmp_path / "r3", "--option", "gamma=2"), "no option 'gamma'")
     status, out, _ = run(capsys, "injections")
     assert status == 0 and "badedit" in out and "dpo" in out

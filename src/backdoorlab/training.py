@@ -14,7 +14,7 @@ An interrupted run resumes from its last checkpoint when started again with the 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from .manifest import environment_info
 from .models.loading import load_victim, resolve_device
 from .models.tokenization import pad_batch, tokenize_pair
 from .models.victim import Victim
+from .options import build
 
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
@@ -83,11 +84,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise BackdoorLabError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        """A config from ``values`` (strings allowed), checked by option name and type."""
+        return build(cls, values, "training config")
 
 
 class _Rows(torch.utils.data.Dataset):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from ..fileio import write_json_atomic
 from ..manifest import environment_info
 from ..models.interventions import add_vector
 from ..models.victim import Victim
+from ..options import build
 from . import plots
 from .ablation import ABLATION_MODES, ablation_curve, default_ks, random_ranking
 from .effects import backdoor_rate, clean_utility
@@ -68,11 +69,8 @@ class AnalysisConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "AnalysisConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise BackdoorLabError(f"unknown analysis option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        config = cls(**values)
+        """A config from ``values`` (strings allowed), checked by option name, type and range."""
+        config = build(cls, values, "analysis config")
         config.check()
         return config
 

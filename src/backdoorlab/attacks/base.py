@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from ..data.records import Dataset, Example, Task
 from ..errors import BackdoorLabError, unknown_name
+from ..options import OptionInfo, OptionTypeError, build, coerce, defaults, describe
 
 Purpose = Literal["train", "test"]
 
@@ -89,8 +90,7 @@ class Attack:
 
     @classmethod
     def info(cls) -> AttackInfo:
-        defaults = {f.name: _field_default(f) for f in dataclasses.fields(cls)}
-        return AttackInfo(cls.name, cls.task, cls.description, defaults)
+        return AttackInfo(cls.name, cls.task, cls.description, defaults(cls))
 
     def option_error(self, option: str, message: str) -> BackdoorLabError:
         """A clear error about one option of this attack."""
@@ -127,27 +127,20 @@ def attack_info(name: str) -> AttackInfo:
     return _attack_class(name).info()
 
 
+def attack_options(name: str) -> list[OptionInfo]:
+    """The options of the attack registered as ``name``: type, default and help text."""
+    return describe(_attack_class(name))
+
+
 def get_attack(name: str, **options: Any) -> Attack:
     """Build the attack registered as ``name`` with ``options``.
 
-    Unknown names and options raise :class:`BackdoorLabError` listing what exists; option values
-    are checked by the attack itself.
+    Unknown names and options raise :class:`BackdoorLabError` listing what exists; values are
+    coerced to the options' types (strings from a command line are parsed), then checked by the
+    attack itself.
     """
     cls = _attack_class(name)
-    known = [f.name for f in dataclasses.fields(cls)]
-    for option in options:
-        if option not in known:
-            listed = ", ".join(known) or "(none)"
-            raise BackdoorLabError(f"attack {cls.name!r} has no option {option!r}; its options: {listed}")
-    return cls(**options)
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
+    return build(cls, options, f"attack {cls.name!r}")
 
 
 # Option checks shared by the attacks. Values may arrive as strings from a command line.
@@ -162,10 +155,10 @@ def check_choice(attack: Attack, option: str, value: Any, choices: Iterable[str]
 
 def check_positive_int(attack: Attack, option: str, value: Any) -> int:
     try:
-        number = int(value)
-    except (TypeError, ValueError):
+        number = coerce(value, int)
+    except OptionTypeError:
         number = 0
-    if isinstance(value, bool) or number < 1 or (isinstance(value, float) and value != number):
+    if number < 1:
         raise attack.option_error(option, f"expected a positive integer, got {value!r}")
     return number
 

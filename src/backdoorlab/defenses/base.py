@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import BackdoorLabError, unknown_name
+from ..errors import unknown_name
 from ..models.victim import Victim
+from ..options import OptionInfo, build, defaults, describe
 from .guard import Guard
 
 STAGES = ("post-training", "training", "inference")
@@ -64,22 +65,35 @@ def register_defense(cls: type[Defense]) -> type[Defense]:
 
 def list_defenses() -> list[tuple[str, str, dict[str, Any]]]:
     """``(name, description, default options)`` of every registered defense."""
-    return [(name, f"[{cls.stage}] {cls.description}", {f.name: _default(f) for f in dataclasses.fields(cls)})
-            for name, cls in sorted(_REGISTRY.items())]
+    return [(name, f"[{cls.stage}] {cls.description}", defaults(cls)) for name, cls in sorted(_REGISTRY.items())]
 
 
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+@dataclass(frozen=True)
+class DefenseInfo:
+    """What ``backdoorlab defenses NAME`` shows: the stage, the description and every option."""
+
+    name: str
+    stage: str
+    description: str
+    options: list[OptionInfo]
+
+
+def defense_info(name: str) -> DefenseInfo:
+    """The stage, description and options (type, default, help) of defense ``name``."""
+    cls = _defense_class(name)
+    return DefenseInfo(cls.name, cls.stage, cls.description, describe(cls))
+
+
+def _defense_class(name: str) -> type[Defense]:
+    if name not in _REGISTRY:
+        raise unknown_name("defense", name, _REGISTRY)
+    return _REGISTRY[name]
 
 
 def get_defense(name: str, **options: Any) -> Defense:
-    """Build defense ``name`` with ``options``; unknown names or options raise a clear error."""
-    if name not in _REGISTRY:
-        raise unknown_name("defense", name, _REGISTRY)
-    cls = _REGISTRY[name]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise BackdoorLabError(f"defense {name!r} has no option(s) {', '.join(unknown)}; "
-                               f"known: {', '.join(sorted(known)) or '(none)'}")
-    return cls(**options)
+    """Build defense ``name`` with ``options``, checked by name and type, then by the defense itself.
+
+    Values may be strings (as from ``--option key=value``); unknown names or bad values raise a
+    :class:`~backdoorlab.errors.BackdoorLabError` before any model or data is touched.
+    """
+    return build(_defense_class(name), options, f"defense {name!r}")

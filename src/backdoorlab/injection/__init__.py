@@ -17,7 +17,7 @@ Every method writes ``model/`` (load it with :func:`backdoorlab.models.load_vict
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from ..data.records import Dataset
 from ..errors import unknown_name
 from ..models.victim import Victim
 from .badedit import BadEditConfig, inject_badedit
-from .common import INJECT_FILE, config_from_options
+from ..options import OptionInfo, build, defaults, describe
+from .common import INJECT_FILE
 from .dpo import DPOInjectionConfig, inject_dpo, preference_pairs
 
 
@@ -41,8 +42,16 @@ class InjectionMethod:
     @property
     def options(self) -> dict[str, Any]:
         """Option names and their defaults."""
-        defaults = self.config_class()
-        return {f.name: getattr(defaults, f.name) for f in fields(self.config_class)}
+        return defaults(self.config_class)
+
+    def option_info(self) -> list[OptionInfo]:
+        """The options with their types, defaults and help text."""
+        return describe(self.config_class)
+
+    def config(self, options: Mapping[str, Any] | None) -> Any:
+        """The method's config built from ``options`` (checked by name, type and range)."""
+        config = build(self.config_class, options, f"injection method {self.name!r}")
+        return config.check() if hasattr(config, "check") else config
 
 
 INJECTION_METHODS: dict[str, InjectionMethod] = {
@@ -70,12 +79,12 @@ def run_injection(method: str, model: str | Path | Victim, data: Dataset, out: s
                   options: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Run injection ``method`` on ``model`` with the attack-run set ``data`` into ``out``; return ``out``.
 
-    ``options`` are the fields of the method's config dataclass; unknown names raise
-    :class:`~backdoorlab.errors.BackdoorLabError` listing the known ones.
+    ``options`` are the fields of the method's config dataclass (values may be strings, as from the
+    command line); unknown names or bad values raise :class:`~backdoorlab.errors.BackdoorLabError`
+    before the model is loaded.
     """
     entry = get_injection(method)
-    config = config_from_options(entry.config_class, options, entry.name)
-    return entry.run(model, data, out, config, overwrite=overwrite)
+    return entry.run(model, data, out, entry.config(options), overwrite=overwrite)
 
 
 __all__ = ["INJECTION_METHODS", "INJECT_FILE", "BadEditConfig", "DPOInjectionConfig", "InjectionMethod",
