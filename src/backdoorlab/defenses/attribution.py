@@ -45,6 +45,21 @@ class _AttributionDefense(Defense):
             raise BackdoorLabError(f"analysis_dir {folder} has no heads.json; run `backdoorlab analyze heads` first")
         return Analysis(victim, attack_run, folder, config)
 
+    def __post_init__(self) -> None:
+        self.check()  # bad options fail when the defense is built, before any model is loaded
+
+    def check(self) -> None:
+        """Raise a clear error on impossible options (those shared with ``analyze`` are checked as there)."""
+        try:
+            self.analysis_config().check()
+        except BackdoorLabError as error:
+            raise BackdoorLabError(f"{self.name}: {error}") from None
+
+    def analysis_config(self) -> AnalysisConfig:
+        """The ``analyze`` settings these options stand for."""
+        return AnalysisConfig(pairs=self.pairs, attribution_prompts=self.attribution_prompts, method=self.method,
+                              top_fraction=self.top_fraction, batch_size=self.batch_size, seed=self.seed)
+
 
 @register_defense
 @dataclass
@@ -68,7 +83,12 @@ class BackdoorVectorDefense(_AttributionDefense):
     name: ClassVar[str] = "backdoor-vector"
     description: ClassVar[str] = "BAHA-rank heads, build the backdoor vector, project it out of the weights"
 
-    direction: str = "difference"
+    direction: str = "difference"  # difference (triggered minus clean head means) | triggered-mean (the study's)
+
+    def check(self) -> None:
+        super().check()
+        if self.direction not in DIRECTIONS:
+            raise BackdoorLabError(f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
 
     def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
         if self.direction not in DIRECTIONS:

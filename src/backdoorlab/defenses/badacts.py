@@ -187,15 +187,18 @@ class BadActs(ClassifierDefense):
     delta: float = 3.0  # interval half-width in standard deviations (author's scripts: delta 3)
     optimize: bool = True  # learn the intervals (reference purification); False keeps μ ± δσ
     init: str = "statistics"  # "statistics": start at μ ± δσ; "reference": u = 1, m = 1 as the author's code
-    bound_epochs: int = 50
-    bound_lr: float = 0.01
+    bound_epochs: int = 50  # epochs of learning the intervals (0 keeps μ ± δσ)
+    bound_lr: float = 0.01  # learning rate of the interval bounds
     width_weight: float = 0.1  # c, the weight of ‖exp(m)‖ in the bound loss
     width_factor: float = 1.2  # a, how c grows / shrinks
     restarts: int = 3  # at most this many restarts with c halved when the clean agreement ends below 97 %
-    detect: bool = False
+    detect: bool = False  # also detect poisoned inputs by their [CLS] neuron activation state (NAS)
     frr: float = 0.02  # false rejection rate on clean rows that sets the NAS threshold
     flagged: str = "reject"  # what detect does with a flagged input: "reject" or "purify" (the paper's pipeline)
     batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        self.validate()  # bad options fail when the defense is built, before any model is loaded
 
     def validate(self) -> None:
         if self.delta < 0:

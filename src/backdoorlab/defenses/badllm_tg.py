@@ -64,7 +64,7 @@ class BadLLMTG(Defense):
 
     name = "badllm-tg"
     description = "BadLLM-TG: LLM trigger generator tuned by prompt-driven RL, then adversarial training"
-    variant: str = "evidence"
+    variant: str = "evidence"  # evidence (mined n-grams guide the generator) | faithful (the paper as written)
     generator: str = "local"  # local | openai
     generator_model: str | None = None  # local default: smollm2-135m-instruct
     base_url: str | None = None  # openai: the API root, e.g. http://localhost:8000/v1
@@ -72,24 +72,24 @@ class BadLLMTG(Defense):
     rewrite: str | None = None  # llm | insert | llm+insert; default by variant
     target: int | None = None  # skip identification when the target label is known
     base_model: str | None = None  # clean model for the identification scout; default: the suspect's base
-    identify_epochs: float = 1.0
-    identify_records: int = 5
-    identify_lr: float = 5e-5
-    statistic: str = "variance"
-    top_fraction: float = 0.05
-    min_majority: float = 0.6
+    identify_epochs: float = 1.0  # training window of the target-identification scout (§2.3)
+    identify_records: int = 5  # confidence records taken in that window (at least 2)
+    identify_lr: float = 5e-5  # learning rate of the scout
+    statistic: str = "variance"  # confidence change Δc of a row: variance | difference
+    top_fraction: float = 0.05  # share of rows, largest Δc first, whose majority label is the target
+    min_majority: float = 0.6  # smallest share of those rows the majority label needs
     evidence_fraction: float = 1.0  # suspects: this share of the target-label rows, largest Δc first
     evidence_mined: int = 40  # n-grams mined, then screened by the victim's loss ...
     evidence_shown: int = 10  # ... and the best this many shown to the generator
-    iterations: int = 8
-    candidates: int = 2
-    eval_rows: int = 24
-    loss_threshold: float = 0.2
+    iterations: int = 8  # prompt-search iterations (§2.4)
+    candidates: int = 2  # trigger patterns the generator proposes per iteration
+    eval_rows: int = 24  # non-target rows each pattern is scored on
+    loss_threshold: float = 0.2  # a pattern whose victim loss falls to this is found
     all_triggers: bool | None = None  # keep searching and train on every working pattern; default by variant
     working_flip_rate: float = 0.8  # a pattern "works" when it flips this share of the evaluation rows
     min_flip_rate: float = 0.5  # below this for the best pattern: no trigger found, no adversarial training
-    temperature: float = 0.7
-    adv_fraction: float = 1.0
+    temperature: float = 0.7  # the generator's sampling temperature
+    adv_fraction: float = 1.0  # share of the rows rewritten for adversarial training
     adv_rows: str | None = None  # all (the paper: G applied to D*) | non-target (G applied to D_n-tgt); default by variant
     drop_triggered: bool | None = None  # drop target-label rows holding a working trigger phrase; default by variant
     adv_epochs: float | None = None  # default: 2 from the suspect, 3 from the base model
@@ -98,6 +98,9 @@ class BadLLMTG(Defense):
     batch_size: int = 16
     device: str = "auto"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.check()  # bad options fail when the defense is built, before any model is loaded
 
     def check(self) -> None:
         choices = {"variant": (self.variant, VARIANTS), "generator": (self.generator, BACKENDS),
@@ -112,6 +115,16 @@ class BadLLMTG(Defense):
             raise BackdoorLabError("adv_fraction and evidence_fraction must be in (0, 1]")
         if (self.adv_epochs is not None and self.adv_epochs <= 0) or self.identify_epochs <= 0:
             raise BackdoorLabError("adv_epochs and identify_epochs must be positive")
+        if not 0 < self.top_fraction <= 1:
+            raise BackdoorLabError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
+        if not 0 <= self.min_majority <= 1:
+            raise BackdoorLabError(f"min_majority must be in [0, 1], got {self.min_majority}")
+        if self.identify_records < 2:
+            raise BackdoorLabError(f"identify_records must be at least 2, got {self.identify_records}")
+        if min(self.iterations, self.candidates, self.eval_rows, self.batch_size) < 1:
+            raise BackdoorLabError("iterations, candidates, eval_rows and batch_size must be at least 1")
+        if self.loss_threshold < 0 or self.temperature < 0:
+            raise BackdoorLabError("loss_threshold and temperature must not be negative")
 
     @property
     def starting_point(self) -> str:

@@ -180,13 +180,16 @@ class MuScleLoRA(ClassifierDefense):
     epochs: int = 10
     batch_size: int = 32
     max_length: int = 128
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # gradients are clipped to this norm
     align: bool = True  # gradient alignment with the clean reference rows
     ref_rows: int = 96  # refSample: clean rows set aside as the alignment reference
     min_ref_loss: float = 0.4  # align fully while the clean reference loss is above this
     align_epochs: int = 1  # GAEpoch: raw gradients before this epoch once the clean rows are fitted
     max_raw_ratio: float = 0.1  # maxRawGradRatio: raw share reached in the last epoch
     train_head: bool = True  # the reference code freezes the (random) head; False does the same
+
+    def __post_init__(self) -> None:
+        self.validate()  # bad options fail when the defense is built, before any model is loaded
 
     def validate(self) -> None:
         if self.rank < 1 or self.scale_rank < 1:

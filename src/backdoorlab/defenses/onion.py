@@ -131,6 +131,9 @@ class Onion(ClassifierDefense):
     batch_size: int = 32  # LM sequences per forward pass
     max_words: int = 64  # only the first max_words words of a text are candidates
 
+    def __post_init__(self) -> None:
+        self._validate()  # bad options fail when the defense is built, before any model is loaded
+
     def _validate(self) -> None:
         if self.threshold is not None:
             _check_threshold(self.threshold)

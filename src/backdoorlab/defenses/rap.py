@@ -174,15 +174,18 @@ class Rap(ClassifierDefense):
     description: ClassVar[str] = "reject inputs whose protected-label probability a learned rare word cannot lower (RAP)"
     stage: ClassVar[str] = "inference"
 
-    word: str = "cf"
+    word: str = "cf"  # rare word inserted before each input, whose embedding row is learned
     protect_label: int | None = None  # default: the attack run's target label (the paper's assumption)
     min_drop: float = 0.1  # Δp bounds of the loss (OpenBackdoor prob_range=[-0.1, -0.3])
-    max_drop: float = 0.3
+    max_drop: float = 0.3  # upper Δp bound of the loss
     learning_rate: float = 1e-2
     epochs: int = 5
-    scale: float = 1.0
+    scale: float = 1.0  # weight of the loss term that pushes Δp above min_drop
     frr: float = 0.01  # false-rejection rate on clean protected-label rows that sets the threshold
     batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        self._validate()  # bad options fail when the defense is built, before any model is loaded
 
     def _validate(self) -> None:
         _number("min_drop", self.min_drop, 0, 1)
