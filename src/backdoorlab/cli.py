@@ -7,26 +7,20 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from .console import cell, print_lines, print_table
 from .errors import BackdoorLabError
+from .options import OptionInfo
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """``["key=value", ...]`` → dict; values are parsed as JSON when they can be (numbers, lists)."""
-    options: dict[str, Any] = {}
+def _options(pairs: Sequence[str] | None) -> dict[str, str]:
+    """``["key=value", ...]`` → ``{key: "value"}``; the method or config parses each value by its option's type."""
+    options: dict[str, str] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise BackdoorLabError(f"option {pair!r} must look like key=value")
-        options[key.strip().replace("-", "_")] = _parse_value(value)
+        options[key.strip().replace("-", "_")] = value
     return options
 
 
@@ -36,33 +30,43 @@ def _target(text: str | None) -> int | str | None:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _print_rows(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
-    for row in rows:
-        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+def _print_options(title: str, description: str, options: Sequence[OptionInfo]) -> None:
+    """One method: its title and description, then each option's type, default and help."""
+    print_lines(title, description, "")
+    if not options:
+        print_lines("no options")
+        return
+    rows = [{"option": o.name, "type": o.type, "default": "(required)" if o.required else o.default, "help": o.help}
+            for o in options]
+    print_table(rows, ["option", "type", "default", "help"], wide=["help"], title="options (--option KEY=VALUE)")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
     from .models import list_models
 
-    _print_rows([vars(m) for m in list_models()], ["name", "kind", "package", "description"])
+    print_table([vars(m) for m in list_models()], ["name", "kind", "package", "description"], wide=["description"])
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
     from .data.registry import list_datasets
 
-    rows = [{"name": d.name, "task": d.task, "splits": ",".join(d.splits),
-             "labels": ",".join(d.label_names or []) or "-", "description": d.description} for d in list_datasets()]
-    _print_rows(rows, ["name", "task", "splits", "labels", "description"])
+    rows = [{"name": d.name, "task": d.task, "splits": ", ".join(d.splits),
+             "labels": ", ".join(d.label_names or []) or "-", "description": d.description} for d in list_datasets()]
+    print_table(rows, ["name", "task", "splits", "labels", "description"], wide=["description"])
 
 
 def cmd_attacks(args: argparse.Namespace) -> None:
     from .attacks import list_attacks
+    from .attacks.base import attack_info, attack_options
 
-    rows = [{"name": a.name, "task": a.task, "description": a.description,
-             "options": ", ".join(f"{k}={v}" for k, v in a.options.items())} for a in list_attacks()]
-    _print_rows(rows, ["name", "task", "description", "options"])
+    if args.name:
+        info = attack_info(args.name)
+        _print_options(f"{info.name}: {info.task} attack", info.description, attack_options(info.name))
+        return
+    rows = [{"name": a.name, "task": a.task, "description": a.description, "options": ", ".join(a.options)}
+            for a in list_attacks()]
+    print_table(rows, ["name", "task", "description", "options"], wide=["description", "options"])
+    print_lines("`backdoorlab attacks NAME` shows one attack's options: type, default and help.")
 
 
 def cmd_attack(args: argparse.Namespace) -> None:
@@ -106,17 +110,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     results = run_evaluate(args.model, args.data, max_rows=args.max_rows, batch_size=args.batch_size,
                            max_new_tokens=args.max_new_tokens, device=args.device, out=args.out,
                            allow_pickle=args.allow_pickle, guard=args.guard)
-    shown = {k: v for k, v in results["metrics"].items() if isinstance(v, (int, float, str))}
-    print(json.dumps(shown, indent=2))
+    rows = [{"metric": k, "value": v} for k, v in results["metrics"].items() if isinstance(v, (int, float, str))]
+    print_table(rows, ["metric", "value"])
     print(f"results written to {results['written_to']}")
 
 
 def cmd_injections(args: argparse.Namespace) -> None:
-    from .injection import list_injections
+    from .injection import get_injection, list_injections
 
-    rows = [{"name": m.name, "description": m.description,
-             "options": ", ".join(f"{k}={v}" for k, v in m.options.items())} for m in list_injections()]
-    _print_rows(rows, ["name", "description", "options"])
+    if args.name:
+        method = get_injection(args.name)
+        _print_options(f"{method.name}: injection method", method.description, method.option_info())
+        return
+    rows = [{"name": m.name, "description": m.description, "options": ", ".join(m.options)}
+            for m in list_injections()]
+    print_table(rows, ["name", "description", "options"], wide=["description", "options"])
+    print_lines("`backdoorlab injections NAME` shows one method's options: type, default and help.")
 
 
 def cmd_inject(args: argparse.Namespace) -> None:
@@ -136,20 +145,23 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     for step, result in results.items():
         headline = result.get("headline") or result.get("agreement") or {
             k: result[k] for k in ("best_layer", "best_mlp_accuracy", "best_svm_accuracy") if k in result}
-        print(f"{step}: " + ", ".join(f"{k} {_short(v)}" for k, v in headline.items()))
+        print(f"{step}: " + ", ".join(f"{k} {cell(v)}" for k, v in headline.items()))
     print(f"wrote {Path(args.out) / 'summary.md'}")
-
-
-def _short(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def cmd_defenses(args: argparse.Namespace) -> None:
     from .defenses import list_defenses
+    from .defenses.base import defense_info
 
-    rows = [{"name": n, "description": d, "options": ", ".join(f"{k}={v}" for k, v in o.items())}
-            for n, d, o in list_defenses()]
-    _print_rows(rows, ["name", "description", "options"])
+    if args.name:
+        info = defense_info(args.name)
+        _print_options(f"{info.name}: {info.stage}-stage defense", info.description, info.options)
+        return
+    infos = [defense_info(name) for name, _, _ in list_defenses()]
+    rows = [{"name": i.name, "stage": i.stage, "description": i.description,
+             "options": ", ".join(o.name for o in i.options)} for i in infos]
+    print_table(rows, ["name", "stage", "description", "options"], wide=["description", "options"])
+    print_lines("`backdoorlab defenses NAME` shows one defense's options: type, default and help.")
 
 
 def cmd_defend(args: argparse.Namespace) -> None:
@@ -159,10 +171,10 @@ def cmd_defend(args: argparse.Namespace) -> None:
                           evaluate=not args.no_eval, max_eval_rows=args.max_rows, device=args.device,
                           baseline=args.baseline, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
     if "after" in metrics:
-        before = metrics.get("before", {})
-        for key, value in metrics["after"].items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                print(f"{key}: {_short(before.get(key, '-'))} -> {_short(value)}")
+        before = metrics.get("before") or {}
+        rows = [{"metric": k, "before": before.get(k, "-"), "after": v}
+                for k, v in metrics["after"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        print_table(rows, ["metric", "before", "after"])
     print(f"wrote {args.out} (defense.json, metrics.json)")
 
 
@@ -182,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the packaged offline models").set_defaults(func=cmd_models)
     sub.add_parser("datasets", help="list the named datasets").set_defaults(func=cmd_datasets)
-    sub.add_parser("attacks", help="list the attacks and their options").set_defaults(func=cmd_attacks)
+    p = sub.add_parser("attacks", help="list the attacks, or show one attack's options")
+    p.add_argument("name", nargs="?", help="an attack name: show its options with their types, defaults and help")
+    p.set_defaults(func=cmd_attacks)
 
     p = sub.add_parser("attack", help="poison a dataset and build its clean and triggered test sets")
     p.add_argument("--dataset", required=True, help="a name from `backdoorlab datasets`, or a data file")
@@ -235,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, device=True, pickle=True)
     p.set_defaults(func=cmd_evaluate)
 
-    sub.add_parser("injections", help="list the model-level backdoor injection methods").set_defaults(
-        func=cmd_injections)
+    p = sub.add_parser("injections", help="list the model-level backdoor injection methods, or show one's options")
+    p.add_argument("name", nargs="?", help="a method name: show its options with their types, defaults and help")
+    p.set_defaults(func=cmd_injections)
     p = sub.add_parser("inject", help="backdoor a model by preference poisoning (DPO) or a rank-one edit (BadEdit)")
     p.add_argument("--method", required=True, help="a name from `backdoorlab injections`")
     p.add_argument("--model", required=True, help="packaged model name, local folder or hub id")
@@ -258,7 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, overwrite=True, device=True, pickle=True)
     p.set_defaults(func=cmd_analyze)
 
-    sub.add_parser("defenses", help="list the defenses and their options").set_defaults(func=cmd_defenses)
+    p = sub.add_parser("defenses", help="list the defenses, or show one defense's stage and options")
+    p.add_argument("name", nargs="?", help="a defense name: show its stage, description and options with their "
+                   "types, defaults and help")
+    p.set_defaults(func=cmd_defenses)
     p = sub.add_parser("defend", help="mitigate a backdoor and measure ASR/clean metrics before and after")
     p.add_argument("--method", required=True, help="a name from `backdoorlab defenses`")
     p.add_argument("--model", required=True,
