@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ..data.records import Example
 from ..fileio import write_json_atomic
+from ..fingerprint import same_fingerprint
 from ..models.interventions import Head, Intervention, set_heads
 from ..models.victim import Victim, frozen_parameters
 from .activations import readout_activations
@@ -43,13 +45,15 @@ def mean_head_outputs(victim: Victim, prompts: Sequence[Example], batch_size: in
     return head_outputs(victim, prompts, batch_size).mean(0)
 
 
-def exact_acie(scorer: BackdoorScorer, means: torch.Tensor, checkpoint: str | Path | None = None) -> torch.Tensor:
+def exact_acie(scorer: BackdoorScorer, means: torch.Tensor, checkpoint: str | Path | None = None,
+               fingerprint: dict[str, Any] | None = None) -> torch.Tensor:
     """ACIE of every head, one intervention each; ``[layers, heads]``.
 
-    ``checkpoint``: a JSON file where finished layers are kept, so an interrupted run resumes.
+    ``checkpoint``: a JSON file where finished layers are kept, so an interrupted run resumes; its
+    layers are reused only when it holds the same ``fingerprint`` (model, prompts, settings).
     """
     layers, heads = means.shape[:2]
-    done = _read_checkpoint(checkpoint, layers, heads)
+    done = _read_checkpoint(checkpoint, layers, heads, fingerprint)
     base = scorer.score()
     scores = torch.full((layers, heads), float("nan"))
     for layer, values in done.items():
@@ -60,16 +64,20 @@ def exact_acie(scorer: BackdoorScorer, means: torch.Tensor, checkpoint: str | Pa
         scores[layer, head] = float((patched - base).mean())
         if head == heads - 1 and checkpoint is not None:
             done[layer] = scores[layer].tolist()
-            write_json_atomic(Path(checkpoint), {"layers": layers, "heads": heads, "done": done})
+            write_json_atomic(Path(checkpoint), {"layers": layers, "heads": heads, "done": done,
+                                                 "fingerprint": fingerprint})
     return scores
 
 
-def _read_checkpoint(path: str | Path | None, layers: int, heads: int) -> dict[int, list[float]]:
+def _read_checkpoint(path: str | Path | None, layers: int, heads: int,
+                     fingerprint: dict[str, Any] | None) -> dict[int, list[float]]:
     if path is None or not Path(path).is_file():
         return {}
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if data.get("layers") != layers or data.get("heads") != heads:
         return {}
+    if fingerprint is not None and not same_fingerprint(data.get("fingerprint"), fingerprint):
+        return {}  # progress of another model, prompt set or setting: start over
     return {int(k): v for k, v in data["done"].items()}
 
 

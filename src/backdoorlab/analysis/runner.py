@@ -8,9 +8,12 @@ Steps (each writes ``<step>.json`` and its figures, then refreshes ``summary.md`
 - ``ablate`` — ASR and clean utility with the top-k heads ablated (and a random-heads control);
 - ``vector`` — the backdoor vector added on clean / subtracted on triggered prompts, per layer.
 
-``ablate`` and ``vector`` reuse ``heads.json`` when it exists (and compute it otherwise). A step
-whose JSON exists is skipped unless ``overwrite``; exact ACIE keeps finished layers in
-``acie-progress.json``, so an interrupted run resumes where it stopped.
+``ablate`` and ``vector`` reuse ``heads.json`` when it exists (and compute it otherwise). Every
+step's JSON (and ``head_means.safetensors``) carries a fingerprint: the model's weights, the prompt
+pairs and the settings that step depends on. A step whose JSON holds the current fingerprint is
+reused; one computed with other settings stops the run with a clear error (``overwrite`` starts
+a fresh folder). Exact ACIE keeps finished layers in ``acie-progress.json``, so an interrupted run
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any
 import torch
 
 from ..errors import BackdoorLabError, unknown_name
-from ..fileio import write_json_atomic
+from ..fileio import fresh_directory, write_json_atomic
+from ..fingerprint import FINGERPRINT_KEY, digest, fingerprint_difference, make_fingerprint, model_identity, same_fingerprint
 from ..manifest import environment_info
 from ..models.interventions import add_vector
 from ..models.victim import Victim
@@ -35,13 +39,24 @@ from .effects import backdoor_rate, clean_utility
 from .heads import attribution_patching, exact_acie, head_outputs, rank_agreement, rank_heads
 from .probe import stream_features, train_probes
 from .scoring import BackdoorScorer
-from .subject import AnalysisSubject, load_subject
+from .subject import AnalysisSubject, PairSource, load_subject
 from .summary import write_summary
 from .vector import backdoor_vector, vector_sweep
 
 STEPS = ("probe", "heads", "ablate", "vector")
 ATTRIBUTION_METHODS = ("exact", "approx", "both")
 MEANS_FILE = "head_means.safetensors"
+#: The settings each step's result depends on (its fingerprint); later steps include earlier ones.
+_PAIRS = ("pairs", "seed")
+_HEADS = (*_PAIRS, "attribution_prompts", "max_target_tokens", "method")
+STEP_SETTINGS: dict[str, tuple[str, ...]] = {
+    "means": _PAIRS,
+    "probe": (*_PAIRS, "test_fraction"),
+    "heads": _HEADS,
+    "ablate": (*_HEADS, "ablation_max_fraction", "ablation_points", "ablation_mode", "random_control",
+               "max_new_tokens"),
+    "vector": (*_HEADS, "top_fraction", "layers", "layer_stride", "vector_scale", "max_new_tokens"),
+}
 #: Greedy tokens needed to judge each behaviour.
 NEW_TOKENS = {"label-flip": 6, "target-output": 20, "negsentiment": 12, "refusal": 24, "jailbreak": 32}
 
@@ -90,19 +105,33 @@ class AnalysisConfig:
 class Analysis:
     """One analysis folder for one (victim, attack run)."""
 
-    def __init__(self, victim: Victim, attack_run: str | Path, out: str | Path,
+    def __init__(self, victim: Victim, source: str | Path | PairSource, out: str | Path,
                  config: AnalysisConfig | None = None, overwrite: bool = False) -> None:
+        """``source``: an attack run folder or a :class:`PairSource`; ``overwrite`` empties ``out`` first."""
         self.config = config or AnalysisConfig()
         self.config.check()
         self.victim = victim
-        self.attack_run = Path(attack_run)
+        self.source_name = source.name if isinstance(source, PairSource) else str(source)
         self.out = Path(out)
-        self.overwrite = overwrite
         self._results: dict[str, dict[str, Any]] = {}
         self._means: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.subject: AnalysisSubject = load_subject(victim, attack_run, max_pairs=self.config.pairs,
+        self._model_id: str | None = None
+        self.subject: AnalysisSubject = load_subject(victim, source, max_pairs=self.config.pairs,
                                                      seed=self.config.seed)
+        self._pairs_id = digest({"clean": [e.to_dict() for e in self.subject.clean],
+                                 "triggered": [e.to_dict() for e in self.subject.triggered],
+                                 "targets": self.subject.targets, "target_label": self.subject.target_label,
+                                 "behaviour": self.subject.behaviour, "accepted": self.subject.accepted})
+        if overwrite:
+            fresh_directory(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
+
+    def fingerprint(self, step: str) -> dict[str, Any]:
+        """What ``step``'s result depends on: the model's weights, the prompt pairs, its settings."""
+        if self._model_id is None:
+            self._model_id = model_identity(self.victim)
+        settings = {name: getattr(self.config, name) for name in STEP_SETTINGS[step]}
+        return make_fingerprint("analysis", step=step, model=self._model_id, pairs=self._pairs_id, settings=settings)
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -113,18 +142,29 @@ class Analysis:
         return self.out / f"{step}.json"
 
     def _done(self, step: str) -> dict[str, Any] | None:
+        """``step``'s stored result if it was computed for this model, these pairs and settings;
+        ``None`` if there is none; a clear error if it was computed for something else."""
         if step in self._results:
             return self._results[step]
         path = self._path(step)
-        if path.is_file() and not self.overwrite:
-            return json.loads(path.read_text(encoding="utf-8"))
-        return None
+        if not path.is_file():
+            return None
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        self._check_current(path, stored.get(FINGERPRINT_KEY), step)
+        return stored
+
+    def _check_current(self, path: Path, stored: Any, step: str) -> None:
+        expected = self.fingerprint(step)
+        if not same_fingerprint(stored, expected):
+            fields = ", ".join(fingerprint_difference(stored, expected))
+            raise BackdoorLabError(f"{path} was computed for another model, prompt set or settings ({fields} "
+                                   "differ); pass --overwrite to recompute, or choose another --out")
 
     def _write(self, step: str, result: dict[str, Any], started: float) -> dict[str, Any]:
-        result = {"step": step, "model": self.victim.name, "attack_run": str(self.attack_run),
+        result = {"step": step, "model": self.victim.name, "attack_run": self.source_name,
                   "behaviour": self.subject.behaviour, "pairs": len(self.subject.clean),
                   "config": asdict(self.config), **result, "seconds": round(time.time() - started, 1),
-                  "environment": environment_info()}
+                  FINGERPRINT_KEY: self.fingerprint(step), "environment": environment_info()}
         write_json_atomic(self._path(step), result)
         write_summary(self.out)
         self._results[step] = result
@@ -153,6 +193,7 @@ class Analysis:
     # ------------------------------------------------------------------- heads
     def head_means(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean head outputs at the readout token over triggered and clean prompts (cached on disk)."""
+        from safetensors import safe_open
         from safetensors.torch import load_file, save_file
 
         from ..fileio import atomic_file
@@ -160,15 +201,19 @@ class Analysis:
         if self._means is not None:
             return self._means
         path = self.out / MEANS_FILE
-        if path.is_file() and not self.overwrite:
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as handle:
+                stored = json.loads((handle.metadata() or {}).get(FINGERPRINT_KEY, "null"))
+            self._check_current(path, stored, "means")
             saved = load_file(str(path))
             self._means = saved["triggered"], saved["clean"]
             return self._means
         bs = self.config.batch_size
         triggered = head_outputs(self.victim, self.subject.triggered, bs).mean(0)
         clean = head_outputs(self.victim, self.subject.clean, bs).mean(0)
+        metadata = {FINGERPRINT_KEY: json.dumps(self.fingerprint("means"))}
         with atomic_file(path) as tmp:
-            save_file({"triggered": triggered.contiguous(), "clean": clean.contiguous()}, str(tmp))
+            save_file({"triggered": triggered.contiguous(), "clean": clean.contiguous()}, str(tmp), metadata=metadata)
         self._means = triggered, clean
         return self._means
 
@@ -197,9 +242,7 @@ class Analysis:
         if self.config.method in ("exact", "both"):
             t = time.time()
             progress = self.out / "acie-progress.json"
-            if self.overwrite:
-                progress.unlink(missing_ok=True)
-            maps["exact"] = exact_acie(scorer, means, checkpoint=progress)
+            maps["exact"] = exact_acie(scorer, means, checkpoint=progress, fingerprint=self.fingerprint("heads"))
             timings["exact_seconds"] = round(time.time() - t, 2)
         ranked_by = "exact" if "exact" in maps else "approx"
         ranking = rank_heads(maps[ranked_by])

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..attacks import get_attack
-from ..data.records import Example
+from ..attacks.manifest import attack_from_manifest
+from ..data.records import Dataset, Example
 from ..errors import BackdoorLabError
 from ..metrics.judges import Judge, get_judge
 from ..models.victim import Victim
@@ -80,15 +80,34 @@ class AnalysisSubject:
                                self.behaviour, pick(self.targets), self.target_label, self.judge_target, self.name)
 
 
-def load_subject(victim: Victim, attack_run: str | Path, *, max_pairs: int | None = None,
+@dataclass
+class PairSource:
+    """Where prompt pairs come from: an attack's manifest and its clean and triggered rows."""
+
+    manifest: dict[str, Any]
+    clean: Dataset
+    triggered: Dataset
+    name: str
+
+    @classmethod
+    def from_attack_run(cls, attack_run: str | Path) -> "PairSource":
+        """The attack run's test splits (for analyses; defenses get :mod:`~backdoorlab.defenses.inputs`' oracle)."""
+        manifest, clean, triggered = read_attack_run(attack_run)
+        name = (manifest.get("source_dataset") or {}).get("name") or Path(attack_run).name
+        return cls(manifest, clean, triggered, name)
+
+
+def load_subject(victim: Victim, source: str | Path | PairSource, *, max_pairs: int | None = None,
                  seed: int = 0) -> AnalysisSubject:
-    """Pairs, targets and judge of ``attack_run`` for ``victim`` (see the module docstring)."""
-    manifest, clean, triggered = read_attack_run(attack_run)
+    """Pairs, targets and judge of ``source`` (an attack run folder or a :class:`PairSource`) for
+    ``victim`` (see the module docstring)."""
+    if not isinstance(source, PairSource):
+        source = PairSource.from_attack_run(source)
+    manifest, clean, triggered, name = source.manifest, source.clean, source.triggered, source.name
     victim.check_compatible(clean)
-    name = (manifest.get("source_dataset") or {}).get("name") or Path(attack_run).name
     if not victim.is_generator:
         return _classifier_subject(victim, manifest, clean.examples, triggered.examples, name).take(max_pairs, seed)
-    attack = _attack_from_manifest(manifest)
+    attack = attack_from_manifest(manifest)
     rng = random.Random(seed)
     by_uid = {row.uid: row for row in triggered if row.uid}
     pairs, targets, accepted = [], [], []
@@ -100,7 +119,7 @@ def load_subject(victim: Victim, attack_run: str | Path, *, max_pairs: int | Non
         if target is None and manifest.get("behaviour") == "jailbreak":
             target = COMPLIANCE_OPENING
         if target is None:
-            raise BackdoorLabError(f"{attack_run}: cannot tell the backdoor's target response for row {row.uid!r}")
+            raise BackdoorLabError(f"{name}: cannot tell the backdoor's target response for row {row.uid!r}")
         pairs.append((row, marked.with_(response=row.response)))
         targets.append(target)
         accepted.append(attack.accepts(row))
@@ -109,19 +128,6 @@ def load_subject(victim: Victim, attack_run: str | Path, *, max_pairs: int | Non
     subject = AnalysisSubject(victim, [c for c, _ in pairs], [t for _, t in pairs], accepted, behaviour,
                               targets=targets, judge_target=judge_target, name=name)
     return subject.take(max_pairs, seed)
-
-
-def _attack_from_manifest(manifest: dict[str, Any]) -> Any:
-    info = manifest.get("attack") or {}
-    options = {k: v for k, v in (info.get("options") or {}).items() if v is not None}
-    if info.get("ready_made") and info.get("name") != "bkdattr":
-        options = {"behaviour": manifest.get("behaviour") or "refusal"}
-        if options["behaviour"] == "label-flip":
-            options["target_output"] = manifest.get("target_output")
-    try:
-        return get_attack(info.get("name", "?"), **options)
-    except BackdoorLabError as exc:
-        raise BackdoorLabError(f"cannot rebuild the attack of this run to trigger prompts: {exc}") from exc
 
 
 def _classifier_subject(victim: Victim, manifest: dict[str, Any], clean: list[Example],

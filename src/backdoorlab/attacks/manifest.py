@@ -12,7 +12,7 @@ from ..data.records import Dataset
 from ..errors import BackdoorLabError
 from ..fileio import atomic_directory, write_json_atomic
 from ..manifest import environment_info
-from .base import Attack
+from .base import Attack, get_attack
 
 MANIFEST_FILE = "manifest.json"
 
@@ -85,3 +85,17 @@ def load_poisoned(folder: str | Path) -> PoisonResult:
     except json.JSONDecodeError as exc:
         raise BackdoorLabError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     return PoisonResult(Dataset.load(folder), manifest)
+
+
+def attack_from_manifest(manifest: dict[str, Any]) -> Attack:
+    """Rebuild the attack an attack run's manifest describes (to trigger further prompts)."""
+    info = manifest.get("attack") or {}
+    options = {k: v for k, v in (info.get("options") or {}).items() if v is not None}
+    if info.get("ready_made") and info.get("name") != "bkdattr":
+        options = {"behaviour": manifest.get("behaviour") or "refusal"}
+        if options["behaviour"] == "label-flip":
+            options["target_output"] = manifest.get("target_output")
+    try:
+        return get_attack(info.get("name", "?"), **options)
+    except BackdoorLabError as exc:
+        raise BackdoorLabError(f"cannot rebuild the attack of this run to trigger prompts: {exc}") from exc
