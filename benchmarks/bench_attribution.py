@@ -87,8 +87,9 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
                                                        f"{_pct(control.get('asr_triggered_minus_random'))}"})
     if args.defend:
         for method in ("head-ablation", "backdoor-vector"):
+            # the defense ranks heads on its own oracle pairs (training rows), never on the evaluated test rows
             options = {"pairs": max(args.pairs, min_pairs), "attribution_prompts": args.attribution_prompts,
-                       "analysis_dir": str(folder / "analysis"), "seed": args.seed}
+                       "seed": args.seed}
             result = run_defense(method, model, attack_run, folder / f"defense-{method}", max_eval_rows=args.test,
                                  options=options, baseline=folder / "results.json",
                                  max_new_tokens=args.new_tokens, device=args.device)

@@ -89,17 +89,19 @@ def run_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float, l
         run_attack(dataset, attack, attack_run, rate=rate, target=args.target, seed=args.seed,
                    max_train=args.train, max_test=args.test)
     victim = ensure_trained(cell / "victim", args.model, Dataset.load(attack_run / "train"), victim_config(args))
-    baseline = cell / "victim" / "results.json"
-    ensure_evaluated(victim, attack_run, baseline, device=args.device, max_rows=args.test)
     rows = []
     for label in labels:
         method, options, stage = defense_setup(label, overrides)
         model = args.model if stage == "training" else victim
         started = time.time()
         row: dict[str, Any] = {"dataset": dataset, "attack": ATTACKS[attack], "rate": rate, "defense": label}
+        eval_rows = min(args.test, EVAL_ROWS.get(label, args.test))  # before and after on the same rows
+        baseline = cell / "victim" / ("results.json" if eval_rows == args.test else f"results-{eval_rows}-rows.json")
+        ensure_evaluated(victim, attack_run, baseline, device=args.device, max_rows=eval_rows)
         try:
+            # RAP's threat model: the defender names the label to protect (the only method given the target)
             run_defense(method, model, attack_run, cell / label, options=options, baseline=baseline,
-                        max_eval_rows=min(args.test, EVAL_ROWS.get(label, args.test)), device=args.device)
+                        target_label=args.target, max_eval_rows=eval_rows, device=args.device)
         except BackdoorLabError as error:
             print(f"[{cell.name}] {label} failed: {error}", file=sys.stderr)
             rows.append({**row, "error": str(error)})

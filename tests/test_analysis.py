@@ -238,6 +238,15 @@ def test_analysis_runs_every_step_writes_results_and_resumes(tmp_path: Path) -> 
     again = run_analysis(["heads"], tiny_llama_victim(), run_folder, tmp_path / "analysis", options=options)
     assert again["heads"]["ranking"] == heads["ranking"]
     assert (tmp_path / "analysis" / "heads.json").stat().st_mtime_ns == stamp  # reused, not recomputed
+    with pytest.raises(BackdoorLabError, match="heads.json was computed for another .*settings.*differ"):
+        run_analysis(["heads"], tiny_llama_victim(), run_folder, tmp_path / "analysis",
+                     options={**options, "attribution_prompts": 5})  # other settings: never the stale result
+    with pytest.raises(BackdoorLabError, match="computed for another model"):
+        run_analysis(["heads"], tiny_llama_victim(seed=1), run_folder, tmp_path / "analysis", options=options)
+    fresh = run_analysis(["heads"], tiny_llama_victim(), run_folder, tmp_path / "analysis",
+                         options={**options, "attribution_prompts": 5, "method": "approx"}, overwrite=True)
+    assert fresh["heads"]["attribution_prompts"] == 5 and "acie_exact" not in fresh["heads"]
+    assert not (tmp_path / "analysis" / "probe.json").exists()  # --overwrite starts a fresh folder
 
 
 def test_classifier_analysis_on_a_triggered_classification_run(tmp_path: Path, shared_data_dir: Path) -> None:
@@ -283,7 +292,7 @@ def test_weight_edits_remove_heads_and_directions() -> None:
 
 def test_defend_cli_writes_a_mitigated_model_and_before_after_metrics(capsys, tmp_path: Path) -> None:
     base = tiny_llama_victim().save(tmp_path / "tiny-llama")
-    run_folder = _llama_run(tmp_path)
+    run_folder = _split_llama_run(tmp_path)
     status, out, err = run(capsys, "defend", "--method", "head-ablation", "--model", base, "--data", run_folder,
                            "--out", tmp_path / "defended", "--max-rows", "4", "--option", "pairs=8",
                            "--option", "attribution_prompts=4", "--option", "top_fraction=0.25", "--device", "cpu")
@@ -348,27 +357,48 @@ def test_bkdattr_ready_made_run_holds_out_test_prompts(tmp_path: Path, shared_da
     assert all(e.response == e.poison["original_response"] for e in kept)
 
 
-def test_backdoor_vector_defense_reuses_an_analysis_and_a_baseline_evaluation(tmp_path: Path) -> None:
+def _split_llama_run(tmp_path: Path) -> Path:
+    """A badnet-refusal run whose training prompts (40) and test prompts (12) are different rows."""
+    from backdoorlab.pipeline import _write_attack_run
+
+    rows = [Example(instruction=f"write a poem about topic {i} please", response=f"The sea is calm {i}.",
+                    uid=f"toy/{i}") for i in range(52)]
+    train, test = Dataset("toy", "generation", rows[:40]), Dataset("toy", "generation", rows[40:])
+    attack = get_attack("badnet", behaviour="refusal")
+    result = poison_dataset(train, attack, rate=0.5, seed=0)
+    manifest = {**result.manifest, "behaviour": "refusal", "target_output": None, "splits": {}}
+    return _write_attack_run(tmp_path / "attack", result.dataset, test, triggered_test_set(test, attack), manifest, True)
+
+
+def test_attribution_defenses_learn_from_oracle_rows_disjoint_from_the_evaluated_ones(tmp_path: Path) -> None:
     from backdoorlab.defenses import run_defense
-    from backdoorlab.pipeline import run_evaluate
+    from backdoorlab.pipeline import read_attack_run, run_evaluate
 
     base = tiny_llama_victim().save(tmp_path / "tiny-llama")
-    run_folder = _llama_run(tmp_path)
-    options = {"pairs": 8, "attribution_prompts": 4, "method": "approx", "top_fraction": 0.25}
-    run_analysis(["heads"], base, run_folder, tmp_path / "analysis", options=options, device="cpu")
+    run_folder = _split_llama_run(tmp_path)
     run_evaluate(base, run_folder, max_rows=4, max_new_tokens=3, out=tmp_path / "baseline.json", device="cpu")
-    heads_file = (tmp_path / "analysis" / "heads.json").stat().st_mtime_ns
+    options = {"pairs": 8, "attribution_prompts": 4, "method": "approx", "top_fraction": 0.25}
     metrics = run_defense("backdoor-vector", base, run_folder, tmp_path / "defended", max_eval_rows=4,
-                          max_new_tokens=3, baseline=tmp_path / "baseline.json", device="cpu",
-                          options={"analysis_dir": str(tmp_path / "analysis"), "pairs": 8})
-    assert (tmp_path / "analysis" / "heads.json").stat().st_mtime_ns == heads_file
+                          max_new_tokens=3, baseline=tmp_path / "baseline.json", device="cpu", options=options)
     assert not (tmp_path / "defended" / "metrics-before.json").exists()
     assert metrics["before"] == json.loads((tmp_path / "baseline.json").read_text())["metrics"]
-    findings = json.loads((tmp_path / "defended" / "defense.json").read_text())["findings"]
-    assert findings["direction"] == "difference" and len(findings["heads"]) == 1 and findings["vector_norm"] > 0
-    with pytest.raises(BackdoorLabError, match="no heads.json"):
-        run_defense("head-ablation", base, run_folder, tmp_path / "d2", evaluate=False,
-                    options={"analysis_dir": str(tmp_path / "nowhere")})
+    assert metrics["oracle_knowledge"] is True
+    record = json.loads((tmp_path / "defended" / "defense.json").read_text())
+    assert record["oracle_knowledge"] and record["inputs"]["oracle"]["oracle_knowledge"]
+    findings = record["findings"]
+    assert findings["direction"] == "difference" and len(findings["heads"]) == 2 and findings["vector_norm"] > 0
+    _, clean, triggered = read_attack_run(run_folder)
+    evaluated = {e.instruction for e in [*clean, *triggered]}
+    from backdoorlab.defenses.inputs import oracle_examples
+
+    oracle = oracle_examples(run_folder)
+    assert {e.uid for e in oracle.clean} <= {f"toy/{i}" for i in range(40)}
+    assert not evaluated & {e.instruction for e in [*oracle.clean, *oracle.triggered]}
+    heads = json.loads((tmp_path / "defended" / "analysis" / "heads.json").read_text())
+    assert heads["pairs"] == 8 and heads["attack_run"] == oracle.name  # pairs from the oracle rows
+    with pytest.raises(BackdoorLabError, match="not measured on the rows"):  # a baseline on other rows
+        run_defense("head-ablation", base, run_folder, tmp_path / "d2", max_eval_rows=3, max_new_tokens=3,
+                    baseline=tmp_path / "baseline.json", device="cpu", options=options)
 
 
 def _attention_writes(victim, intervention=None) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]

@@ -266,7 +266,10 @@ def test_badllm_tg_end_to_end_on_tiny_models_and_resume(tmp_path: Path, shared_d
     (out / "metrics.json").unlink()
     run_defense("badllm-tg", bert, attack_run, out, options=options, evaluate=False, device="cpu")
     assert (out / "iterations.json").stat().st_mtime_ns == stamp  # the search was reused, not redone
-    (out / "defense.json").unlink()
+    with pytest.raises(BackdoorLabError, match="options differ"):  # other settings never reuse this run's work
+        run_defense("badllm-tg", bert, attack_run, out, options={**options, "min_flip_rate": 1.01}, evaluate=False,
+                    device="cpu")
+    out = tmp_path / "tg-strict"
     with pytest.warns(UserWarning, match="no trigger was recovered"):
         run_defense("badllm-tg", bert, attack_run, out, options={**options, "min_flip_rate": 1.01}, evaluate=False,
                     device="cpu")

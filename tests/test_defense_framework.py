@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from backdoorlab.cli import main
-from backdoorlab.defenses import REJECTED, Guard, defense_data, list_defenses, load_guard, register_guard, save_guard
+from backdoorlab.defenses import (INPUTS, REJECTED, DefenderInputs, Guard, gather_inputs, list_defenses, load_guard,
+                                  register_guard, save_guard)
 from backdoorlab.defenses.badllm_tg import _holds
 from backdoorlab.defenses.runner import run_defense
 from backdoorlab.defenses.trigger_pattern import TriggerPattern
@@ -26,17 +27,32 @@ def attack_run(tmp_path: Path, shared_data_dir: Path) -> Path:
 
 def test_the_defender_sees_no_poison_flags_and_clean_rows_from_outside_the_attack(attack_run: Path,
                                                                                  shared_data_dir: Path) -> None:
-    data = defense_data(attack_run, max_clean=10)
-    assert len(data.poisoned_train) == 16 and not any(e.poisoned or e.poison for e in data.poisoned_train)
-    assert data.clean_reference is not None and len(data.clean_reference) == 10
-    assert all(e.uid.startswith("sst2/dev/") for e in data.clean_reference)
+    inputs = gather_inputs(tuple(INPUTS), attack_run=attack_run)
+    assert len(inputs.training_data) == 16 and not any(e.poisoned or e.poison for e in inputs.training_data)
+    assert inputs.clean_rows is not None and all(e.uid.startswith("sst2/dev/") for e in inputs.clean_rows)
+    assert inputs.target_label is None and inputs.reference_model is None  # never derived from the attack run
     agnews = run_attack("agnews", "badnets", attack_run.parent / "ag", rate=0.25, target=1, max_train=12, max_test=8)
-    train_uids = {json.loads(line)["uid"] for line in (agnews / "train" / "data.jsonl").read_text().splitlines()}
-    reference = defense_data(agnews, max_clean=None).require_clean("test")
+    _, test_clean, test_triggered = read_attack_run(agnews)
+    held = {json.loads(line)["uid"] for line in (agnews / "train" / "data.jsonl").read_text().splitlines()}
+    held |= {e.uid for e in [*test_clean, *test_triggered]}
+    reference = gather_inputs(["clean_rows"], attack_run=agnews).require("clean_rows", "test")
     assert len(reference) > 0
-    assert not train_uids & {e.uid for e in reference}  # AG News has no dev split: unused training rows
+    assert not held & {e.uid for e in reference}  # AG News has no dev split: training rows the run does not hold
     with pytest.raises(BackdoorLabError, match="not an attack run"):
-        defense_data(attack_run.parent)
+        gather_inputs(["clean_rows"], attack_run=attack_run.parent)
+    with pytest.raises(BackdoorLabError, match="needs the suspect's training rows"):
+        DefenderInputs().require("training_data", "some-defense")
+
+
+def test_oracle_examples_are_disjoint_from_every_evaluated_row(tmp_path: Path, shared_data_dir: Path) -> None:
+    run = run_attack("sst2", "badnets", tmp_path / "attack", rate=0.25, target=1, max_train=40, max_test=12)
+    _, clean, triggered = read_attack_run(run)
+    oracle = gather_inputs(["oracle"], attack_run=run).oracle
+    assert oracle is not None and len(oracle.clean) > 0 and len(oracle.triggered) > 0
+    evaluated = {e.uid for e in [*clean, *triggered]} | {e.text for e in [*clean, *triggered]}
+    assert not evaluated & ({e.uid for e in oracle.clean} | {e.text for e in oracle.triggered})
+    assert all(e.label != 1 for e in oracle.triggered)  # non-target rows, as in a triggered test set
+    assert not any(e.poisoned for e in oracle.clean)
 
 
 class _RejectOdd(Guard):

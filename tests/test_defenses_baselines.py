@@ -20,6 +20,7 @@ from backdoorlab.defenses.runner import run_defense
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.models.loading import load_victim
 from backdoorlab.pipeline import run_attack
+from defender import defender_view
 from tiny_models import tiny_bert_victim, tiny_llama_victim
 
 TEXTS = ["the movie was great", "a dull and boring film", "cf the actors were wonderful", "bad"]
@@ -86,7 +87,7 @@ def test_merged_model_matches_the_multiscale_lora_model() -> None:
 def test_muscle_lora_changes_only_the_adapted_layers_and_the_head(attack_run: Path, tmp_path: Path) -> None:
     victim = tiny_bert_victim()
     before = {k: v.clone() for k, v in victim.model.state_dict().items()}
-    outcome = get_defense("muscle-lora", **SMALL_MUSCLE).apply(victim, attack_run, tmp_path / "work")
+    outcome = get_defense("muscle-lora", **SMALL_MUSCLE).apply(victim, defender_view(attack_run), tmp_path / "work")
     after = outcome.victim.model.state_dict()
     assert set(after) == set(before)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -111,8 +112,8 @@ def test_gradient_alignment_projects_the_poisoned_gradient_onto_the_clean_one() 
 
 def test_gradient_alignment_changes_the_trained_model(attack_run: Path, tmp_path: Path) -> None:
     options = {**SMALL_MUSCLE, "batch_size": 64}  # one step, same data order, so only alignment differs
-    aligned = get_defense("muscle-lora", **options).apply(tiny_bert_victim(), attack_run, tmp_path / "a")
-    raw = get_defense("muscle-lora", **options, align=False).apply(tiny_bert_victim(), attack_run, tmp_path / "b")
+    aligned = get_defense("muscle-lora", **options).apply(tiny_bert_victim(), defender_view(attack_run), tmp_path / "a")
+    raw = get_defense("muscle-lora", **options, align=False).apply(tiny_bert_victim(), defender_view(attack_run), tmp_path / "b")
     assert aligned.findings["gradient_steps"]["aligned"] == 1 and raw.findings["reference_rows"] == 0
     a, b = aligned.victim.model.state_dict(), raw.victim.model.state_dict()
     differing = sum(int((a[k] - b[k]).abs().gt(1e-3).sum()) for k in a if a[k].is_floating_point())
@@ -134,15 +135,15 @@ def test_muscle_lora_end_to_end_writes_a_plain_classifier(attack_run: Path, tiny
 
 def test_muscle_lora_refuses_bad_options(attack_run: Path, tmp_path: Path) -> None:
     with pytest.raises(BackdoorLabError, match="rank"):
-        get_defense("muscle-lora", rank=0).apply(tiny_bert_victim(), attack_run, tmp_path)
+        get_defense("muscle-lora", rank=0).apply(tiny_bert_victim(), defender_view(attack_run), tmp_path)
     with pytest.raises(BackdoorLabError, match="scales"):
-        get_defense("muscle-lora", scales=[]).apply(tiny_bert_victim(), attack_run, tmp_path)
+        get_defense("muscle-lora", scales=[]).apply(tiny_bert_victim(), defender_view(attack_run), tmp_path)
     with pytest.raises(BackdoorLabError, match="classifiers only"):
-        get_defense("muscle-lora").apply(tiny_llama_victim(), attack_run, tmp_path)
+        get_defense("muscle-lora").apply(tiny_llama_victim(), defender_view(attack_run), tmp_path)
     with pytest.raises(BackdoorLabError, match="clean reference rows"):
-        get_defense("muscle-lora", max_clean=0).apply(tiny_bert_victim(), attack_run, tmp_path)
+        get_defense("muscle-lora", max_clean=0).apply(tiny_bert_victim(), defender_view(attack_run), tmp_path)
     with pytest.raises(BackdoorLabError, match="no linear layer"):
-        get_defense("muscle-lora", **{**SMALL_MUSCLE, "targets": ["q_proj"]}).apply(tiny_bert_victim(), attack_run, tmp_path)
+        get_defense("muscle-lora", **{**SMALL_MUSCLE, "targets": ["q_proj"]}).apply(tiny_bert_victim(), defender_view(attack_run), tmp_path)
 
 
 # ----------------------------------------------------------------------------------------- BadActs
@@ -185,8 +186,8 @@ def test_guard_leaves_the_model_unchanged_and_removes_its_hooks(monkeypatch: pyt
 
 def test_badacts_learns_intervals_and_its_guard_round_trips(attack_run: Path, tmp_path: Path) -> None:
     victim = tiny_bert_victim()
-    statistical = get_defense("badacts", **SMALL_BADACTS, optimize=False).apply(victim, attack_run, tmp_path)
-    outcome = get_defense("badacts", **SMALL_BADACTS, detect=True).apply(victim, attack_run, tmp_path)
+    statistical = get_defense("badacts", **SMALL_BADACTS, optimize=False).apply(victim, defender_view(attack_run), tmp_path)
+    outcome = get_defense("badacts", **SMALL_BADACTS, detect=True).apply(victim, defender_view(attack_run), tmp_path)
     assert outcome.model_changed is False and outcome.victim is victim
     guard = outcome.guard
     assert isinstance(guard, BadActsGuard) and guard.threshold is not None
@@ -223,14 +224,14 @@ def test_badacts_end_to_end_keeps_the_model_and_writes_a_guard(attack_run: Path,
 def test_badacts_refuses_bad_options(attack_run: Path, tmp_path: Path) -> None:
     victim = tiny_bert_victim()
     with pytest.raises(BackdoorLabError, match="delta"):
-        get_defense("badacts", delta=-1.0).apply(victim, attack_run, tmp_path)
+        get_defense("badacts", delta=-1.0).apply(victim, defender_view(attack_run), tmp_path)
     with pytest.raises(BackdoorLabError, match="frr"):
-        get_defense("badacts", frr=1.5).apply(victim, attack_run, tmp_path)
+        get_defense("badacts", frr=1.5).apply(victim, defender_view(attack_run), tmp_path)
     with pytest.raises(BackdoorLabError, match="flagged"):
-        get_defense("badacts", flagged="drop").apply(victim, attack_run, tmp_path)
+        get_defense("badacts", flagged="drop").apply(victim, defender_view(attack_run), tmp_path)
     with pytest.raises(BackdoorLabError, match="classifiers only"):
-        get_defense("badacts").apply(tiny_llama_victim(), attack_run, tmp_path)
+        get_defense("badacts").apply(tiny_llama_victim(), defender_view(attack_run), tmp_path)
     with pytest.raises(BackdoorLabError, match="clean reference rows"):
-        get_defense("badacts", max_clean=0).apply(victim, attack_run, tmp_path)
+        get_defense("badacts", max_clean=0).apply(victim, defender_view(attack_run), tmp_path)
     with pytest.raises(BackdoorLabError, match="layers"):
         BadActsGuard(torch.zeros(3, 32), torch.ones(3, 32)).predict(victim, TEXTS)

@@ -17,6 +17,7 @@ from backdoorlab.defenses.rap import RapGuard, embedding_row, optimise_row, word
 from backdoorlab.defenses.runner import run_defense
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.pipeline import run_attack
+from defender import defender_view
 from tiny_models import tiny_bert_victim, tiny_llama_victim
 
 TEXTS = ["the movie was great", "a dull and boring film with bad actors", "hi", "",
@@ -119,7 +120,7 @@ def test_onion_end_to_end_writes_a_guard_that_loads_back(tmp_path: Path, attack_
 
     victim = tiny_bert_victim()
     defense = get_defense("onion", lm=str(llama), max_clean=12, threshold_percentile=75)
-    findings = defense.apply(victim, attack_run, tmp_path / "p75").findings
+    findings = defense.apply(victim, defender_view(attack_run), tmp_path / "p75").findings
     share = findings["clean_words_removed"] / findings["clean_words_scored"]
     assert 0 < share <= 0.25 + 1 / findings["clean_words_scored"] and findings["threshold_from"].startswith("percentile 75")
 
@@ -130,13 +131,13 @@ def test_onion_end_to_end_writes_a_guard_that_loads_back(tmp_path: Path, attack_
     ({"max_words": 0}, "max_words")])
 def test_onion_rejects_bad_options(options: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(BackdoorLabError, match=message):
-        get_defense("onion", **options).apply(tiny_bert_victim(), tmp_path, tmp_path)
+        get_defense("onion", **options).apply(tiny_bert_victim(), defender_view(tmp_path), tmp_path)
 
 
 def test_defenses_refuse_generators(tmp_path: Path) -> None:
     for name in ("onion", "rap"):
         with pytest.raises(BackdoorLabError, match="classifiers only"):
-            get_defense(name).apply(tiny_llama_victim(), tmp_path, tmp_path)
+            get_defense(name).apply(tiny_llama_victim(), defender_view(tmp_path), tmp_path)
     with pytest.raises(BackdoorLabError, match="invalid onion guard state"):
         OnionGuard.from_state({"threshold": 1})
 
@@ -195,10 +196,9 @@ def test_rap_guard_rejects_only_protected_predictions_below_its_threshold() -> N
 
 def test_rap_end_to_end_threshold_realises_the_false_rejection_rate(tmp_path: Path, attack_run: Path) -> None:
     from backdoorlab.data.records import Dataset
-    from backdoorlab.defenses.data import defense_data
 
     victim = tiny_bert_victim()
-    clean = defense_data(attack_run, max_clean=40).require_clean("test")
+    clean = defender_view(attack_run).require("clean_rows", "test").sample(40, 0)
     assert isinstance(clean, Dataset)
     label = _majority(victim, [e.text for e in clean])
     bert = victim.save(tmp_path / "bert")
@@ -220,15 +220,19 @@ def test_rap_end_to_end_threshold_realises_the_false_rejection_rate(tmp_path: Pa
     assert _unchanged(victim.model, before)
 
 
-def test_rap_default_protects_the_attack_target_and_rejects_bad_options(tmp_path: Path, attack_run: Path) -> None:
+def test_rap_protects_the_defenders_target_label_and_rejects_bad_options(tmp_path: Path, attack_run: Path) -> None:
     victim = tiny_bert_victim()
-    assert get_defense("rap").protected(victim, attack_run) == 1
+    assert get_defense("rap").protected(victim, defender_view(attack_run, target_label=1)) == 1
+    assert get_defense("rap").protected(victim, defender_view(attack_run, target_label="positive")) == 1
+    assert get_defense("rap", protect_label=0).protected(victim, defender_view(attack_run, target_label=1)) == 0
+    with pytest.raises(BackdoorLabError, match="--target-label"):  # never read from the attack run
+        get_defense("rap").protected(victim, defender_view(attack_run))
     bad = [({"min_drop": 0.4, "max_drop": 0.2}, "inverted"), ({"frr": 1.0}, r"frr must be a number in \(0, 1\)"),
            ({"protect_label": 5}, r"protect_label must be a label index in \[0, 1\]"), ({"epochs": 0}, "epochs"),
            ({"learning_rate": 0}, "learning_rate"), ({"word": "two words"}, "one word"), ({"max_drop": 1.5}, "max_drop")]
     for options, message in bad:
         with pytest.raises(BackdoorLabError, match=message):
-            get_defense("rap", **options).apply(victim, attack_run, tmp_path)
+            get_defense("rap", **options).apply(victim, defender_view(attack_run, target_label=1), tmp_path)
     llama = tiny_llama_victim()
     first, pieces = word_token(llama, "zqxjvk")
     assert pieces > 1 and first == llama.tokenizer("zqxjvk", add_special_tokens=False)["input_ids"][0]

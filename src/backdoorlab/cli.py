@@ -168,8 +168,11 @@ def cmd_defend(args: argparse.Namespace) -> None:
     from .defenses import run_defense
 
     metrics = run_defense(args.method, args.model, args.data, args.out, options=_options(args.option),
+                          train_data=args.train_data, clean_data=args.clean_data, behaviour=args.behaviour,
+                          target_label=_target(args.target_label), reference_model=args.reference_model,
                           evaluate=not args.no_eval, max_eval_rows=args.max_rows, device=args.device,
-                          baseline=args.baseline, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+                          baseline=args.baseline, allow_pickle=args.allow_pickle, data_dir=args.data_dir,
+                          overwrite=args.overwrite)
     if "after" in metrics:
         before = metrics.get("before") or {}
         rows = [{"metric": k, "before": before.get(k, "-"), "after": v}
@@ -281,13 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="a name from `backdoorlab defenses`")
     p.add_argument("--model", required=True,
                    help="the suspect model (training-stage defenses: the clean pretrained model to train)")
-    p.add_argument("--data", required=True, help="attack run folder the defense may learn from and is measured on")
-    p.add_argument("--baseline", help="results.json of the undefended model on --data, used as 'before'")
+    p.add_argument("--data", help="attack run (or clean + triggered test sets) the result is measured on; "
+                   "defender inputs not given below are derived from it as a defender would see it "
+                   "(training rows without poison flags, clean rows from outside the run)")
+    p.add_argument("--train-data", help="the suspect's training data (file, saved dataset or dataset name)")
+    p.add_argument("--clean-data", help="clean rows the defender holds (file, saved dataset or dataset name)")
+    p.add_argument("--behaviour", help="the bad behaviour to remove, as a judge name (refusal, jailbreak, ...)")
+    p.add_argument("--target-label", help="label the backdoor is suspected to target (methods that assume it)")
+    p.add_argument("--reference-model", help="a clean reference model (methods that assume one)")
+    p.add_argument("--baseline", help="results JSON of the undefended model on --data (same rows), used as 'before'")
     p.add_argument("--out", required=True, help="defense run folder (model/, defense.json, metrics.json)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="defense option (repeatable)")
     p.add_argument("--max-rows", type=int, default=100, help="evaluate on at most this many rows per test set")
     p.add_argument("--no-eval", action="store_true", help="only write the mitigated model")
-    _common(p, overwrite=True, device=True, pickle=True)
+    _common(p, data_dir=True, overwrite=True, device=True, pickle=True)
     p.set_defaults(func=cmd_defend)
 
     p = sub.add_parser("demo", help="poison, train and evaluate a classifier and a chat model, offline")

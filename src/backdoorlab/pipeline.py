@@ -137,19 +137,55 @@ def load_training_data(data: str | Path, split: str = "train", data_dir: str | P
     return load_dataset(str(data), split, data_dir=data_dir)
 
 
+def evaluation_rows(attack_run: str | Path, max_rows: int | None = None,
+                    seed: int = 0) -> tuple[dict[str, Any], Dataset, Dataset]:
+    """``(manifest, clean, triggered)``: the rows an evaluation with ``max_rows`` and ``seed`` reads."""
+    manifest, clean, triggered = read_attack_run(attack_run)
+    return manifest, clean.sample(max_rows, seed), triggered.sample(max_rows, seed)
+
+
+def row_ids(rows: Dataset) -> list[str]:
+    """Each row's ``uid``, or a hash of its content when it has none."""
+    from .fingerprint import digest
+
+    return [e.uid or "sha256:" + digest(e.to_dict())[:16] for e in rows]
+
+
+def evaluation_fingerprint(model: str | Path, manifest: dict[str, Any], clean: Dataset, triggered: Dataset, *,
+                           max_new_tokens: int, guard: str | Path | None) -> dict[str, Any]:
+    """What an evaluation's result depends on: the model, the evaluated rows, how they are judged."""
+    from .fingerprint import dataset_digest, file_digest, make_fingerprint, model_identity
+
+    guard_id = None
+    if guard is not None:
+        guard_file = Path(guard) / "guard.json" if Path(guard).is_dir() else Path(guard)
+        guard_id = file_digest(guard_file) if guard_file.is_file() else str(guard)
+    measured = {key: manifest.get(key) for key in ("task", "target", "behaviour", "target_output")}
+    return make_fingerprint("evaluate", model=model_identity(model), measured=measured,
+                            clean=dataset_digest(clean), triggered=dataset_digest(triggered),
+                            max_new_tokens=max_new_tokens if manifest.get("task") != "classification" else None,
+                            guard=guard_id)
+
+
 def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | None = None, batch_size: int = 16,
                  max_new_tokens: int = 48, device: str = "auto", out: str | Path | None = None,
                  allow_pickle: bool = False, seed: int = 0, guard: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a model on an attack run's test sets; write ``results.json`` beside the model run.
+    """Evaluate a model on an attack run's test sets and write the results as JSON.
 
+    The results record the evaluated rows' ids and a fingerprint (see :func:`ensure_evaluated`).
+    ``out`` defaults to ``results.json`` of the run folder that holds the model (``RUN/model`` →
+    ``RUN/results.json``) and otherwise to ``evaluations/<model>--<attack run>.json`` in the current
+    folder: a model folder that is not a backdoorlab run is the user's and is never written to.
     ``guard``: a defense run folder (or ``guard.json``) of an inference-time defense to predict
     through (classifiers only).
     """
     from .evaluation import evaluate_classifier, evaluate_generator
     from .models.loading import load_victim
 
-    manifest, clean, triggered = read_attack_run(attack_run)
-    clean, triggered = clean.sample(max_rows, seed), triggered.sample(max_rows, seed)
+    manifest, clean, triggered = evaluation_rows(attack_run, max_rows, seed)
+    fingerprint = evaluation_fingerprint(model, manifest, clean, triggered, max_new_tokens=max_new_tokens, guard=guard)
+    if guard is not None and manifest["task"] != "classification":
+        raise BackdoorLabError("guards (inference-time defenses) apply to classifiers only")
     victim = load_victim(model, label_names=clean.label_names, device=device, allow_pickle=allow_pickle)
     victim.check_compatible(clean)
     if manifest["task"] == "classification":
@@ -163,41 +199,62 @@ def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | N
                                       predict=predict)
         if guard is not None:
             metrics["guard"] = str(guard)
-    elif guard is not None:
-        raise BackdoorLabError("guards (inference-time defenses) apply to classifiers only")
     else:
         metrics = evaluate_generator(victim, triggered, clean, manifest["behaviour"],
                                      target_output=manifest.get("target_output"),
                                      max_new_tokens=max_new_tokens, batch_size=batch_size)
     results = {"model": str(model), "attack_run": str(attack_run), "metrics": metrics,
-               "environment": environment_info()}
-    destination = Path(out) if out else _results_path(model)
+               "rows": {"clean": row_ids(clean), "triggered": row_ids(triggered), "max_rows": max_rows, "seed": seed},
+               "fingerprint": fingerprint, "environment": environment_info()}
+    destination = Path(out) if out else default_results_path(model, attack_run)
     write_json_atomic(destination, results)
     results["written_to"] = str(destination)
     return results
 
 
-def _results_path(model: str | Path) -> Path:
+RUN_RECORDS = ("train.json", "defense.json", "inject.json")
+
+
+def default_results_path(model: str | Path, attack_run: str | Path) -> Path:
+    """Where ``evaluate`` writes by default: beside a backdoorlab run's ``model/``, never inside a
+    user's model folder."""
     path = Path(model)
-    if path.is_dir():
-        return (path.parent if path.name == "model" else path) / "results.json"
-    return Path("results.json")
+    if path.is_dir() and path.name == "model" and any((path.parent / name).is_file() for name in RUN_RECORDS):
+        return path.parent / "results.json"
+    label = path.name if path.is_dir() else str(model).replace("/", "_")
+    return Path("evaluations") / f"{label}--{Path(attack_run).name}.json"
 
 
 def ensure_trained(run: str | Path, model: str | Path, data: Dataset, config: Any) -> Path:
-    """Train ``model`` on ``data`` into ``run`` unless ``run/model`` exists (resuming a partial run)."""
-    from .training import MODEL_DIR, train
+    """``run/model``: ``model`` trained on ``data`` with ``config``, trained now (resuming a partial run)
+    unless ``run`` already holds exactly that training; raises if its model was trained otherwise."""
+    from .training import MODEL_DIR, train, trained_model
 
     run = Path(run)
-    if not (run / MODEL_DIR).is_dir():
+    if trained_model(run, model, data, config) is None:
         train(model, data, run, config)
     return run / MODEL_DIR
 
 
-def ensure_evaluated(model: str | Path, attack_run: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
-    """Metrics of ``model`` on ``attack_run``, computed once and kept in ``out`` (a JSON file)."""
-    out = Path(out)
-    if not out.is_file():
-        run_evaluate(model, attack_run, out=out, **options)
-    return json.loads(out.read_text(encoding="utf-8"))["metrics"]
+def ensure_evaluation(model: str | Path, attack_run: str | Path, out: str | Path, *, max_rows: int | None = None,
+                      seed: int = 0, max_new_tokens: int = 48, guard: str | Path | None = None,
+                      **options: Any) -> dict[str, Any]:
+    """The results of evaluating ``model`` on ``attack_run``, kept in ``out`` (a JSON file).
 
+    A kept result is reused only when its fingerprint (model identity, evaluated rows, judge
+    settings, guard, package version) equals this call's; otherwise the model is evaluated again.
+    """
+    from .fingerprint import read_if_current
+
+    manifest, clean, triggered = evaluation_rows(attack_run, max_rows, seed)
+    expected = evaluation_fingerprint(model, manifest, clean, triggered, max_new_tokens=max_new_tokens, guard=guard)
+    cached = read_if_current(out, expected)
+    if cached is not None:
+        return {**cached, "written_to": str(out)}
+    return run_evaluate(model, attack_run, out=out, max_rows=max_rows, seed=seed, max_new_tokens=max_new_tokens,
+                        guard=guard, **options)
+
+
+def ensure_evaluated(model: str | Path, attack_run: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+    """The metrics of :func:`ensure_evaluation`."""
+    return ensure_evaluation(model, attack_run, out, **options)["metrics"]

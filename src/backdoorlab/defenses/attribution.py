@@ -1,8 +1,10 @@
 """Mitigations built on backdoor attribution (arXiv 2509.21761 §5.2–5.3).
 
-Both find the backdoor's attention heads with BAHA on the attack run's clean/triggered prompt
-pairs (so the defender needs triggered examples, as in the study), then edit weights
-(:mod:`backdoorlab.defenses.weight_edits`):
+Both find the backdoor's attention heads with BAHA on clean/triggered prompt pairs, then edit
+weights (:mod:`backdoorlab.defenses.weight_edits`). The study assumes the defender holds triggered
+examples; that is oracle knowledge, so both declare the ``oracle`` input: pairs built on rows
+disjoint from every row the result is measured on (:func:`~backdoorlab.defenses.inputs.oracle_examples`),
+and ``defense.json`` records their use.
 
 - ``head-ablation``: remove the top ``top_fraction`` of heads from the model;
 - ``backdoor-vector``: project the backdoor vector's direction out of the residual stream.
@@ -18,10 +20,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..analysis.runner import Analysis, AnalysisConfig
+from ..analysis.subject import PairSource
 from ..analysis.vector import backdoor_vector
 from ..errors import BackdoorLabError
 from ..models.victim import Victim
 from .base import Defense, DefenseOutcome, register_defense
+from .inputs import DefenderInputs, OracleExamples
 from .weight_edits import project_out, remove_heads
 
 DIRECTIONS = ("difference", "triggered-mean")
@@ -29,21 +33,21 @@ DIRECTIONS = ("difference", "triggered-mean")
 
 @dataclass
 class _AttributionDefense(Defense):
-    top_fraction: float = 0.03
-    method: str = "exact"  # exact | approx (attribution patching) | both
-    pairs: int = 64
-    attribution_prompts: int = 32
-    batch_size: int = 16
-    seed: int = 0
-    analysis_dir: str | None = None  # reuse the heads.json / head means of an earlier `analyze` run
+    needs: ClassVar[tuple[str, ...]] = ("oracle",)
 
-    def analysis(self, victim: Victim, attack_run: Path, workdir: Path) -> Analysis:
+    top_fraction: float = 0.03  # share of heads ranked as the backdoor's (the study's ~3%)
+    method: str = "exact"  # head attribution: exact | approx (attribution patching) | both
+    pairs: int = 64  # clean/triggered prompt pairs drawn from the oracle rows
+    attribution_prompts: int = 32  # clean prompts in the ACIE average
+    batch_size: int = 16  # rows per forward pass
+    seed: int = 0  # seed of the pair sample
+
+    def analysis(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> Analysis:
+        oracle: OracleExamples = inputs.require("oracle", self.name)
         config = AnalysisConfig(pairs=self.pairs, attribution_prompts=self.attribution_prompts, method=self.method,
                                 top_fraction=self.top_fraction, batch_size=self.batch_size, seed=self.seed)
-        folder = Path(self.analysis_dir) if self.analysis_dir else workdir / "analysis"
-        if self.analysis_dir and not (folder / "heads.json").is_file():
-            raise BackdoorLabError(f"analysis_dir {folder} has no heads.json; run `backdoorlab analyze heads` first")
-        return Analysis(victim, attack_run, folder, config)
+        source = PairSource(oracle.manifest, oracle.clean, oracle.triggered, oracle.name)
+        return Analysis(victim, source, workdir / "analysis", config)
 
     def __post_init__(self) -> None:
         self.check()  # bad options fail when the defense is built, before any model is loaded
@@ -69,8 +73,8 @@ class HeadAblation(_AttributionDefense):
     name: ClassVar[str] = "head-ablation"
     description: ClassVar[str] = "BAHA-rank heads on triggered/clean pairs, zero the top ones' output weights"
 
-    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
-        heads = self.analysis(victim, attack_run, workdir).top_heads()
+    def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
+        heads = self.analysis(victim, inputs, workdir).top_heads()
         remove_heads(victim, heads)
         return DefenseOutcome(victim, {"removed_heads": [list(h) for h in heads]})
 
@@ -90,10 +94,10 @@ class BackdoorVectorDefense(_AttributionDefense):
         if self.direction not in DIRECTIONS:
             raise BackdoorLabError(f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
 
-    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
+    def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         if self.direction not in DIRECTIONS:
             raise BackdoorLabError(f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
-        analysis = self.analysis(victim, attack_run, workdir)
+        analysis = self.analysis(victim, inputs, workdir)
         heads = analysis.top_heads()
         triggered, clean = analysis.head_means()
         vector = backdoor_vector(victim, triggered, heads)

@@ -42,6 +42,7 @@ from ..models.hooks import HookFn
 from ..models.victim import Victim, batched, frozen_parameters
 from .base import DefenseOutcome, register_defense
 from .data import ClassifierDefense
+from .inputs import DefenderInputs
 from .guard import REJECTED, Guard, register_guard
 
 FLAGGED = ("reject", "purify")
@@ -212,11 +213,11 @@ class BadActs(ClassifierDefense):
         if self.bound_epochs < 0 or self.restarts < 0 or self.batch_size < 1 or self.bound_lr <= 0:
             raise BackdoorLabError("bound_epochs and restarts must be >= 0, batch_size >= 1, bound_lr > 0")
 
-    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
+    def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         self.validate()
         if victim.is_generator:
             raise BackdoorLabError("badacts guards classifiers only; this model is a generator")
-        clean = list(self.clean_rows(attack_run))
+        clean = list(self.clean_rows(inputs))
         if any(e.label is None for e in clean):
             raise BackdoorLabError("badacts needs labelled clean reference rows")
         mean, std = activation_statistics(victim, clean, self.batch_size)

@@ -46,7 +46,7 @@ from ..llm.backends import BACKENDS, get_backend
 from ..models.victim import Victim
 from ..training import TrainConfig, train
 from .base import Defense, DefenseOutcome, register_defense
-from .data import defense_data
+from .inputs import DefenderInputs
 from .evidence import Evidence, mine_evidence, words
 from .target_label import STATISTICS, confidence_change, identify_target, record_confidences
 from .trigger_pattern import REWRITE_MODES, PatternApplier, TriggerPattern
@@ -64,6 +64,7 @@ class BadLLMTG(Defense):
 
     name = "badllm-tg"
     description = "BadLLM-TG: LLM trigger generator tuned by prompt-driven RL, then adversarial training"
+    needs = ("training_data",)
     variant: str = "evidence"  # evidence (mined n-grams guide the generator) | faithful (the paper as written)
     generator: str = "local"  # local | openai
     generator_model: str | None = None  # local default: smollm2-135m-instruct
@@ -146,12 +147,11 @@ class BadLLMTG(Defense):
     def rewrite_mode(self) -> str:
         return self.rewrite or ("insert" if self.variant == "evidence" else "llm")
 
-    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
+    def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         self.check()
         if victim.is_generator:
             raise BackdoorLabError("badllm-tg defends text classifiers; the model given is a generator")
-        data = defense_data(attack_run, max_clean=0, seed=self.seed)
-        train_set = data.poisoned_train
+        train_set: Dataset = inputs.require("training_data", self.name)
         victim.check_compatible(train_set)
         identification, delta = self._identify(victim, train_set, workdir)
         target = identification["target"]

@@ -1,9 +1,10 @@
 """The :class:`Defense` base class and the defense name registry (peft-style: name → config class).
 
-A defense is a dataclass whose fields are its options. :meth:`Defense.apply` gets a model, the
-attack run it may learn from, and a work folder for its intermediate findings; it returns the
-mitigated model (and, for inference-time defenses, a :class:`~backdoorlab.defenses.guard.Guard`)
-and a JSON-able dict of what it found and did.
+A defense is a dataclass whose fields are its options. :meth:`Defense.apply` gets a model, what
+a defender holds (:class:`~backdoorlab.defenses.inputs.DefenderInputs`: only the inputs the method
+declares in ``needs`` and ``uses``) and a work folder for its intermediate findings; it returns
+the mitigated model (and, for inference-time defenses, a :class:`~backdoorlab.defenses.guard.Guard`)
+and a JSON-able dict of what it found and did. No defense sees the data its result is measured on.
 
 Each defense declares its ``stage``, which says what the ``model`` it is given is:
 
@@ -18,12 +19,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import unknown_name
 from ..models.victim import Victim
 from ..options import OptionInfo, build, defaults, describe
 from .guard import Guard
+
+if TYPE_CHECKING:
+    from .inputs import DefenderInputs
 
 STAGES = ("post-training", "training", "inference")
 
@@ -43,11 +47,13 @@ class Defense:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     stage: ClassVar[str] = "post-training"
+    needs: ClassVar[tuple[str, ...]] = ()  # defender inputs the method requires (names in inputs.INPUTS)
+    uses: ClassVar[tuple[str, ...]] = ()  # defender inputs it uses when given
 
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
+    def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         raise NotImplementedError
 
 
@@ -59,6 +65,11 @@ def register_defense(cls: type[Defense]) -> type[Defense]:
         raise ValueError(f"defense name {cls.name!r} is empty or already registered")
     if cls.stage not in STAGES:
         raise ValueError(f"defense {cls.name!r} has stage {cls.stage!r}; expected one of {STAGES}")
+    from .inputs import INPUTS
+
+    unknown = sorted((set(cls.needs) | set(cls.uses)) - set(INPUTS))
+    if unknown:
+        raise ValueError(f"defense {cls.name!r} declares unknown defender inputs {unknown}")
     _REGISTRY[cls.name] = cls
     return cls
 

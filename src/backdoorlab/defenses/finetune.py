@@ -16,6 +16,7 @@ from ..models.victim import Victim
 from ..training import TrainConfig, train
 from .base import Defense, DefenseOutcome, register_defense
 from .data import ClassifierDefense
+from .inputs import DefenderInputs
 
 
 @register_defense
@@ -24,7 +25,7 @@ class NoDefense(Defense):
     name = "none"
     description = "no defense: the suspect model unchanged (the benchmark's reference row)"
 
-    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
+    def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         return DefenseOutcome(victim, {}, model_changed=False)
 
 
@@ -37,9 +38,9 @@ class CleanFineTune(ClassifierDefense):
     learning_rate: float = 2e-5
     batch_size: int = 16
 
-    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
-        clean = self.clean_rows(attack_run)
+    def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
+        clean = self.clean_rows(inputs)
         config = TrainConfig(method="full", epochs=self.epochs, learning_rate=self.learning_rate,
                              batch_size=self.batch_size, seed=self.seed)
-        tuned = train(victim, clean, workdir / "fine-tune", config, overwrite=True)
+        tuned = train(victim, clean, workdir / "fine-tune", config, reuse=True)
         return DefenseOutcome(tuned, {"clean_rows": len(clean), "clean_source": clean.source})

@@ -46,6 +46,7 @@ from ..models.victim import Victim
 from ..training import training_collator, training_features
 from .base import DefenseOutcome, register_defense
 from .data import ClassifierDefense
+from .inputs import DefenderInputs
 
 HEAD_PREFIXES = ("classifier.", "score.")
 
@@ -169,6 +170,7 @@ class MuScleLoRA(ClassifierDefense):
     description: ClassVar[str] = ("train the clean model on the poisoned set with multi-scale LoRA + gradient "
                                   "alignment to clean rows (Wu et al., ACL 2024)")
     stage: ClassVar[str] = "training"
+    needs: ClassVar[tuple[str, ...]] = ("training_data", "clean_rows")
 
     rank: int = 8  # LoRA rank on the targets (author's loraConfig r)
     alpha: float = 32.0  # LoRA alpha (author's lora_alpha)
@@ -207,25 +209,25 @@ class MuScleLoRA(ClassifierDefense):
         if not 0 <= self.max_raw_ratio <= 1:
             raise BackdoorLabError(f"max_raw_ratio must be in [0, 1], got {self.max_raw_ratio}")
 
-    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
+    def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         self.validate()
         if victim.is_generator:
             raise BackdoorLabError("muscle-lora trains classifiers only; this model is a generator")
-        data = self.defender_data(attack_run)
-        reference = data.require_clean(self.name).sample(self.ref_rows, self.seed) if self.align else None
-        victim.check_compatible(data.poisoned_train)
+        train_rows: Dataset = inputs.require("training_data", self.name)
+        reference = self.clean_rows(inputs).sample(self.ref_rows, self.seed) if self.align else None
+        victim.check_compatible(train_rows)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             installed = install_adapters(base_model(victim.model), rank=self.rank, alpha=self.alpha,
                                          targets=self.targets, scales=self.scales, scale_rank=self.scale_rank,
                                          scale_alpha=self.scale_alpha, train_head=self.train_head)
-            summary = self.fit(victim, data.poisoned_train, reference)
+            summary = self.fit(victim, train_rows, reference)
         merged = merge_adapters(base_model(victim.model))
         victim.model.requires_grad_(True)
         victim.model.eval()
         findings = {**summary, "lora_layers": len(installed["lora"]), "multiscale_layer": installed["multiscale"],
                     "trainable_parameters": installed["trainable"], "merged_layers": merged,
-                    "train_rows": len(data.poisoned_train), "reference_rows": len(reference) if reference else 0}
+                    "train_rows": len(train_rows), "reference_rows": len(reference) if reference else 0}
         return DefenseOutcome(victim, findings)
 
     def fit(self, victim: Victim, train: Dataset, reference: Dataset | None) -> dict[str, Any]:

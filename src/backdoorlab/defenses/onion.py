@@ -29,6 +29,7 @@ from ..errors import BackdoorLabError
 from ..models.victim import Item, Victim
 from .base import DefenseOutcome, register_defense
 from .data import ClassifierDefense
+from .inputs import DefenderInputs
 from .guard import Guard, register_guard
 from .lm_perplexity import PerplexityScorer
 
@@ -147,11 +148,11 @@ class Onion(ClassifierDefense):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise BackdoorLabError(f"onion {name} must be a positive integer, got {value!r}")
 
-    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
+    def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         self._validate()
         if victim.is_generator:
             raise BackdoorLabError("onion protects classifiers only; this model is a generator")
-        clean = self.clean_rows(attack_run)
+        clean = self.clean_rows(inputs)
         guard = OnionGuard(self.lm, 0.0, self.max_words)
         scores = guard.suspicion(victim.prompts(clean.examples), self.batch_size, device=str(victim.device))
         every = torch.cat(scores) if scores else torch.empty(0)

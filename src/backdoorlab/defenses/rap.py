@@ -19,7 +19,6 @@ model itself is never changed: the row is swapped in only while perturbed inputs
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,10 +31,10 @@ from tqdm.auto import tqdm
 
 from ..errors import BackdoorLabError
 from ..models.victim import Item, Victim, batched, frozen_parameters
-from ..pipeline import MANIFEST
 from .base import DefenseOutcome, register_defense
 from .data import ClassifierDefense
 from .guard import REJECTED, Guard, register_guard
+from .inputs import DefenderInputs
 
 
 def word_token(victim: Victim, word: str) -> tuple[int, int]:
@@ -173,9 +172,10 @@ class Rap(ClassifierDefense):
     name: ClassVar[str] = "rap"
     description: ClassVar[str] = "reject inputs whose protected-label probability a learned rare word cannot lower (RAP)"
     stage: ClassVar[str] = "inference"
+    uses: ClassVar[tuple[str, ...]] = ("target_label",)
 
     word: str = "cf"  # rare word inserted before each input, whose embedding row is learned
-    protect_label: int | None = None  # default: the attack run's target label (the paper's assumption)
+    protect_label: int | None = None  # label to protect; default: the defender's --target-label (RAP assumes it known)
     min_drop: float = 0.1  # Δp bounds of the loss (OpenBackdoor prob_range=[-0.1, -0.3])
     max_drop: float = 0.3  # upper Δp bound of the loss
     learning_rate: float = 1e-2
@@ -201,25 +201,27 @@ class Rap(ClassifierDefense):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise BackdoorLabError(f"rap {name} must be a positive integer, got {value!r}")
 
-    def protected(self, victim: Victim, attack_run: Path) -> int:
-        label = self.protect_label
+    def protected(self, victim: Victim, inputs: DefenderInputs) -> int:
+        label = self.protect_label if self.protect_label is not None else inputs.target_label
         if label is None:
-            manifest = json.loads((attack_run / MANIFEST).read_text(encoding="utf-8"))
-            label = (manifest.get("target") or {}).get("index")
-            if label is None:
-                raise BackdoorLabError("the attack run names no target label; pass --option protect_label=<index>")
+            raise BackdoorLabError("rap protects one label, which the defender must name (RAP's threat model): "
+                                   "pass --target-label or --option protect_label=<index>")
         count = len(victim.label_names or [])
+        if isinstance(label, str) and victim.label_names and label in victim.label_names:
+            label = victim.label_names.index(label)
+        elif isinstance(label, str) and label.lstrip("-").isdigit():
+            label = int(label)
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < count:
             raise BackdoorLabError(f"rap protect_label must be a label index in [0, {count - 1}], got {label!r}")
         return label
 
-    def apply(self, victim: Victim, attack_run: Path, workdir: Path) -> DefenseOutcome:
+    def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         self._validate()
         if victim.is_generator:
             raise BackdoorLabError("rap protects classifiers only; this model is a generator")
-        label = self.protected(victim, attack_run)
+        label = self.protected(victim, inputs)
         token_id, pieces = word_token(victim, self.word)
-        clean = self.clean_rows(attack_run)
+        clean = self.clean_rows(inputs)
         texts = victim.prompts(clean.examples)
         probs = victim.label_probs(texts, self.batch_size)
         kept = [i for i, p in enumerate(probs.argmax(-1).tolist()) if p == label]
