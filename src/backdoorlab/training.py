@@ -7,13 +7,25 @@ and ``TrainConfig.fsdp``) and nothing else changes. Causal LMs are trained on re
 (prompt tokens are masked), with prompts rendered by the shared prompt format.
 
 A run folder holds ``checkpoints/`` (Trainer checkpoints, safetensors weights), ``model/`` (the
-final model, LoRA merged, written atomically) and ``train.json`` (what went in and came out).
-An interrupted run resumes from its last checkpoint when started again with the same folder.
+final model, LoRA merged, written atomically), ``train.json`` (what went in and came out, the
+Trainer's log history and the run's fingerprint) and ``.fingerprint.json``, which claims the folder
+for one training: the base model's identity, the data's digest and every setting that changes
+the weights. Started again on the same folder with the same fingerprint, an interrupted run
+resumes from its last checkpoint and ends bit-identical to an uninterrupted one (on the same
+hardware); with another fingerprint it stops with an error instead of mixing two runs.
+
+Runs are seeded end to end: the seed is set before the model is loaded (a classifier's new head
+is drawn then) and before LoRA adapters are created; the Trainer seeds dropout and the data
+order (``data_seed``) and restores the random state from a checkpoint when resuming.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +34,16 @@ import torch
 
 from .data.records import Dataset
 from .errors import BackdoorLabError
-from .fileio import write_json_atomic
+from .fileio import fresh_directory, write_json_atomic
+from .fingerprint import (
+    FINGERPRINT_KEY,
+    check_folder_fingerprint,
+    dataset_digest,
+    fingerprint_difference,
+    make_fingerprint,
+    model_identity,
+    same_fingerprint,
+)
 from .manifest import environment_info
 from .models.loading import load_victim, resolve_device
 from .models.tokenization import pad_batch, tokenize_pair
@@ -32,6 +53,9 @@ from .options import build
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 TRAIN_FILE = "train.json"
+#: TrainConfig fields that change where and how often a run saves or logs, or where it runs, but
+#: not the weights it ends with; a run may resume with other values for them.
+NOT_FINGERPRINTED = ("save_steps", "save_total_limit", "logging_steps", "device", "gradient_checkpointing")
 
 
 @dataclass
@@ -158,27 +182,123 @@ def trainer_arguments(config: Any, checkpoints: Path) -> dict[str, Any]:
         "use_cpu": resolve_device(config.device).type == "cpu",
         "bf16": config.bf16,
         "activation_checkpointing": config.gradient_checkpointing,
+        "disable_tqdm": True,  # progress is drawn by show_progress(), whatever the log level
     }
 
 
-def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = None,
-          *, kind: str = "auto", overwrite: bool = False, allow_pickle: bool = False,
-          callbacks: list[Any] | None = None) -> Victim:
-    """Fine-tune ``model`` on ``dataset`` into ``out_dir``; resume if a previous run was interrupted.
+@functools.cache
+def _progress_bar_class() -> type:
+    """The progress callback's class, built on first use so that importing this module stays cheap."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
 
-    Returns the trained :class:`Victim` (LoRA merged). Raises if ``out_dir/model`` already exists
-    unless ``overwrite``. ``callbacks`` are :class:`transformers.TrainerCallback` objects (e.g. to
-    watch a validation metric during training).
-    """
-    from transformers import Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
+    class LossProgressBar(TrainerCallback):
+        """One tqdm bar over the optimizer steps, showing the last logged training loss."""
 
-    out_dir = Path(out_dir)
-    if (out_dir / MODEL_DIR).exists() and not overwrite:
-        raise BackdoorLabError(f"{out_dir / MODEL_DIR} already exists; pass --overwrite to train again")
-    if len(dataset) == 0:
-        raise BackdoorLabError(f"dataset {dataset.name!r} is empty")
-    config = config or TrainConfig()
+        def __init__(self) -> None:
+            self.bar: Any = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
+                                dynamic_ncols=True)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.4g}")
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.close()
+
+        def close(self) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return LossProgressBar
+
+
+def show_progress(trainer: Any) -> Any:
+    """Make ``trainer`` (a Trainer, or a trl trainer configured by :func:`trainer_arguments`) draw one
+    progress bar with the current loss instead of printing its raw log dicts; returns the bar's
+    callback, whose ``close()`` ends the bar if training stops with an error."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for callback in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(callback)
+    bar = _progress_bar_class()()
+    trainer.add_callback(bar)
+    return bar
+
+
+@contextmanager
+def _library_progress_bars_off() -> Iterator[None]:
+    """Hide transformers' own progress bars (loading, checkpoint writes) so training shows only its own."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def train_fingerprint(model_id: str, kind: str, dataset: Dataset, config: TrainConfig) -> dict[str, Any]:
+    """What a run's final weights depend on: the base model's identity (:func:`model_identity`), its
+    kind, the data's digest and the settings (``config`` resolved for ``kind``) except
+    :data:`NOT_FINGERPRINTED`, plus the package version."""
+    settings = {k: v for k, v in asdict(config.resolved(kind)).items() if k not in NOT_FINGERPRINTED}
+    return make_fingerprint("train", model=model_id, kind=kind, dataset=dataset_digest(dataset), config=settings)
+
+
+def trained_model(out_dir: str | Path, model: str | Path | Victim, dataset: Dataset,
+                  config: TrainConfig | None = None, *, kind: str = "auto") -> Path | None:
+    """``out_dir/model`` if it was trained from ``model`` on ``dataset`` with ``config``, ``None`` if
+    ``out_dir`` holds no finished model; raises if its model was trained otherwise."""
+    kind = model.kind if isinstance(model, Victim) else kind
+    return _finished(Path(out_dir), model_identity(model), dataset, config or TrainConfig(), kind)
+
+
+def _finished(out_dir: Path, model_id: str, dataset: Dataset, config: TrainConfig, kind: str) -> Path | None:
+    folder = out_dir / MODEL_DIR
+    if not folder.is_dir():
+        return None
+    record = _read_record(out_dir / TRAIN_FILE)
+    stored = record.get(FINGERPRINT_KEY)
+    trained_kind = record.get("kind") if kind == "auto" else kind
+    if stored is None or trained_kind not in ("classifier", "generator"):
+        why = f"{TRAIN_FILE} does not record how it was trained"
+    else:
+        expected = train_fingerprint(model_id, trained_kind, dataset, config)
+        if same_fingerprint(stored, expected):
+            return folder
+        why = f"it was trained with other {', '.join(fingerprint_difference(stored, expected))}"
+    raise BackdoorLabError(f"{folder} is not the model asked for ({why}); pass --overwrite to train again, "
+                           "or choose another output folder")
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _prepared_victim(model: str | Path | Victim, dataset: Dataset, config: TrainConfig, kind: str,
+                     allow_pickle: bool) -> tuple[Victim, TrainConfig]:
+    """The victim to train (LoRA adapters added) and ``config`` resolved for it; every random
+    initialisation here (a classifier's new head, LoRA weights) is drawn from ``config.seed``."""
+    from transformers import set_seed
+
+    set_seed(config.seed)
     if isinstance(model, Victim):
         victim = model
     else:
@@ -189,16 +309,67 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
     victim.max_length = config.max_length
     if config.method == "lora":
         _apply_lora(victim, config)
-    checkpoints = out_dir / CHECKPOINT_DIR
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() and not overwrite else None
+    return victim, config
+
+
+def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = None,
+          *, kind: str = "auto", overwrite: bool = False, reuse: bool = False, allow_pickle: bool = False,
+          callbacks: list[Any] | None = None) -> Victim:
+    """Fine-tune ``model`` on ``dataset`` into ``out_dir``; resume if a previous run was interrupted.
+
+    Returns the trained :class:`Victim` (LoRA merged). ``out_dir`` is claimed by the run's
+    fingerprint (:func:`train_fingerprint`): checkpoints are resumed from only when it matches, and
+    a folder holding another run raises. ``overwrite`` first replaces ``out_dir`` by an empty folder.
+    A finished ``out_dir/model`` raises unless ``overwrite``, or with ``reuse`` is loaded and
+    returned when it was trained exactly so. ``callbacks`` are :class:`transformers.TrainerCallback`
+    objects (e.g. to watch a validation metric during training).
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / MODEL_DIR).exists() and not (overwrite or reuse):
+        raise BackdoorLabError(f"{out_dir / MODEL_DIR} already exists; pass --overwrite to train again")
+    if len(dataset) == 0:
+        raise BackdoorLabError(f"dataset {dataset.name!r} is empty")
+    config = config or TrainConfig()
+    kind = model.kind if isinstance(model, Victim) else kind
+    model_id = model_identity(model)  # before training or --overwrite can change what it names
+    if reuse and not overwrite and _finished(out_dir, model_id, dataset, config, kind):
+        return load_victim(out_dir / MODEL_DIR, device=config.device, dtype=config.dtype)
+    with _library_progress_bars_off():
+        victim, config = _prepared_victim(model, dataset, config, kind, allow_pickle)
+        fingerprint = train_fingerprint(model_id, victim.kind, dataset, config)
+        if overwrite:
+            fresh_directory(out_dir)
+        check_folder_fingerprint(out_dir, fingerprint, "training run")
+        summary = _fit(victim, dataset, config, out_dir / CHECKPOINT_DIR, callbacks)
+        # train.json before model/, so that a folder with a model/ always says how it was trained
+        write_json_atomic(out_dir / TRAIN_FILE, {**summary, FINGERPRINT_KEY: fingerprint,
+                                                 "environment": environment_info()})
+        victim.save(out_dir / MODEL_DIR, overwrite=overwrite, extra={"training": TRAIN_FILE})
+    return victim
+
+
+def _fit(victim: Victim, dataset: Dataset, config: TrainConfig, checkpoints: Path,
+         callbacks: list[Any] | None) -> dict[str, Any]:
+    """Run the Trainer on ``victim`` (resuming from the last checkpoint in ``checkpoints``); return
+    what ``train.json`` records about the run."""
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     args = TrainingArguments(**trainer_arguments(config, checkpoints), remove_unused_columns=False,
                              deepspeed=config.deepspeed, fsdp=config.fsdp, **config.extra)
     started = time.time()
-    trainer = Trainer(model=victim.model, args=args, train_dataset=_Rows(training_features(victim, dataset, config.max_length)),
+    trainer = Trainer(model=victim.model, args=args,
+                      train_dataset=_Rows(training_features(victim, dataset, config.max_length)),
                       data_collator=training_collator(victim), callbacks=callbacks)
-    result = trainer.train(resume_from_checkpoint=resume)
+    bar = show_progress(trainer)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        bar.close()
     victim.model = trainer.model
-    summary = {
+    seconds = time.time() - started
+    return {
         "base_model": victim.name,
         "kind": victim.kind,
         "dataset": {"name": dataset.name, "rows": len(dataset), "source": dataset.source, "notes": dataset.notes,
@@ -207,13 +378,10 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
         "resumed_from": resume,
         "train_loss": result.training_loss,
         "steps": result.global_step,
-        "seconds": round(time.time() - started, 1),
-        "examples_per_second": round(_seen(result.global_step, config) / max(time.time() - started, 1e-9), 2),
-        "environment": environment_info(),
+        "seconds": round(seconds, 1),
+        "examples_per_second": round(_seen(result.global_step, config) / max(seconds, 1e-9), 2),
+        "log_history": trainer.state.log_history,
     }
-    victim.save(out_dir / MODEL_DIR, overwrite=overwrite, extra={"training": TRAIN_FILE})
-    write_json_atomic(out_dir / TRAIN_FILE, summary)
-    return victim
 
 
 def _seen(steps: int, config: TrainConfig) -> int:
