@@ -130,21 +130,33 @@ def test_generator_pipeline_end_to_end(capsys, tmp_path: Path, shared_data_dir: 
 
 
 def test_training_resumes_from_the_last_checkpoint(tmp_path: Path, shared_data_dir: Path) -> None:
+    from transformers import TrainerCallback
+
     from backdoorlab.data import load_dataset
+    from backdoorlab.errors import BackdoorLabError
     from backdoorlab.training import TrainConfig, train
 
+    class Killed(Exception):
+        pass
+
+    class KillAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.global_step == 3:
+                raise Killed
+
     rows = load_dataset("sst2", "train").sample(16, 0)
-    config = TrainConfig(max_steps=2, batch_size=4, save_steps=2, device="cpu")
+    config = TrainConfig(max_steps=4, batch_size=4, save_steps=2, device="cpu")
+    with pytest.raises(Killed):  # an interrupted run: checkpoint-2 exists, the final model does not
+        train(tiny_bert_victim(), rows, tmp_path, config, callbacks=[KillAtStep3()])
+    assert (tmp_path / "checkpoints" / "checkpoint-2").is_dir() and not (tmp_path / "model").exists()
     train(tiny_bert_victim(), rows, tmp_path, config)
-    first = json.loads((tmp_path / "train.json").read_text())
-    assert first["resumed_from"] is None and first["steps"] == 2
-    # an interrupted longer run: the checkpoint exists, the final model does not
+    resumed = json.loads((tmp_path / "train.json").read_text())
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["steps"] == 4
     import shutil
 
-    shutil.rmtree(tmp_path / "model")
-    train(tiny_bert_victim(), rows, tmp_path, TrainConfig(max_steps=4, batch_size=4, save_steps=2, device="cpu"))
-    second = json.loads((tmp_path / "train.json").read_text())
-    assert second["resumed_from"].endswith("checkpoint-2") and second["steps"] == 4
+    shutil.rmtree(tmp_path / "model")  # only checkpoints left: another schedule must not resume them
+    with pytest.raises(BackdoorLabError, match="different settings"):
+        train(tiny_bert_victim(), rows, tmp_path, TrainConfig(max_steps=6, batch_size=4, save_steps=2, device="cpu"))
 
 
 def test_evaluating_a_model_of_the_wrong_kind_is_refused(capsys, tmp_path: Path, shared_data_dir: Path) -> None:
