@@ -7,10 +7,11 @@ and ``TrainConfig.fsdp``) and nothing else changes. Causal LMs are trained on re
 (prompt tokens are masked), with prompts rendered by the shared prompt format.
 
 A run folder holds ``checkpoints/`` (Trainer checkpoints, safetensors weights), ``model/`` (the
-final model, LoRA merged, written atomically), ``train.json`` (what went in and came out, the
-Trainer's log history and the run's fingerprint) and ``.fingerprint.json``, which claims the folder
-for one training: the base model's identity, the data's digest and every setting that changes
-the weights. Started again on the same folder with the same fingerprint, an interrupted run
+final model, LoRA merged, written atomically), ``adapter/`` (with ``keep_adapter``: the LoRA
+adapter on its own, unmerged, in peft's safetensors format), ``train.json`` (what went in and
+came out, the Trainer's log history and the run's fingerprint) and ``.fingerprint.json``, which
+claims the folder for one training: the base model's identity, the data's digest and every
+setting that changes the weights. Started again on the same folder with the same fingerprint, an interrupted run
 resumes from its last checkpoint and ends bit-identical to an uninterrupted one (on the same
 hardware); with another fingerprint it stops with an error instead of mixing two runs.
 
@@ -34,7 +35,7 @@ import torch
 
 from .data.records import Dataset
 from .errors import BackdoorLabError
-from .fileio import fresh_directory, write_json_atomic
+from .fileio import atomic_directory, fresh_directory, write_json_atomic
 from .fingerprint import (
     FINGERPRINT_KEY,
     check_folder_fingerprint,
@@ -51,6 +52,7 @@ from .models.victim import Victim
 from .options import build
 
 MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoints"
 TRAIN_FILE = "train.json"
 #: TrainConfig fields that change where and how often a run saves or logs, or where it runs, but
@@ -89,6 +91,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     deepspeed: str | None = None  # path to a DeepSpeed JSON config
     fsdp: str = ""  # e.g. "full_shard auto_wrap"
+    keep_adapter: bool = False  # LoRA: also save the unmerged adapter in adapter/ beside model/
     extra: dict[str, Any] = field(default_factory=dict)  # passed to TrainingArguments as is
 
     def resolved(self, kind: str) -> "TrainConfig":
@@ -104,6 +107,9 @@ class TrainConfig:
             raise BackdoorLabError("set epochs > 0 or max_steps > 0")
         if config.batch_size < 1 or config.grad_accum < 1:
             raise BackdoorLabError("batch_size and grad_accum must be at least 1")
+        if config.keep_adapter and config.method != "lora":
+            raise BackdoorLabError("keep_adapter keeps a LoRA adapter; use it with method 'lora', not "
+                                   f"{config.method!r}")
         return config
 
     @classmethod
@@ -253,8 +259,11 @@ def _library_progress_bars_off() -> Iterator[None]:
 def train_fingerprint(model_id: str, kind: str, dataset: Dataset, config: TrainConfig) -> dict[str, Any]:
     """What a run's final weights depend on: the base model's identity (:func:`model_identity`), its
     kind, the data's digest and the settings (``config`` resolved for ``kind``) except
-    :data:`NOT_FINGERPRINTED`, plus the package version."""
+    :data:`NOT_FINGERPRINTED`, plus the package version. ``keep_adapter`` counts only when on, so runs
+    from before that option stay current."""
     settings = {k: v for k, v in asdict(config.resolved(kind)).items() if k not in NOT_FINGERPRINTED}
+    if not settings["keep_adapter"]:
+        del settings["keep_adapter"]
     return make_fingerprint("train", model=model_id, kind=kind, dataset=dataset_digest(dataset), config=settings)
 
 
@@ -344,6 +353,8 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
         # train.json before model/, so that a folder with a model/ always says how it was trained
         write_json_atomic(out_dir / TRAIN_FILE, {**summary, FINGERPRINT_KEY: fingerprint,
                                                  "environment": environment_info()})
+        if config.keep_adapter:  # before model/, whose saving merges the adapter into the weights
+            save_adapter(victim.model, out_dir / ADAPTER_DIR)
         victim.save(out_dir / MODEL_DIR, overwrite=overwrite, extra={"training": TRAIN_FILE})
     return victim
 
@@ -382,6 +393,13 @@ def _fit(victim: Victim, dataset: Dataset, config: TrainConfig, checkpoints: Pat
         "examples_per_second": round(_seen(result.global_step, config) / max(seconds, 1e-9), 2),
         "log_history": trainer.state.log_history,
     }
+
+
+def save_adapter(model: Any, folder: Path) -> Path:
+    """Write a peft model's adapter (weights in safetensors, its config) into ``folder`` atomically."""
+    with atomic_directory(folder, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+    return folder
 
 
 def _seen(steps: int, config: TrainConfig) -> int:
