@@ -11,9 +11,10 @@ final model, LoRA merged, written atomically), ``adapter/`` (with ``keep_adapter
 adapter on its own, unmerged, in peft's safetensors format), ``train.json`` (what went in and
 came out, the Trainer's log history and the run's fingerprint) and ``.fingerprint.json``, which
 claims the folder for one training: the base model's identity, the data's digest and every
-setting that changes the weights. Started again on the same folder with the same fingerprint, an interrupted run
-resumes from its last checkpoint and ends bit-identical to an uninterrupted one (on the same
-hardware); with another fingerprint it stops with an error instead of mixing two runs.
+setting that changes the weights. Started again on the same folder with the same fingerprint,
+an interrupted run resumes from its last checkpoint and ends bit-identical to an uninterrupted
+one (on the same hardware); with another fingerprint it stops with an error instead of mixing
+two runs.
 
 Runs are seeded end to end: the seed is set before the model is loaded (a classifier's new head
 is drawn then) and before LoRA adapters are created; the Trainer seeds dropout and the data
