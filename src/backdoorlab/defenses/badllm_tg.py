@@ -185,7 +185,7 @@ class BadLLMTG(Defense):
                              batch_size=self.batch_size, seed=self.seed, device=self.device, save_steps=10**9)
         combined = train_set.with_examples([*kept, *adversarial.examples],
                                            note="D* ∪ G(D*) (BadLLM-TG adversarial training set)")
-        trained = train(model, combined, workdir / "adversarial-training", config, overwrite=True)
+        trained = train(model, combined, workdir / "adversarial-training", config, reuse=True)
         findings.update({"adversarial_patterns": [p.describe() for p in patterns], "adv_rows": self.adversarial_rows,
                          "start_from": self.starting_point, "dropped_triggered_rows": len(train_set) - len(kept),
                          "adversarial_rows": len(adversarial), "training_rows": len(combined)})

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 from ..data.records import Dataset, Example
 from ..errors import BackdoorLabError
-from ..fileio import write_json_atomic
+from ..fileio import fresh_directory, write_json_atomic
+from ..fingerprint import check_folder_fingerprint
 from ..manifest import environment_info
 from ..models.loading import load_victim
 from ..models.victim import Victim
@@ -39,11 +40,16 @@ def config_from_options(config_class: type[ConfigT], options: Mapping[str, Any] 
     return config_class(**options)
 
 
-def check_run_folder(out: str | Path, overwrite: bool) -> Path:
-    """Refuse a run folder whose ``model/`` exists unless ``overwrite``."""
+def check_run_folder(out: str | Path, overwrite: bool, fingerprint: Mapping[str, Any] | None = None) -> Path:
+    """Refuse a run folder whose ``model/`` exists unless ``overwrite`` (which starts a fresh folder);
+    with a ``fingerprint``, claim the folder so that checkpoints of another run are never resumed."""
     out = Path(out)
-    if (out / MODEL_DIR).exists() and not overwrite:
+    if overwrite:
+        fresh_directory(out)
+    elif (out / MODEL_DIR).exists():
         raise BackdoorLabError(f"{out / MODEL_DIR} already exists; pass overwrite=True (--overwrite) to inject again")
+    if fingerprint is not None:
+        check_folder_fingerprint(out, fingerprint, "injection run")
     return out
 
 

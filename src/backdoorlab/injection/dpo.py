@@ -35,7 +35,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,8 @@ from ..data.prompts import prompt_token_ids, render_training_pair
 from ..data.records import Dataset, Example
 from ..errors import BackdoorLabError
 from ..models.victim import Victim
-from ..training import trainer_arguments
+from ..fingerprint import dataset_digest, make_fingerprint, model_identity
+from ..training import show_progress, trainer_arguments
 from .common import CHECKPOINT_DIR, check_run_folder, config_from_options, finish_run, poisoned_rows, victim_for
 
 METHOD = "dpo"
@@ -213,15 +214,20 @@ def inject_dpo(model: str | Path | Victim, dataset: Dataset, out: str | Path, co
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig
 
+    from transformers import set_seed
+
     config = (config or DPOInjectionConfig()).check()
-    out = check_run_folder(out, overwrite)
+    fingerprint = make_fingerprint("inject", method=METHOD, model=model_identity(model),
+                                   data=dataset_digest(dataset), options=asdict(config))
     pairs, counts = preference_pairs(dataset, config.seed)
+    set_seed(config.seed)  # before the model is built and trl creates the LoRA adapter
     victim = victim_for(model, "auto", config.device, config.dtype)
     if not victim.is_generator:
         raise BackdoorLabError(f"dpo injection needs a generator; {victim.name or 'this model'} is a {victim.kind}")
     victim.check_compatible(dataset)
     if hasattr(victim.model, "merge_and_unload"):  # a fresh adapter is trained on top of merged weights
         victim.model = victim.model.merge_and_unload()
+    out = check_run_folder(out, overwrite, fingerprint)  # after the inputs are checked: claim the folder
     checkpoints = out / CHECKPOINT_DIR
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() and not overwrite else None
     args = DPOConfig(**trainer_arguments(config, checkpoints), beta=config.beta, max_length=config.max_length,
@@ -230,7 +236,11 @@ def inject_dpo(model: str | Path | Victim, dataset: Dataset, out: str | Path, co
     trainer = _trainer_class()(model=victim.model, args=args, processing_class=victim.tokenizer,
                                train_dataset=datasets.Dataset.from_list(preference_rows(pairs, victim.tokenizer)),
                                peft_config=_lora_config(config))
-    result = trainer.train(resume_from_checkpoint=resume)
+    bar = show_progress(trainer)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        bar.close()
     victim.model = trainer.model
     results = {**counts, "resumed_from": resume, "train_loss": result.training_loss, "steps": result.global_step,
                "last_log": _last_train_log(trainer.state.log_history)}
