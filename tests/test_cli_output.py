@@ -103,3 +103,17 @@ def test_defend_with_a_bad_option_fails_before_any_model_is_loaded(capsys: pytes
     assert_user_error(run(capsys, "defend", "--method", method, "--model", tmp_path / "no-model", "--data",
                           tmp_path / "no-run", "--out", out, "--option", option), *fragments)
     assert not out.exists()
+
+
+def test_one_defense_shows_the_defender_inputs_it_needs(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "defenses", "rap")
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "defender inputs besides --model")
+    inputs = {line.split()[0]: line for line in lines[start:]
+              if line.split() and line.split()[0] in ("clean_rows", "target_label", "oracle")}
+    assert status == 0 and "required" in inputs["clean_rows"] and "used when given" in inputs["target_label"]
+    assert "oracle" not in inputs
+    status, out, _ = run(capsys, "defenses", "head-ablation")
+    assert status == 0 and "oracle knowledge" in out
+    status, out, _ = run(capsys, "defenses", "none")
+    assert status == 0 and "only the suspect model" in out

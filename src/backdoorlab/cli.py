@@ -153,14 +153,23 @@ def cmd_defenses(args: argparse.Namespace) -> None:
     from .defenses import list_defenses
     from .defenses.base import defense_info
 
+    from .defenses.inputs import INPUTS
+
     if args.name:
         info = defense_info(args.name)
         _print_options(f"{info.name}: {info.stage}-stage defense", info.description, info.options)
+        rows = [{"input": name, "needed": "required" if name in info.needs else "used when given",
+                 "what": INPUTS[name]} for name in (*info.needs, *info.uses)]
+        if rows:
+            print_table(rows, ["input", "needed", "what"], wide=["what"], title="defender inputs besides --model")
+        else:
+            print_lines("defender inputs: only the suspect model")
         return
     infos = [defense_info(name) for name, _, _ in list_defenses()]
     rows = [{"name": i.name, "stage": i.stage, "description": i.description,
+             "inputs": ", ".join([*i.needs, *(f"({u})" for u in i.uses)]) or "-",
              "options": ", ".join(o.name for o in i.options)} for i in infos]
-    print_table(rows, ["name", "stage", "description", "options"], wide=["description", "options"])
+    print_table(rows, ["name", "stage", "inputs", "description", "options"], wide=["description", "options"])
     print_lines("`backdoorlab defenses NAME` shows one defense's options: type, default and help.")
 
 

@@ -87,12 +87,14 @@ class DefenseInfo:
     stage: str
     description: str
     options: list[OptionInfo]
+    needs: tuple[str, ...] = ()  # defender inputs the method requires
+    uses: tuple[str, ...] = ()  # defender inputs it uses when given
 
 
 def defense_info(name: str) -> DefenseInfo:
     """The stage, description and options (type, default, help) of defense ``name``."""
     cls = _defense_class(name)
-    return DefenseInfo(cls.name, cls.stage, cls.description, describe(cls))
+    return DefenseInfo(cls.name, cls.stage, cls.description, describe(cls), tuple(cls.needs), tuple(cls.uses))
 
 
 def _defense_class(name: str) -> type[Defense]:

@@ -20,6 +20,7 @@ from ..fingerprint import check_folder_fingerprint
 from ..manifest import environment_info
 from ..models.loading import load_victim
 from ..models.victim import Victim
+from ..options import build
 from ..training import CHECKPOINT_DIR, MODEL_DIR
 
 __all__ = ["CHECKPOINT_DIR", "INJECT_FILE", "MODEL_DIR", "check_run_folder", "config_from_options", "first_trigger",
@@ -30,14 +31,8 @@ ConfigT = TypeVar("ConfigT")
 
 
 def config_from_options(config_class: type[ConfigT], options: Mapping[str, Any] | None, method: str) -> ConfigT:
-    """Build ``config_class`` from ``options``; unknown option names raise an error listing the known ones."""
-    options = dict(options or {})
-    known = [f.name for f in fields(config_class)]  # type: ignore[arg-type]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise BackdoorLabError(f"injection method {method!r} has no option(s) {', '.join(unknown)}; "
-                               f"its options: {', '.join(known)}")
-    return config_class(**options)
+    """Build ``config_class`` from ``options`` through the shared option check (names and types)."""
+    return build(config_class, options, f"injection method {method!r}")
 
 
 def check_run_folder(out: str | Path, overwrite: bool, fingerprint: Mapping[str, Any] | None = None) -> Path:
