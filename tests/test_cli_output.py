@@ -111,7 +111,7 @@ def test_one_defense_shows_the_defender_inputs_it_needs(capsys: pytest.CaptureFi
     start = next(i for i, line in enumerate(lines) if line.strip() == "defender inputs besides --model")
     inputs = {line.split()[0]: line for line in lines[start:]
               if line.split() and line.split()[0] in ("clean_rows", "target_label", "oracle")}
-    assert status == 0 and "required" in inputs["clean_rows"] and "used when given" in inputs["target_label"]
+    assert status == 0 and "required" in inputs["clean_rows"] and "optional" in inputs["target_label"]
     assert "oracle" not in inputs
     status, out, _ = run(capsys, "defenses", "head-ablation")
     assert status == 0 and "oracle knowledge" in out

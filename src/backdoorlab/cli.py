@@ -158,7 +158,7 @@ def cmd_defenses(args: argparse.Namespace) -> None:
     if args.name:
         info = defense_info(args.name)
         _print_options(f"{info.name}: {info.stage}-stage defense", info.description, info.options)
-        rows = [{"input": name, "needed": "required" if name in info.needs else "used when given",
+        rows = [{"input": name, "needed": "required" if name in info.needs else "optional",
                  "what": INPUTS[name]} for name in (*info.needs, *info.uses)]
         if rows:
             print_table(rows, ["input", "needed", "what"], wide=["what"], title="defender inputs besides --model")
