@@ -52,6 +52,12 @@ def interrupted_on_third_call(cell: Cell, workdir: Path) -> dict:
     return toy_cell(cell, workdir)
 
 
+def torch_threads_cell(cell: Cell, workdir: Path) -> dict:
+    import torch
+
+    return {"threads": torch.get_num_threads(), "pid": os.getpid()}
+
+
 def buggy_cell(cell: Cell, workdir: Path) -> dict:
     raise ValueError("a bug, not a user error")
 
@@ -302,3 +308,11 @@ def test_cells_asking_for_a_missing_gpu_fail_fast(tmp_path: Path, local_ray) -> 
     with pytest.raises(BackdoorLabError, match="1 GPU"):
         run_grid(cells, toy_cell, tmp_path, resources={"gpu": Resources(num_cpus=1, num_gpus=1)}, progress=False)
     assert calls(tmp_path, cells[0]) == 0
+
+
+def test_ray_cells_use_as_many_threads_as_cores_they_reserve(tmp_path: Path, local_ray) -> None:  # type: ignore[no-untyped-def]
+    kinds = {"one": Resources(num_cpus=1), "two": Resources(num_cpus=2)}
+    first = run_grid([Cell("v", "d", kind="one")], torch_threads_cell, tmp_path, resources=kinds, progress=False)
+    second = run_grid([Cell("w", "d", kind="two")], torch_threads_cell, tmp_path, resources=kinds, progress=False)
+    assert first.records[0]["result"]["threads"] == 1
+    assert second.records[0]["result"]["threads"] == 2  # also when Ray reuses the first task's worker

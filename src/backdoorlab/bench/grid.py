@@ -10,7 +10,9 @@ other exception is a bug and stops the grid with its traceback (cells finished s
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
@@ -44,8 +46,21 @@ def function_name(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def compute_cell(cell: Cell, fn: CellFunction, workdir: str | Path) -> dict[str, Any]:
-    """Run ``fn`` on one cell in its (created) work folder; the outcome, with a BackdoorLabError as its error."""
+def limit_threads(threads: int) -> None:
+    """Make this process use ``threads`` intra-op threads: for torch if it is loaded (a reused Ray
+    worker keeps the thread count of its first task), and through ``OMP_NUM_THREADS`` for later imports."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def compute_cell(cell: Cell, fn: CellFunction, workdir: str | Path, threads: int | None = None) -> dict[str, Any]:
+    """Run ``fn`` on one cell in its (created) work folder; the outcome, with a BackdoorLabError as its error.
+
+    ``threads`` (the cores a Ray task reserved) caps the process's intra-op threads first."""
+    if threads is not None:
+        limit_threads(threads)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -139,7 +154,7 @@ def _run_on_ray(pending: Sequence[Cell], fn: CellFunction, store: CellStore, nee
         for cell in pending:
             need = needs[cell.kind]
             ref = task.options(num_cpus=need.num_cpus, num_gpus=need.num_gpus, name=f"cell {cell.id}").remote(
-                cell, fn, str(store.workdir(cell)))
+                cell, fn, str(store.workdir(cell)), max(1, int(need.num_cpus)))
             refs[ref] = cell
         waiting = list(refs)
         while waiting:
