@@ -24,7 +24,7 @@ from backdoorlab.analysis.subject import load_subject
 from backdoorlab.analysis.vector import backdoor_vector, head_contribution
 from backdoorlab.attacks import get_attack, poison_dataset, triggered_test_set
 from backdoorlab.data.records import Dataset, Example
-from backdoorlab.defenses.weight_edits import project_out, remove_heads
+from backdoorlab.defenses.shared.weight_edits import project_out, remove_heads
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.models.architecture import attention_output_projection, transformer_layers
 from backdoorlab.models.interventions import add_vector, scale_heads, set_heads

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from backdoorlab.data.records import Dataset, Example
-from backdoorlab.defenses.evidence import mine_evidence
+from backdoorlab.defenses.badllm_tg.evidence import mine_evidence
 from backdoorlab.defenses.runner import run_defense
-from backdoorlab.defenses.target_label import confidence_change, identify_target, record_confidences
-from backdoorlab.defenses.trigger_pattern import PatternApplier, TriggerPattern, clean_rewrite, insert_phrases
-from backdoorlab.defenses.trigger_search import SearchConfig, TriggerSearch, parse_proposal
+from backdoorlab.defenses.badllm_tg.target_label import confidence_change, identify_target, record_confidences
+from backdoorlab.defenses.badllm_tg.trigger_pattern import PatternApplier, TriggerPattern, clean_rewrite, insert_phrases
+from backdoorlab.defenses.badllm_tg.trigger_search import SearchConfig, TriggerSearch, parse_proposal
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.llm.backends import ChatBackend, Completion, OpenAIChat, get_backend
 from backdoorlab.pipeline import run_attack
@@ -161,7 +161,7 @@ def test_search_rewards_the_pattern_that_flips_the_victim_and_resumes(tmp_path: 
 
 
 def test_evidence_stands_in_for_unusable_proposals_and_all_working_triggers_are_kept(tmp_path: Path) -> None:
-    from backdoorlab.defenses.evidence import Evidence
+    from backdoorlab.defenses.badllm_tg.evidence import Evidence
 
     evidence = [Evidence("zq", "random", 1.0, 0.0, 3.0), Evidence("good", "random", 1.0, 0.5, 1.0)]
     result = _search(tmp_path, ScriptedBackend(["I cannot tell."]), evidence=evidence, use_evidence=True,

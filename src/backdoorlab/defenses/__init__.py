@@ -1,13 +1,16 @@
 """Defenses: turn a suspect model into a mitigated one (``backdoorlab defend``).
 
-Registered: ``badllm-tg`` (trigger inversion + adversarial training); the classification baselines
-``none``, ``fine-tune``, ``onion``, ``rap``, ``muscle-lora`` and ``badacts``; ``head-ablation`` and
-``backdoor-vector`` (from backdoor attribution).
+The framework lives here (``base``: the Defense class and registry; ``inputs``: what a defender
+holds; ``runner``: ``backdoorlab defend``; ``guard``: inference-time guards); machinery several
+methods share lives in ``shared``; each method is a package of its own (peft's ``tuners/<method>``
+shape): ``badllm_tg`` (trigger inversion + adversarial training); the classification baselines
+``none``, ``fine_tune``, ``onion``, ``rap``, ``muscle_lora`` and ``badacts``; ``attribution``
+(``head-ablation`` and ``backdoor-vector``).
 """
 
-from . import attribution, badacts, badllm_tg, finetune, muscle_lora, onion, rap  # noqa: F401  (register)
+from . import attribution, badacts, badllm_tg, fine_tune, muscle_lora, none, onion, rap  # noqa: F401  (register)
 from .base import Defense, DefenseOutcome, get_defense, list_defenses, register_defense
-from .data import ClassifierDefense
+from .shared import ClassifierDefense
 from .guard import REJECTED, Guard, load_guard, register_guard, save_guard
 from .inputs import INPUTS, DefenderInputs, OracleExamples, gather_inputs
 from .runner import run_defense

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import BackdoorLabError
-from ..llm.backends import ChatBackend
+from ...errors import BackdoorLabError
+from ...llm.backends import ChatBackend
 from .evidence import POSITIONS
 
 REWRITE_MODES = ("llm", "insert", "llm+insert")

@@ -25,12 +25,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import BackdoorLabError
-from ..models.victim import Item, Victim
-from .base import DefenseOutcome, register_defense
-from .data import ClassifierDefense
-from .inputs import DefenderInputs
-from .guard import Guard, register_guard
+from ...errors import BackdoorLabError
+from ...models.victim import Item, Victim
+from ..base import DefenseOutcome, register_defense
+from ..shared.classifier import ClassifierDefense
+from ..inputs import DefenderInputs
+from ..guard import Guard, register_guard
 from .lm_perplexity import PerplexityScorer
 
 Scorer = Callable[[Sequence[str], int], torch.Tensor]  # (texts, batch_size) -> perplexity per text

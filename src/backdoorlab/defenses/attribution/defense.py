@@ -1,7 +1,7 @@
 """Mitigations built on backdoor attribution (arXiv 2509.21761 §5.2–5.3).
 
 Both find the backdoor's attention heads with BAHA on clean/triggered prompt pairs, then edit
-weights (:mod:`backdoorlab.defenses.weight_edits`). The study assumes the defender holds triggered
+weights (:mod:`backdoorlab.defenses.shared.weight_edits`). The study assumes the defender holds triggered
 examples; that is oracle knowledge, so both declare the ``oracle`` input: pairs built on rows
 disjoint from every row the result is measured on (:func:`~backdoorlab.defenses.inputs.oracle_examples`),
 and ``defense.json`` records their use.
@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ..analysis.runner import Analysis, AnalysisConfig
-from ..analysis.subject import PairSource
-from ..analysis.vector import backdoor_vector
-from ..errors import BackdoorLabError
-from ..models.victim import Victim
-from .base import Defense, DefenseOutcome, register_defense
-from .inputs import DefenderInputs, OracleExamples
-from .weight_edits import project_out, remove_heads
+from ...analysis.runner import Analysis, AnalysisConfig
+from ...analysis.subject import PairSource
+from ...analysis.vector import backdoor_vector
+from ...errors import BackdoorLabError
+from ...models.victim import Victim
+from ..base import Defense, DefenseOutcome, register_defense
+from ..inputs import DefenderInputs, OracleExamples
+from ..shared.weight_edits import project_out, remove_heads
 
 DIRECTIONS = ("difference", "triggered-mean")
 

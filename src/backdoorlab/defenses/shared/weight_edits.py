@@ -14,15 +14,15 @@ from collections.abc import Iterable
 
 import torch
 
-from ..errors import BackdoorLabError
-from ..models.architecture import (
+from ...errors import BackdoorLabError
+from ...models.architecture import (
     attention_output_projection,
     embedding_tables,
     mlp_output_projection,
     transformer_layers,
 )
-from ..models.interventions import Head
-from ..models.victim import Victim
+from ...models.interventions import Head
+from ...models.victim import Victim
 
 
 @torch.no_grad()

@@ -36,14 +36,14 @@ from typing import Any, ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from ..data.records import Example
-from ..errors import BackdoorLabError
-from ..models.hooks import HookFn
-from ..models.victim import Victim, batched, frozen_parameters
-from .base import DefenseOutcome, register_defense
-from .data import ClassifierDefense
-from .inputs import DefenderInputs
-from .guard import REJECTED, Guard, register_guard
+from ...data.records import Example
+from ...errors import BackdoorLabError
+from ...models.hooks import HookFn
+from ...models.victim import Victim, batched, frozen_parameters
+from ..base import DefenseOutcome, register_defense
+from ..shared.classifier import ClassifierDefense
+from ..inputs import DefenderInputs
+from ..guard import REJECTED, Guard, register_guard
 
 FLAGGED = ("reject", "purify")
 INITS = ("statistics", "reference")

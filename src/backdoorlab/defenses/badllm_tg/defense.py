@@ -3,15 +3,15 @@
 Zhang et al., "BadLLM-TG: A Backdoor Defender powered by LLM Trigger Generator", arXiv 2603.15692:
 
 1. §2.3, Eq. 4 — identify the target label ŷ from confidence changes in early training
-   (:mod:`backdoorlab.defenses.target_label`) and split D* into D_tgt and D_n-tgt;
+   (:mod:`backdoorlab.defenses.badllm_tg.target_label`) and split D* into D_tgt and D_n-tgt;
 2. §2.4, Eqs. 5–8 — learn the generator's prompt by prompt-driven RL with the victim's loss as
-   reward (:mod:`backdoorlab.defenses.trigger_search`);
+   reward (:mod:`backdoorlab.defenses.badllm_tg.trigger_search`);
 3. §2.5, Eq. 9 — apply G(·; p̂) to the training set, keep every row's label, and fine-tune the
    suspect on D* ∪ G(D*).
 
 Variants (``variant``): ``"faithful"`` — the generator studies raw D_tgt rows and performs every
 rewrite itself (``rewrite="llm"``), as in the paper; ``"evidence"`` (default) — the generator also
-reads n-grams mined from the high-Δc rows (:mod:`backdoorlab.defenses.evidence`), ranked by the
+reads n-grams mined from the high-Δc rows (:mod:`backdoorlab.defenses.badllm_tg.evidence`), ranked by the
 victim's loss with each inserted alone (a cheap probe with the same reward), untried evidence
 stands in for proposals it cannot make, the pattern's phrases are inserted rather than
 paraphrased in (``rewrite="insert"``), which small local generators need, and the search keeps
@@ -39,14 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from ..data.records import Dataset
-from ..errors import BackdoorLabError
-from ..fileio import write_json_atomic
-from ..llm.backends import BACKENDS, get_backend
-from ..models.victim import Victim
-from ..training import TrainConfig, train
-from .base import Defense, DefenseOutcome, register_defense
-from .inputs import DefenderInputs
+from ...data.records import Dataset
+from ...errors import BackdoorLabError
+from ...fileio import write_json_atomic
+from ...llm.backends import BACKENDS, get_backend
+from ...models.victim import Victim
+from ...training import TrainConfig, train
+from ..base import Defense, DefenseOutcome, register_defense
+from ..inputs import DefenderInputs
 from .evidence import Evidence, mine_evidence, words
 from .target_label import STATISTICS, confidence_change, identify_target, record_confidences
 from .trigger_pattern import REWRITE_MODES, PatternApplier, TriggerPattern
@@ -216,7 +216,7 @@ class BadLLMTG(Defense):
         return identification, delta
 
     def _load_base(self, victim: Victim, train_set: Dataset) -> Victim:
-        from ..models.loading import load_victim
+        from ...models.loading import load_victim
 
         base = self.base_model or victim.name
         if not base:

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import BackdoorLabError
-from ..models.tokenization import pad_batch
-from ..models.victim import Victim, batched
+from ...errors import BackdoorLabError
+from ...models.tokenization import pad_batch
+from ...models.victim import Victim, batched
 
 
 class PerplexityScorer:
@@ -29,7 +29,7 @@ class PerplexityScorer:
 
     @classmethod
     def load(cls, name: str, device: str | None = "auto") -> "PerplexityScorer":
-        from ..models.loading import load_victim
+        from ...models.loading import load_victim
 
         return cls(load_victim(name, kind="generator", device=device))
 

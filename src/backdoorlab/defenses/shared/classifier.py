@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..data.records import Dataset
-from ..errors import BackdoorLabError
-from .base import Defense
-from .inputs import DefenderInputs
+from ...data.records import Dataset
+from ...errors import BackdoorLabError
+from ..base import Defense
+from ..inputs import DefenderInputs
 
 
 @dataclass

@@ -29,12 +29,12 @@ from typing import Any, ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import BackdoorLabError
-from ..models.victim import Item, Victim, batched, frozen_parameters
-from .base import DefenseOutcome, register_defense
-from .data import ClassifierDefense
-from .guard import REJECTED, Guard, register_guard
-from .inputs import DefenderInputs
+from ...errors import BackdoorLabError
+from ...models.victim import Item, Victim, batched, frozen_parameters
+from ..base import DefenseOutcome, register_defense
+from ..shared.classifier import ClassifierDefense
+from ..guard import REJECTED, Guard, register_guard
+from ..inputs import DefenderInputs
 
 
 def word_token(victim: Victim, word: str) -> tuple[int, int]:

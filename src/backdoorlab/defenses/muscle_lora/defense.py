@@ -39,14 +39,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.records import Dataset
-from ..errors import BackdoorLabError
-from ..models.architecture import base_model
-from ..models.victim import Victim
-from ..training import training_collator, training_features
-from .base import DefenseOutcome, register_defense
-from .data import ClassifierDefense
-from .inputs import DefenderInputs
+from ...data.records import Dataset
+from ...errors import BackdoorLabError
+from ...models.architecture import base_model
+from ...models.victim import Victim
+from ...training import training_collator, training_features
+from ..base import DefenseOutcome, register_defense
+from ..shared.classifier import ClassifierDefense
+from ..inputs import DefenderInputs
 
 HEAD_PREFIXES = ("classifier.", "score.")
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data.records import Dataset
-from ..errors import BackdoorLabError
-from ..models.victim import Victim
+from ...data.records import Dataset
+from ...errors import BackdoorLabError
+from ...models.victim import Victim
 
 STATISTICS = ("variance", "difference")
 
@@ -37,7 +37,7 @@ def record_confidences(scout: Victim, data: Dataset, workdir: Path, *, epochs: f
     """Fine-tune ``scout`` on ``data`` for ``epochs`` and return c_i(t) as an array ``[records, rows]``."""
     from transformers import TrainerCallback
 
-    from ..training import TrainConfig, train
+    from ...training import TrainConfig, train
 
     if records < 2:
         raise BackdoorLabError(f"records must be at least 2 to measure a change in confidence, got {records}")

@@ -1,0 +1,5 @@
+"""Clean fine-tuning of the suspect model."""
+
+from .defense import CleanFineTune
+
+__all__ = ['CleanFineTune']
