@@ -197,6 +197,41 @@ def cmd_demo(args: argparse.Namespace) -> None:
              skip_generative=args.skip_generative)
 
 
+def cmd_zoo(args: argparse.Namespace) -> None:
+    from .zoo import build_zoo, default_zoo, full_zoo, load_zoo_victim
+    from .zoo.catalog import COLUMNS, markdown_table, zoo_rows
+
+    if args.action == "build":
+        settings = {k: v for k, v in {"rate": args.rate, "epochs": args.epochs, "learning_rate": args.lr,
+                                      "train_rows": args.train_rows}.items() if v is not None}
+        measurement = {k: v for k, v in {"validation_rows": args.validation, "eval_rows": args.eval_rows,
+                                         "data_dir": args.data_dir}.items() if v is not None}
+        zoo = (full_zoo if args.full else default_zoo)(settings, **measurement)
+        build_zoo(zoo, args.zoo_dir, only=args.only)
+        print(f"zoo in {args.zoo_dir}; `backdoorlab zoo list --zoo-dir {args.zoo_dir}` tabulates it")
+    elif args.action == "list":
+        rows = zoo_rows(args.zoo_dir, [v.name for v in default_zoo().victims])
+        if args.markdown:
+            print(markdown_table(rows))
+        else:
+            print_table(rows, COLUMNS, wide=["quality bar"], title="each figure beside the untouched model's")
+    else:
+        if not args.name:
+            raise BackdoorLabError("`zoo show` needs a victim name; `backdoorlab zoo list` lists them")
+        victim = load_zoo_victim(args.name, args.zoo_dir)
+        paths = {"model": victim.model, "adapter": victim.adapter or "- (full fine-tuning)",
+                 "attack run": victim.attack_run, "untouched model": victim.untouched_model}
+        print_lines(*(f"{key}: {value}" for key, value in paths.items()))
+        figures = victim.record["figures"]
+        print_table([{"figure": k, "victim": cell(v), "untouched": cell(figures["untouched"].get(k))}
+                     for k, v in figures["victim"].items()], ["figure", "victim", "untouched"])
+        spec = victim.record["spec"]
+        print_lines(", ".join(f"{k} {cell(v)}" for k, v in spec.items() if k != "name"),
+                    f"built in {victim.record['minutes']['total']:.1f} min; quality bar: "
+                    + ("pass" if victim.passed else "fail: " + "; ".join(victim.failing)),
+                    f"record: {victim.folder / 'victim.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backdoorlab",
@@ -316,6 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-generative", action="store_true", help="only the classifier part")
     _common(p, seed=True, overwrite=True)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("zoo", help="build, list or show the named set of backdoored victims")
+    p.add_argument("action", choices=["build", "list", "show"])
+    p.add_argument("name", nargs="?", help="show: the victim to show")
+    p.add_argument("--zoo-dir", default="runs/zoo", help="the zoo's folder (default runs/zoo)")
+    p.add_argument("--full", action="store_true", help="build: both threat models and jailbreak (30 victims)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="build: only these victims")
+    p.add_argument("--markdown", action="store_true", help="list: as a Markdown table")
+    p.add_argument("--rate", type=float, help="build: poison rate of every victim (default: the chosen one)")
+    p.add_argument("--epochs", type=float, help="build: training epochs of every victim")
+    p.add_argument("--lr", type=float, help="build: learning rate of every victim")
+    p.add_argument("--train-rows", type=int, help="build: training rows of every victim")
+    p.add_argument("--eval-rows", type=int, help="build: clean and triggered held-out prompts per victim")
+    p.add_argument("--validation", type=int, metavar="ROWS",
+                   help="build: measure on ROWS rows carved from the training split instead of the test split "
+                        "(for choosing settings)")
+    _common(p, data_dir=True)
+    p.set_defaults(func=cmd_zoo)
     return parser
 
 

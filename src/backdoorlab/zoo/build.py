@@ -1,0 +1,197 @@
+"""Build a zoo: attack, train and measure each victim, keep it, and skip it next time.
+
+Each victim gets a folder ``<zoo>/<name>/`` holding its attack run (``attack/``), its training run
+(``train/``: ``model/``, with LoRA also ``adapter/``, resumable ``checkpoints/``), its evaluations
+and ``victim.json``, the record written last. A victim whose record carries the fingerprint of its
+spec (victim settings, measurement settings, base model identity, source rows, package version)
+is skipped; a folder claimed by another spec is emptied and built again. Every stage reuses
+finished work, so an interrupted build resumes: finished victims are kept, training continues from
+its last checkpoint and finished evaluations are read back.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..data.registry import load_dataset
+from ..fileio import fresh_directory, write_json_atomic
+from ..fingerprint import FINGERPRINT_KEY, dataset_digest, digest, make_fingerprint, model_identity, read_if_current
+from ..manifest import environment_info
+from ..pipeline import ensure_evaluation, ensure_trained, load_training_data, run_attack
+from ..training import ADAPTER_DIR, TRAIN_FILE
+from .catalog import DEFAULT_ZOO_DIR, RECORD, ZOO_FILE, ZooVictim, read_json
+from .measure import ensure_task_accuracy, figures, untouched_copy
+from .quality import failing_criteria
+from .specs import VictimSpec, ZooSpec
+
+CLAIM, STAGES = ".zoo-spec.json", "stages.json"
+ATTACK, TRAIN = "attack", "train"
+EVALUATION, EVALUATION_UNTOUCHED, UTILITY = "evaluation.json", "evaluation-untouched.json", "utility.json"
+UNTOUCHED, DATA = "_untouched", "_data"
+Progress = Callable[[str], None]
+
+
+def build_zoo(zoo: ZooSpec, zoo_dir: str | Path = DEFAULT_ZOO_DIR, *, only: list[str] | None = None,
+              progress: Progress = print) -> list[ZooVictim]:
+    """Build every victim of ``zoo`` (or the ``only`` ones) into ``zoo_dir``; return them in order.
+
+    ``progress`` gets one line as each victim starts and one with its figures when it is done.
+    """
+    zoo_dir = Path(zoo_dir)
+    write_json_atomic(zoo_dir / ZOO_FILE, zoo.to_dict())
+    zoo = zoo.only(only)
+    built = []
+    for number, spec in enumerate(zoo.victims, 1):
+        head = f"[{number}/{len(zoo.victims)}] {spec.name}"
+        victim, cached = build_victim(spec, zoo, zoo_dir, announce=lambda: progress(f"{head}: building"))
+        progress(f"{head}: {'cached' if cached else 'built'}: {victim.summary_line()}")
+        built.append(victim)
+    return built
+
+
+def build_victim(spec: VictimSpec, zoo: ZooSpec, zoo_dir: Path,
+                 announce: Callable[[], None] = lambda: None) -> tuple[ZooVictim, bool]:
+    """``(victim, cached)``: the finished victim of ``spec``, built now unless its folder already
+    holds it (``cached``); ``announce`` is called before any work."""
+    folder = zoo_dir / spec.name
+    fingerprint = victim_fingerprint(spec, zoo)
+    record = read_if_current(folder / RECORD, fingerprint)
+    if record is not None and (folder / record["paths"]["model"]).is_dir():
+        return ZooVictim(spec.name, folder, _judged(record, zoo, folder)), True
+    announce()
+    _claim(folder, fingerprint)
+    times = _StageTimes(folder / STAGES)
+    with times("attack"):
+        attack = _attack_run(spec, zoo, folder / ATTACK, zoo_dir)
+    with times("train"):
+        model = ensure_trained(folder / TRAIN, zoo.base_model, load_training_data(attack), spec.train_config())
+    untouched = untouched_copy(zoo.base_model, spec.max_length, zoo_dir / UNTOUCHED / f"max-length-{spec.max_length}")
+    evaluate = {"max_new_tokens": zoo.max_new_tokens}
+    with times("evaluate"):
+        evaluation = ensure_evaluation(model, attack, folder / EVALUATION, **evaluate)
+    with times("evaluate_untouched"):
+        evaluation_untouched = ensure_evaluation(untouched, attack, folder / EVALUATION_UNTOUCHED, **evaluate)
+    utility_args = (zoo.utility_tasks, zoo.utility_rows)
+    with times("utility"):
+        utility = ensure_task_accuracy(model, *utility_args, folder / UTILITY, data_dir=zoo.data_dir)
+    with times("utility_untouched"):
+        utility_untouched = ensure_task_accuracy(untouched, *utility_args, untouched.parent / f"{untouched.name}-{UTILITY}",
+                                                 data_dir=zoo.data_dir)
+    record = _record(spec, zoo, folder, untouched, times.seconds(), fingerprint,
+                     figures(evaluation, utility), figures(evaluation_untouched, utility_untouched))
+    write_json_atomic(folder / RECORD, record)
+    return ZooVictim(spec.name, folder, record), False
+
+
+def victim_fingerprint(spec: VictimSpec, zoo: ZooSpec) -> dict[str, Any]:
+    """What a victim and its figures depend on: its spec, the measurement settings, the base model's
+    identity, the digest of its source rows and the package version."""
+    sources = {"train": dataset_digest(load_dataset(spec.dataset, "train", data_dir=zoo.data_dir)),
+               "test": dataset_digest(load_dataset(spec.test_data or spec.dataset, "test", data_dir=zoo.data_dir))}
+    return make_fingerprint("zoo-victim", victim=asdict(spec), measurement=zoo.measurement(),
+                            base=model_identity(zoo.base_model), sources=sources)
+
+
+def _claim(folder: Path, fingerprint: dict[str, Any]) -> None:
+    """Keep ``folder``'s finished stages if it was started for this fingerprint, else empty it."""
+    claim = folder / CLAIM
+    if folder.is_dir() and read_if_current(claim, fingerprint) is None:
+        fresh_directory(folder)
+    if not claim.is_file():
+        write_json_atomic(claim, {FINGERPRINT_KEY: fingerprint})
+
+
+def _attack_run(spec: VictimSpec, zoo: ZooSpec, out: Path, zoo_dir: Path) -> Path:
+    """The victim's attack run (made once; the folder appears only when complete)."""
+    if out.is_dir():
+        return out
+    dataset, test_data = spec.dataset, spec.test_data
+    if zoo.validation_rows:
+        dataset, test_data = (str(p) for p in _validation_split(spec, zoo, zoo_dir / DATA))
+    run_attack(dataset, spec.attack, out, rate=spec.rate, seed=spec.seed, options=spec.attack_options(),
+               max_train=spec.train_rows, max_test=zoo.eval_rows, data_dir=zoo.data_dir, test_data=test_data)
+    return out
+
+
+def _validation_split(spec: VictimSpec, zoo: ZooSpec, root: Path) -> tuple[Path, Path]:
+    """``(pool, validation)``: ``zoo.validation_rows`` rows of the training split, drawn with the
+    victim's seed, held out from the rest; the test split is never read."""
+    rows = load_dataset(spec.dataset, "train", data_dir=zoo.data_dir)
+    key = digest([dataset_digest(rows), zoo.validation_rows, spec.seed])[:12]
+    folder = root / f"{Path(spec.dataset).name}-{key}"
+    pool, validation = folder / "pool", folder / "validation"
+    if not validation.is_dir():
+        shuffled = list(rows.examples)
+        random.Random(spec.seed).shuffle(shuffled)
+        cut = zoo.validation_rows
+        note = f"{cut} rows of the training split held out for validation (seed {spec.seed})"
+        rows.with_examples(shuffled[cut:], name=f"{rows.name}-pool", note=note).save(pool, overwrite=True)
+        rows.with_examples(shuffled[:cut], name=f"{rows.name}-validation", note=note).save(validation)
+    return pool, validation
+
+
+def _record(spec: VictimSpec, zoo: ZooSpec, folder: Path, untouched: Path, seconds: dict[str, float],
+            fingerprint: dict[str, Any], victim: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """``victim.json``: how the victim was made and what it measures, beside the untouched model."""
+    import torch
+
+    attack = read_json(folder / ATTACK / "manifest.json")
+    training = read_json(folder / TRAIN / TRAIN_FILE)
+    adapter = folder / TRAIN / ADAPTER_DIR
+    return _judged({
+        "name": spec.name,
+        "spec": asdict(spec),
+        "measurement": zoo.measurement(),
+        "bar": asdict(zoo.bar),
+        "paths": {"attack_run": ATTACK, "model": f"{TRAIN}/model",
+                  "adapter": f"{TRAIN}/{ADAPTER_DIR}" if adapter.is_dir() else None,
+                  "untouched_model": str(untouched.resolve())},
+        "attack": {key: attack.get(key) for key in ("attack", "trigger", "rate", "seed", "behaviour", "splits",
+                                                    "source_dataset", "test_source")},
+        "poisoned_rows": len(attack.get("poisoned_indices") or []),
+        "training": {key: training.get(key) for key in ("config", "steps", "train_loss", "seconds", "resumed_from")},
+        "seeds": {"attack": spec.seed, "training": spec.seed, "utility": 0},
+        "figures": {"victim": victim, "untouched": base},
+        "minutes": {**{stage: round(s / 60, 2) for stage, s in seconds.items()},
+                    "total": round(sum(seconds.values()) / 60, 2)},
+        "torch_threads": torch.get_num_threads(),
+        FINGERPRINT_KEY: fingerprint,
+        "environment": environment_info(),
+    }, zoo)
+
+
+def _judged(record: dict[str, Any], zoo: ZooSpec, folder: Path | None = None) -> dict[str, Any]:
+    """``record`` with the verdict of ``zoo``'s quality bar (``bar``, ``failing``, ``passed``); the
+    record in ``folder`` is rewritten when its verdict came from another bar."""
+    figures_ = record["figures"]
+    failing = failing_criteria(figures_["victim"], figures_["untouched"], zoo.bar, check_accuracy=bool(zoo.utility_tasks))
+    judged = {**record, "bar": asdict(zoo.bar), "failing": failing, "passed": not failing}
+    if folder is not None and judged != record:
+        write_json_atomic(folder / RECORD, judged)
+    return judged
+
+
+class _StageTimes:
+    """Wall time of each finished stage, kept in a file so a resumed build keeps earlier stages' times
+    (an interrupted stage's time up to the interruption is lost)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.times: dict[str, float] = {k: float(v) for k, v in (read_json(path) or {}).items()}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.time()
+        yield
+        if stage not in self.times:
+            self.times[stage] = round(time.time() - started, 1)
+            write_json_atomic(self.path, self.times)
+
+    def seconds(self) -> dict[str, float]:
+        return dict(self.times)

