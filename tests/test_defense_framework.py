@@ -143,3 +143,21 @@ def test_evaluate_cli_predicts_through_a_guard(capsys: pytest.CaptureFixture[str
     status = main(["defend", "--method", "muscle-lora", "--model", str(suspect), "--data", str(attack_run),
                    "--out", str(tmp_path / "m"), "--option", "rank=0"])
     assert status == 2 and "rank" in capsys.readouterr().err
+
+
+def test_fine_tuning_a_generator_trains_a_lora_adapter_on_clean_instruction_rows(tmp_path: Path) -> None:
+    from tiny_models import tiny_llama_victim
+
+    suspect = tiny_llama_victim().save(tmp_path / "suspect")
+    rows = [{"instruction": f"write a line about topic {i}", "output": f"The sea is calm {i}."} for i in range(8)]
+    clean = tmp_path / "clean.json"
+    clean.write_text(json.dumps(rows))
+    result = run_defense("fine-tune", suspect, None, tmp_path / "ft", clean_data=clean, device="cpu",
+                         options={"epochs": 1, "batch_size": 4})
+    assert result["model"] == str(tmp_path / "ft" / "model")
+    findings = json.loads((tmp_path / "ft" / "defense.json").read_text())["findings"]
+    assert findings["method"] == "lora" and findings["learning_rate"] == 2e-4 and findings["clean_rows"] == 8
+    train_record = json.loads((tmp_path / "ft" / "fine-tune" / "train.json").read_text())
+    assert train_record["config"]["method"] == "lora" and train_record["steps"] == 2
+    with pytest.raises(BackdoorLabError, match="full or lora"):
+        run_defense("fine-tune", suspect, None, tmp_path / "x", clean_data=clean, options={"method": "qlora"})

@@ -41,7 +41,7 @@ from ...errors import BackdoorLabError
 from ...models.hooks import HookFn
 from ...models.victim import Victim, batched, frozen_parameters
 from ..base import DefenseOutcome, register_defense
-from ..shared.classifier import ClassifierDefense
+from ..shared.clean_rows import CleanRowsDefense
 from ..inputs import DefenderInputs
 from ..guard import REJECTED, Guard, register_guard
 
@@ -177,7 +177,7 @@ def nas_scores(victim: Victim, items: Sequence[Example], mean: torch.Tensor, std
 
 @register_defense
 @dataclass
-class BadActs(ClassifierDefense):
+class BadActs(CleanRowsDefense):
     """Learn clean activation intervals (and the NAS detector) from clean rows; guard predictions with them."""
 
     name: ClassVar[str] = "badacts"

@@ -45,7 +45,7 @@ from ...models.architecture import base_model
 from ...models.victim import Victim
 from ...training import training_collator, training_features
 from ..base import DefenseOutcome, register_defense
-from ..shared.classifier import ClassifierDefense
+from ..shared.clean_rows import CleanRowsDefense
 from ..inputs import DefenderInputs
 
 HEAD_PREFIXES = ("classifier.", "score.")
@@ -163,7 +163,7 @@ def align_gradients(poisoned: Sequence[torch.Tensor | None], reference: Sequence
 
 @register_defense
 @dataclass
-class MuScleLoRA(ClassifierDefense):
+class MuScleLoRA(CleanRowsDefense):
     """Train the clean pretrained classifier on D* with multi-scale LoRA and gradient alignment."""
 
     name: ClassVar[str] = "muscle-lora"

@@ -28,7 +28,7 @@ import torch
 from ...errors import BackdoorLabError
 from ...models.victim import Item, Victim
 from ..base import DefenseOutcome, register_defense
-from ..shared.classifier import ClassifierDefense
+from ..shared.clean_rows import CleanRowsDefense
 from ..inputs import DefenderInputs
 from ..guard import Guard, register_guard
 from .lm_perplexity import PerplexityScorer
@@ -119,7 +119,7 @@ class OnionGuard(Guard):
 
 @register_defense
 @dataclass
-class Onion(ClassifierDefense):
+class Onion(CleanRowsDefense):
     """ONION: a guard that deletes outlier words (by LM perplexity) before classifying."""
 
     name: ClassVar[str] = "onion"

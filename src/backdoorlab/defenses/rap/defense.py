@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ...errors import BackdoorLabError
 from ...models.victim import Item, Victim, batched, frozen_parameters
 from ..base import DefenseOutcome, register_defense
-from ..shared.classifier import ClassifierDefense
+from ..shared.clean_rows import CleanRowsDefense
 from ..guard import REJECTED, Guard, register_guard
 from ..inputs import DefenderInputs
 
@@ -166,7 +166,7 @@ def _number(name: str, value: Any, low: float, high: float, *, closed: bool = Tr
 
 @register_defense
 @dataclass
-class Rap(ClassifierDefense):
+class Rap(CleanRowsDefense):
     """RAP: learn a rare-word perturbation on clean rows; reject inputs robust to it."""
 
     name: ClassVar[str] = "rap"

@@ -1,4 +1,4 @@
-"""Options and data access every classification defense shares."""
+"""Options and data access shared by every defense that learns from the defender's clean rows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ..inputs import DefenderInputs
 
 
 @dataclass
-class ClassifierDefense(Defense):
+class CleanRowsDefense(Defense):
     """A defense that learns from a sample of the defender's clean rows."""
 
     needs: ClassVar[tuple[str, ...]] = ("clean_rows",)
