@@ -86,8 +86,13 @@ def run_defense(method: str, model: str | Path, attack_run: str | Path | None, o
     if not measure:
         return {"method": method, "model": record["defended_model"]}
     guard = out if record.get("guard") else None
-    after = ensure_evaluation(record["defended_model"], attack_run, out / AFTER_FILE, guard=guard,  # type: ignore[arg-type]
-                              **eval_options)
+    unchanged = record["defended_model"] == str(model) and guard is None and defense.stage != "training"
+    if unchanged and before is not None:  # the same model on the same rows: "after" is "before"
+        after = before
+        write_json_atomic(out / AFTER_FILE, {k: v for k, v in before.items() if k != "written_to"})
+    else:
+        after = ensure_evaluation(record["defended_model"], attack_run, out / AFTER_FILE,  # type: ignore[arg-type]
+                                  guard=guard, **eval_options)
     if before is not None and any(before["rows"][split] != after["rows"][split] for split in ("clean", "triggered")):
         raise BackdoorLabError("the 'before' and 'after' evaluations read different rows; evaluate the baseline "
                                f"with --max-rows {max_eval_rows} on the same attack run")
