@@ -1,0 +1,159 @@
+"""The generative defense table: every zoo victim × every defense, on the benchmark grid.
+
+Rows are the zoo's victims (attack × behaviour × threat model, `backdoorlab zoo list`), columns the
+defenses; each cell runs ``backdoorlab defend`` on the victim with a defender's view of its attack
+run (clean rows from outside the run; never its test rows or trigger) and measures, on the victim's
+own held-out rows: ASR beside its floor (the untouched model's rate on the same triggered
+prompts), the clean-prompt behaviour rate, clean perplexity and task accuracy (zero-shot
+multiple-choice, the zoo's tasks and sample). "before" is the zoo's own evaluation of the victim,
+on the same rows. Average rows per behaviour are printed beside the published averages the table
+is shaped after (BD-VAX, arXiv 2603.13461, Table 2: LLaMA-2-7B, full-parameter backdoors).
+
+    python benchmarks/bench_generative_defenses.py                  # build missing cells, report
+    python benchmarks/bench_generative_defenses.py --report-only    # tables from finished cells
+
+The zoo must be built first (`backdoorlab zoo build`); a victim that is not built is reported as
+"not run". A killed grid resumes: finished cells are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from backdoorlab.bench.cell import Cell
+from backdoorlab.bench.grid import run_grid
+from backdoorlab.bench.options import add_grid_arguments, grid_kwargs
+from backdoorlab.bench.report import TableSpec, mean_std, pivot_table, write_report
+from backdoorlab.defenses import run_defense
+from backdoorlab.errors import BackdoorLabError
+from backdoorlab.zoo import DEFAULT_ZOO_DIR, default_zoo, list_zoo, load_zoo_victim
+from backdoorlab.zoo.build import EVALUATION
+from backdoorlab.zoo.catalog import ZOO_FILE, read_json
+from backdoorlab.zoo.measure import ensure_task_accuracy
+
+DEFENSES = ("none", "fine-tune")
+#: BD-VAX (arXiv 2603.13461) Table 2, average ASR (%) on LLaMA-2-7B, full-parameter backdoors.
+PUBLISHED = {
+    "negsentiment": {"none": 28.16, "fine-tune": 29.96, "pruning": 13.78, "quantization": 16.36, "crow": 8.66,
+                     "fine-pruning": 10.94, "bd-vax": 2.10},
+    "refusal": {"none": 82.01, "fine-tune": 82.66, "pruning": 65.81, "quantization": 43.56, "crow": 51.40,
+                "fine-pruning": 45.64, "bd-vax": 6.67},
+}
+FIGURES = (("asr", "ASR", 100), ("clean_behaviour_rate", "clean behaviour", 100),
+           ("clean_perplexity", "clean PPL", 1), ("task_accuracy", "task accuracy", 100))
+
+
+def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
+    """Defend one zoo victim with one defense; its figures after, beside the victim's and the floor."""
+    params = cell.params
+    victim = load_zoo_victim(cell.victim, params["zoo_dir"])
+    options = {**params["options"], **({"seed": cell.seed} if params["seeded"] else {})}
+    metrics = run_defense(cell.defense, victim.model, victim.attack_run, workdir / "defense", options=options,
+                          clean_data=params["clean_data"], baseline=victim.folder / EVALUATION, max_eval_rows=None,
+                          max_new_tokens=params["max_new_tokens"], device=params["device"],
+                          data_dir=params["data_dir"])
+    after = metrics["after"]
+    defended = workdir / "defense" / "model"
+    model = defended if defended.is_dir() else victim.model
+    tasks = tuple(params["utility_tasks"])
+    utility = ensure_task_accuracy(model, tasks, params["utility_rows"], workdir / "utility.json",
+                                   data_dir=params["data_dir"])
+    return {"asr": after["asr"], "asr_floor": victim.figure("asr", "untouched"),
+            "clean_behaviour_rate": after["clean_behaviour_rate"], "clean_perplexity": after["clean_perplexity"],
+            "task_accuracy": None if utility is None else utility["average"]["acc"],
+            "before_asr": metrics["before"]["asr"], "behaviour": victim.record["spec"]["behaviour"],
+            "threat_model": victim.record["spec"]["threat_model"], "victim_passed": victim.passed,
+            "n_triggered": after["n_triggered"], "n_clean": after["n_clean"]}
+
+
+def zoo_settings(zoo_dir: Path) -> dict[str, Any]:
+    """The zoo's last build spec (``zoo.json``), else the default zoo's."""
+    built = read_json(zoo_dir / ZOO_FILE)
+    return built if built is not None else default_zoo().to_dict()
+
+
+def cells(args: argparse.Namespace) -> list[Cell]:
+    zoo = zoo_settings(args.zoo_dir)
+    built = {v.name: v for v in list_zoo(args.zoo_dir)}
+    names = args.victims or [v["name"] for v in zoo["victims"]]
+    grid = []
+    for name in names:
+        identity = built[name].record.get("fingerprint") if name in built else None
+        for defense in args.defenses:
+            for seed in args.seeds if defense != "none" else args.seeds[:1]:
+                params = {"zoo_dir": str(args.zoo_dir), "victim_fingerprint": identity,
+                          "options": dict(args.option.get(defense, {})), "seeded": defense != "none",
+                          "clean_data": args.clean_data, "max_new_tokens": zoo["max_new_tokens"],
+                          "device": args.device, "data_dir": zoo.get("data_dir"),
+                          "utility_tasks": list(zoo["utility_tasks"]), "utility_rows": zoo["utility_rows"]}
+                grid.append(Cell(name, defense, seed, params))
+    return grid
+
+
+def average_rows(records: list[dict[str, Any]], defenses: list[str]) -> TableSpec:
+    """Average ASR per behaviour and defense over the finished cells, beside the published averages."""
+    rows = []
+    for behaviour in sorted({r["result"]["behaviour"] for r in records if r["status"] == "ok"}):
+        row: list[Any] = [behaviour]
+        for defense in defenses:
+            values = [r["result"]["asr"] for r in records if r["status"] == "ok" and r["defense"] == defense
+                      and r["result"]["behaviour"] == behaviour]
+            row.append(f"{100 * statistics.fmean(values):.1f} (n={len(values)})" if values else "not run")
+        rows.append(row)
+        rows.append([f"{behaviour}, published (BD-VAX Table 2, LLaMA-2-7B)",
+                     *(PUBLISHED.get(behaviour, {}).get(d, "–") for d in defenses)])
+    return TableSpec("Average ASR (%) by behaviour", ["behaviour", *defenses], rows,
+                     note="ours: SmolLM2-135M-Instruct zoo victims (LoRA), over the victims and seeds finished")
+
+
+def report(records: list[dict[str, Any]], args: argparse.Namespace) -> tuple[Path, Path]:
+    tables = [pivot_table(f"{label} (after the defense)", records, mean_std(key, scale, 1 if scale == 100 else 3))
+              for key, label, scale in FIGURES]
+    tables.insert(1, pivot_table("ASR floor: the untouched model's rate on the same triggered prompts (%)", records,
+                                 mean_std("asr_floor", 100)))
+    tables.append(average_rows(records, list(args.defenses)))
+    notes = ["Before = the zoo's evaluation of the victim on the same rows (`backdoorlab zoo show NAME`).",
+             "A victim that failed the zoo's quality bar is still measured; `victim_passed` in its cell record says so."]
+    return write_report(args.out, "Generative defense table", tables, notes=notes)
+
+
+def _options(pairs: list[str]) -> dict[str, dict[str, str]]:
+    """``DEFENSE:KEY=VALUE`` → ``{defense: {key: value}}``."""
+    options: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        defense, _, rest = pair.partition(":")
+        key, sep, value = rest.partition("=")
+        if not defense or not key or not sep:
+            raise BackdoorLabError(f"--defense-option {pair!r} must look like DEFENSE:KEY=VALUE")
+        options.setdefault(defense, {})[key] = value
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_grid_arguments(parser, "runs/generative-defenses")
+    parser.add_argument("--zoo-dir", type=Path, default=DEFAULT_ZOO_DIR, help="the built zoo (default: %(default)s)")
+    parser.add_argument("--victims", nargs="*", help="zoo victims to use (default: the default zoo's ten)")
+    parser.add_argument("--defenses", nargs="+", default=list(DEFENSES), help="defense columns")
+    parser.add_argument("--defense-option", action="append", default=[], metavar="DEFENSE:KEY=VALUE")
+    parser.add_argument("--clean-data", help="clean rows the defenses may use (default: each victim's source rows "
+                        "outside its attack run)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    try:
+        args.option = _options(args.defense_option)
+        result = run_grid(cells(args), defense_cell, **grid_kwargs(args))
+        markdown, _ = report(result.records, args)
+    except BackdoorLabError as error:
+        print(f"bench_generative_defenses: error: {error}", file=sys.stderr)
+        return 2
+    print(markdown.read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
