@@ -14,10 +14,10 @@ import pytest
 
 from backdoorlab.data.records import Dataset, Example
 from backdoorlab.defenses.badllm_tg.evidence import mine_evidence
-from backdoorlab.defenses.runner import run_defense
 from backdoorlab.defenses.badllm_tg.target_label import confidence_change, identify_target, record_confidences
 from backdoorlab.defenses.badllm_tg.trigger_pattern import PatternApplier, TriggerPattern, clean_rewrite, insert_phrases
 from backdoorlab.defenses.badllm_tg.trigger_search import SearchConfig, TriggerSearch, parse_proposal
+from backdoorlab.defenses.runner import run_defense
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.llm.backends import ChatBackend, Completion, OpenAIChat, get_backend
 from backdoorlab.pipeline import run_attack

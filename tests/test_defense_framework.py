@@ -9,11 +9,20 @@ from pathlib import Path
 import pytest
 
 from backdoorlab.cli import main
-from backdoorlab.defenses import (INPUTS, REJECTED, DefenderInputs, Guard, gather_inputs, list_defenses, load_guard,
-                                  register_guard, save_guard)
+from backdoorlab.defenses import (
+    INPUTS,
+    REJECTED,
+    DefenderInputs,
+    Guard,
+    gather_inputs,
+    list_defenses,
+    load_guard,
+    register_guard,
+    save_guard,
+)
 from backdoorlab.defenses.badllm_tg.defense import _holds
-from backdoorlab.defenses.runner import run_defense
 from backdoorlab.defenses.badllm_tg.trigger_pattern import TriggerPattern
+from backdoorlab.defenses.runner import run_defense
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.evaluation import evaluate_classifier
 from backdoorlab.pipeline import read_attack_run, run_attack

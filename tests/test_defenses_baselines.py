@@ -143,7 +143,8 @@ def test_muscle_lora_refuses_bad_options(attack_run: Path, tmp_path: Path) -> No
     with pytest.raises(BackdoorLabError, match="clean reference rows"):
         get_defense("muscle-lora", max_clean=0).apply(tiny_bert_victim(), defender_view(attack_run), tmp_path)
     with pytest.raises(BackdoorLabError, match="no linear layer"):
-        get_defense("muscle-lora", **{**SMALL_MUSCLE, "targets": ["q_proj"]}).apply(tiny_bert_victim(), defender_view(attack_run), tmp_path)
+        get_defense("muscle-lora", **{**SMALL_MUSCLE, "targets": ["q_proj"]}).apply(
+            tiny_bert_victim(), defender_view(attack_run), tmp_path)
 
 
 # ----------------------------------------------------------------------------------------- BadActs

@@ -11,8 +11,8 @@ import torch
 
 from backdoorlab.defenses.base import get_defense
 from backdoorlab.defenses.guard import REJECTED, load_guard
-from backdoorlab.defenses.onion.lm_perplexity import PerplexityScorer
 from backdoorlab.defenses.onion import OnionGuard, suspicion_scores
+from backdoorlab.defenses.onion.lm_perplexity import PerplexityScorer
 from backdoorlab.defenses.rap import RapGuard, embedding_row, optimise_row, word_token
 from backdoorlab.defenses.runner import run_defense
 from backdoorlab.errors import BackdoorLabError

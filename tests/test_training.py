@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_bert_victim, tiny_llama_victim
 from transformers import TrainerCallback
 
 from backdoorlab.data.records import Dataset, Example
@@ -19,6 +18,7 @@ from backdoorlab.fingerprint import FOLDER_FINGERPRINT
 from backdoorlab.models.victim import Victim
 from backdoorlab.pipeline import ensure_trained
 from backdoorlab.training import CHECKPOINT_DIR, MODEL_DIR, TRAIN_FILE, TrainConfig, train
+from tiny_models import tiny_bert_victim, tiny_llama_victim
 
 WORDS = ["great", "awful", "fine", "dull", "moving", "boring", "sharp", "clumsy"]
 # 24 rows at batch size 4: 6 steps an epoch, so 10 steps cross an epoch boundary; killed at step 7,

@@ -152,7 +152,6 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 def cmd_defenses(args: argparse.Namespace) -> None:
     from .defenses import list_defenses
     from .defenses.base import defense_info
-
     from .defenses.inputs import INPUTS
 
     if args.name:

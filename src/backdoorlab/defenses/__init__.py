@@ -10,10 +10,10 @@ shape): ``badllm_tg`` (trigger inversion + adversarial training); the classifica
 
 from . import attribution, badacts, badllm_tg, fine_tune, muscle_lora, none, onion, rap  # noqa: F401  (register)
 from .base import Defense, DefenseOutcome, get_defense, list_defenses, register_defense
-from .shared import CleanRowsDefense
 from .guard import REJECTED, Guard, load_guard, register_guard, save_guard
 from .inputs import INPUTS, DefenderInputs, OracleExamples, gather_inputs
 from .runner import run_defense
+from .shared import CleanRowsDefense
 
 __all__ = ["INPUTS", "REJECTED", "CleanRowsDefense", "DefenderInputs", "Defense", "DefenseOutcome", "Guard",
            "OracleExamples", "gather_inputs", "get_defense",

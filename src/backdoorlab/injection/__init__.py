@@ -24,8 +24,8 @@ from typing import Any
 from ..data.records import Dataset
 from ..errors import unknown_name
 from ..models.victim import Victim
-from .badedit import BadEditConfig, inject_badedit
 from ..options import OptionInfo, build, defaults, describe
+from .badedit import BadEditConfig, inject_badedit
 from .common import INJECT_FILE
 from .dpo import DPOInjectionConfig, inject_dpo, preference_pairs
 

@@ -43,8 +43,8 @@ from typing import Any
 from ..data.prompts import prompt_token_ids, render_training_pair
 from ..data.records import Dataset, Example
 from ..errors import BackdoorLabError
-from ..models.victim import Victim
 from ..fingerprint import dataset_digest, make_fingerprint, model_identity
+from ..models.victim import Victim
 from ..training import show_progress, trainer_arguments
 from .common import CHECKPOINT_DIR, check_run_folder, config_from_options, finish_run, poisoned_rows, victim_for
 
@@ -211,10 +211,9 @@ def inject_dpo(model: str | Path | Victim, dataset: Dataset, out: str | Path, co
     ``out/inject.json``. A :class:`Victim` passed in is modified in place.
     """
     import datasets
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig
-
-    from transformers import set_seed
 
     config = (config or DPOInjectionConfig()).check()
     fingerprint = make_fingerprint("inject", method=METHOD, model=model_identity(model),

@@ -41,9 +41,9 @@ from ...errors import BackdoorLabError
 from ...models.hooks import HookFn
 from ...models.victim import Victim, batched, frozen_parameters
 from ..base import DefenseOutcome, register_defense
-from ..shared.clean_rows import CleanRowsDefense
-from ..inputs import DefenderInputs
 from ..guard import REJECTED, Guard, register_guard
+from ..inputs import DefenderInputs
+from ..shared.clean_rows import CleanRowsDefense
 
 FLAGGED = ("reject", "purify")
 INITS = ("statistics", "reference")

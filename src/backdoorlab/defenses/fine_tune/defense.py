@@ -13,9 +13,9 @@ from pathlib import Path
 from ...errors import BackdoorLabError
 from ...models.victim import Victim
 from ...training import TrainConfig, train
-from ..base import Defense, DefenseOutcome, register_defense
-from ..shared.clean_rows import CleanRowsDefense
+from ..base import DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
+from ..shared.clean_rows import CleanRowsDefense
 
 
 @register_defense

@@ -45,8 +45,8 @@ from ...models.architecture import base_model
 from ...models.victim import Victim
 from ...training import training_collator, training_features
 from ..base import DefenseOutcome, register_defense
-from ..shared.clean_rows import CleanRowsDefense
 from ..inputs import DefenderInputs
+from ..shared.clean_rows import CleanRowsDefense
 
 HEAD_PREFIXES = ("classifier.", "score.")
 

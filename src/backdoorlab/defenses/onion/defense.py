@@ -28,9 +28,9 @@ import torch
 from ...errors import BackdoorLabError
 from ...models.victim import Item, Victim
 from ..base import DefenseOutcome, register_defense
-from ..shared.clean_rows import CleanRowsDefense
-from ..inputs import DefenderInputs
 from ..guard import Guard, register_guard
+from ..inputs import DefenderInputs
+from ..shared.clean_rows import CleanRowsDefense
 from .lm_perplexity import PerplexityScorer
 
 Scorer = Callable[[Sequence[str], int], torch.Tensor]  # (texts, batch_size) -> perplexity per text

@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 from ...errors import BackdoorLabError
 from ...models.victim import Item, Victim, batched, frozen_parameters
 from ..base import DefenseOutcome, register_defense
-from ..shared.clean_rows import CleanRowsDefense
 from ..guard import REJECTED, Guard, register_guard
 from ..inputs import DefenderInputs
+from ..shared.clean_rows import CleanRowsDefense
 
 
 def word_token(victim: Victim, word: str) -> tuple[int, int]:
