@@ -6,6 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .cell import DEFAULT_KIND, Resources
+
+GPU_KIND = "gpu"
+#: What the cells of the kinds below reserve (the grid's ``cpu`` kind reserves one core).
+KIND_RESOURCES = {GPU_KIND: Resources(num_cpus=1, num_gpus=1)}
+
 
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` → ``[0, 1, 2]`` (distinct integers, order kept)."""
@@ -35,3 +41,21 @@ def add_grid_arguments(parser: argparse.ArgumentParser, default_out: str | Path)
 def grid_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of :func:`~backdoorlab.bench.grid.run_grid` given by the shared options."""
     return {"out": args.out, "serial": args.serial, "ray_address": args.ray_address, "report_only": args.report_only}
+
+
+def model_argument(text: str) -> str:
+    """A ``--model``-style value: an existing folder becomes absolute (Ray workers may run elsewhere);
+    any other text (a packaged name) is kept."""
+    path = Path(text).expanduser()
+    return str(path.resolve()) if path.exists() else text
+
+
+def device_kind(device: str) -> str:
+    """The cell kind for ``--device``: ``gpu`` for CUDA (``auto`` when this machine has one), else ``cpu``.
+
+    A Ray task that reserves no GPU sees none, so a cell meant to run on one must be of this kind."""
+    if device == "auto":
+        import torch
+
+        return GPU_KIND if torch.cuda.is_available() else DEFAULT_KIND
+    return GPU_KIND if device.startswith("cuda") else DEFAULT_KIND
