@@ -7,8 +7,17 @@ BadLLM-TG}, poison rate 20%, target label 1, victim ``minilm-l6`` (any BERT-like
 ``--model``). Each cell reports CACC and ASR on the attack run's clean and triggered test rows; the
 last row averages over cells. The sweep repeats one dataset × attack at several poison rates.
 
+The work is two grids of cells (:mod:`backdoorlab.bench`), run as Ray tasks (``--serial``: in this
+process; ``--ray-address``: on a cluster): first one victim cell per dataset × attack × rate × seed
+(the attack run and the victim trained on it, under ``<out>/victims/work/<cell id>/``), then one
+cell per victim and defense (under ``<out>/work/<cell id>/``), which measures the undefended victim
+and the defended model on the same rows. Records are ``cells/<cell id>.json`` in both folders; a
+rerun skips finished cells and every stage reuses finished outputs, so an interrupted run resumes.
+The tables (and the sweep's plot) go to ``report.md`` / ``report.html`` under ``--out``;
+``--report-only`` rewrites them from the finished cells and marks the others "not run".
+
 Sizes are arguments; the defaults fit 2 CPU cores (see docs/benchmarks.md for the figures and the
-time they took). Every stage reuses finished outputs under ``--out``, so an interrupted run resumes.
+time they took).
 
     python benchmarks/bench_badllm_tg.py --out runs/tg
     python benchmarks/bench_badllm_tg.py --out runs/tg --sweep-only
@@ -18,18 +27,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from backdoorlab.bench import (
+    ERROR,
+    OK,
+    Cell,
+    CellStore,
+    TableSpec,
+    add_grid_arguments,
+    cell_table,
+    grid_kwargs,
+    pivot_table,
+    run_grid,
+    write_report,
+)
+from backdoorlab.bench.options import KIND_RESOURCES, device_kind, model_argument
 from backdoorlab.data import Dataset
 from backdoorlab.defenses import get_defense, run_defense
 from backdoorlab.errors import BackdoorLabError
-from backdoorlab.fileio import write_json_atomic, write_text_atomic
 from backdoorlab.pipeline import ensure_evaluated, ensure_trained, run_attack
-from backdoorlab.report import format_table
-from backdoorlab.training import TrainConfig
+from backdoorlab.training import MODEL_DIR, TrainConfig
 
 DATASETS = ("sst2", "hsol", "agnews")
 ATTACKS = {"badnets": "Wordbkd", "addsent": "Sentbkd", "stylebkd": "Stylebkd", "synbkd": "Synbkd"}
@@ -45,6 +68,8 @@ CPU_BUDGET = {"muscle-lora": {"epochs": 3}, "badacts": {"bound_epochs": 5}, "oni
               "badllm-tg": {"iterations": 6}}
 #: Test rows per split for the slowest defenses (ONION scores every leave-one-out variant with an LM).
 EVAL_ROWS = {"onion": 50}
+#: The victim cells' defense name, and the folder of their grid under ``--out``.
+VICTIM, VICTIMS = "victim", "victims"
 
 
 def parse_overrides(values: list[str]) -> dict[str, dict[str, Any]]:
@@ -70,67 +95,88 @@ def defense_setup(label: str, overrides: dict[str, dict[str, Any]]) -> tuple[str
     return method, options, get_defense(method, **options).stage
 
 
-def victim_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, learning_rate=args.lr, batch_size=16, seed=args.seed, device=args.device,
-                       save_steps=10**9)
+def victim_name(dataset: str, attack: str, rate: float) -> str:
+    return f"{dataset}-{attack}-{round(rate * 100)}"
 
 
-def run_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float, labels: list[str],
-             overrides: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One dataset × attack × rate: attack, train the victim, apply every defense; one row per defense.
+def victim_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float, seed: int) -> Cell:
+    """Attack ``dataset`` with ``attack`` at ``rate`` and train the victim on it."""
+    params = {"dataset": dataset, "attack": attack, "rate": rate, "target": args.target, "train": args.train,
+              "test": args.test, "model": args.model, "epochs": args.epochs, "lr": args.lr, "device": args.device}
+    return Cell(victim_name(dataset, attack, rate), VICTIM, seed, params, kind=device_kind(args.device))
 
-    With ``--report-only`` nothing is computed: finished results are read, and missing ones are
-    marked "not run"."""
-    cell = args.out / f"{dataset}-{attack}-{round(rate * 100)}"
-    attack_run = cell / "attack"
-    if args.report_only:
-        return [_finished(cell, dataset, attack, rate, label) for label in labels]
+
+def defense_cell(args: argparse.Namespace, victim: Cell, label: str, overrides: dict[str, dict[str, Any]]) -> Cell:
+    """Defense ``label`` applied to a victim cell's model; the victim's folder and settings are its params."""
+    method, options, stage = defense_setup(label, overrides)
+    params = {**victim.params, "victim_dir": str(CellStore(args.out / VICTIMS).workdir(victim)), "method": method,
+              "options": options, "stage": stage, "eval_rows": min(args.test, EVAL_ROWS.get(label, args.test))}
+    return Cell(victim.victim, label, victim.seed, params, kind=victim.kind)
+
+
+def train_victim(cell: Cell, folder: Path) -> dict[str, Any]:
+    """A victim cell: the attack run (``folder/attack``) and the victim trained on it (``folder/victim``)."""
+    p = cell.params
+    attack_run = folder / "attack"
     if not (attack_run / "manifest.json").is_file():
-        run_attack(dataset, attack, attack_run, rate=rate, target=args.target, seed=args.seed,
-                   max_train=args.train, max_test=args.test)
-    victim = ensure_trained(cell / "victim", args.model, Dataset.load(attack_run / "train"), victim_config(args))
-    rows = []
-    for label in labels:
-        method, options, stage = defense_setup(label, overrides)
-        model = args.model if stage == "training" else victim
-        started = time.time()
-        row: dict[str, Any] = {"dataset": dataset, "attack": ATTACKS[attack], "rate": rate, "defense": label}
-        eval_rows = min(args.test, EVAL_ROWS.get(label, args.test))  # before and after on the same rows
-        baseline = cell / "victim" / ("results.json" if eval_rows == args.test else f"results-{eval_rows}-rows.json")
-        ensure_evaluated(victim, attack_run, baseline, device=args.device, max_rows=eval_rows)
-        try:
-            # RAP's threat model: the defender names the label to protect (the only method given the target)
-            run_defense(method, model, attack_run, cell / label, options=options, baseline=baseline,
-                        target_label=args.target, max_eval_rows=eval_rows, device=args.device)
-        except BackdoorLabError as error:
-            print(f"[{cell.name}] {label} failed: {error}", file=sys.stderr)
-            rows.append({**row, "error": str(error)})
-            continue
-        row = _finished(cell, dataset, attack, rate, label)
-        print(f"[{cell.name}] {label}: CACC {100 * row['CACC']:.1f} ASR {100 * row['ASR']:.1f} "
-              f"({time.time() - started:.0f} s)", flush=True)
-        rows.append(row)
-    return rows
+        run_attack(p["dataset"], p["attack"], attack_run, rate=p["rate"], target=p["target"], seed=cell.seed,
+                   max_train=p["train"], max_test=p["test"])
+    config = TrainConfig(epochs=p["epochs"], learning_rate=p["lr"], batch_size=16, seed=cell.seed, device=p["device"],
+                         save_steps=10**9)
+    victim = ensure_trained(folder / "victim", p["model"], Dataset.load(attack_run / "train"), config)
+    return {"attack_run": str(attack_run), "model": str(victim)}
 
 
-def _finished(cell: Path, dataset: str, attack: str, rate: float, label: str) -> dict[str, Any]:
-    """The result row of a finished defense run (``"not run"`` when it has none)."""
-    row: dict[str, Any] = {"dataset": dataset, "attack": ATTACKS[attack], "rate": rate, "defense": label}
-    metrics_file, defense_file = cell / label / "metrics.json", cell / label / "defense.json"
-    if not metrics_file.is_file():
-        return {**row, "error": "not run"}
-    after = json.loads(metrics_file.read_text(encoding="utf-8"))["after"]
-    record = json.loads(defense_file.read_text(encoding="utf-8"))
+def apply_defense(cell: Cell, folder: Path) -> dict[str, Any]:
+    """A defense cell: the undefended victim evaluated on the rows the defense is measured on
+    (``folder/baseline.json``), then the defense (``folder/defense``); its table row."""
+    p = cell.params
+    attack_run, victim = Path(p["victim_dir"]) / "attack", Path(p["victim_dir"]) / "victim" / MODEL_DIR
+    if not victim.is_dir():
+        raise BackdoorLabError(f"no trained victim in {victim}: the victim cell {cell.victim} (seed {cell.seed}) "
+                               "did not finish")
+    model = p["model"] if p["stage"] == "training" else str(victim)
+    started = time.time()
+    baseline = folder / "baseline.json"
+    ensure_evaluated(victim, attack_run, baseline, device=p["device"], max_rows=p["eval_rows"])
+    # RAP's threat model: the defender names the label to protect (the only method given the target)
+    run_defense(p["method"], model, attack_run, folder / "defense", options=p["options"], baseline=baseline,
+                target_label=p["target"], max_eval_rows=p["eval_rows"], device=p["device"])
+    row = defense_row(cell, folder / "defense", attack_run)
+    print(f"[{cell.victim}] {cell.defense}: CACC {100 * row['CACC']:.1f} ASR {100 * row['ASR']:.1f} "
+          f"({time.time() - started:.0f} s)", flush=True)
+    return row
+
+
+def row_key(cell: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns naming a defense cell (from a :class:`Cell`'s fields or a cell record)."""
+    params = cell["params"]
+    return {"dataset": params["dataset"], "attack": ATTACKS[params["attack"]], "rate": params["rate"],
+            "defense": cell["defense"], "seed": cell["seed"]}
+
+
+def defense_row(cell: Cell, defense_dir: Path, attack_run: Path) -> dict[str, Any]:
+    """The result row of a finished defense run."""
+    row = row_key(cell.identity())
+    after = json.loads((defense_dir / "metrics.json").read_text(encoding="utf-8"))["after"]
+    record = json.loads((defense_dir / "defense.json").read_text(encoding="utf-8"))
     row.update(CACC=after["cacc"], ASR=after["asr"], n_clean=after["n_clean"],
                n_asr=after["n_asr_rows"], seconds=record.get("seconds"))
     identified = (record["findings"].get("target_identification") or {}).get("target")
     if identified is not None:
         row["identified_target"] = identified
-        row["true_target"] = json.loads((cell / "attack" / "manifest.json").read_text())["target"]["index"]
+        row["true_target"] = json.loads((attack_run / "manifest.json").read_text())["target"]["index"]
         row["trigger"] = " | ".join(record["findings"].get("adversarial_patterns") or
                                     [record["findings"]["trigger"]["description"]])
-        row.update(_generator_share(cell / label / "iterations.json"))
+        row.update(_generator_share(defense_dir / "iterations.json"))
     return row
+
+
+def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A defense cell record's row: its result, or its key with the error or status (e.g. ``not run``)."""
+    if record["status"] == OK:
+        return dict(record["result"])
+    return {**row_key(record), "error": record["error"] if record["status"] == ERROR else record["status"]}
 
 
 def _generator_share(log_file: Path) -> dict[str, int]:
@@ -180,7 +226,8 @@ def sweep_plot(rows: list[dict[str, Any]], path: Path) -> None:
         axis.set_xlabel("poison rate (%)")
         axis.set_ylabel(name)
         axis.grid(alpha=0.3)
-    axes[0].legend()
+    if axes[0].lines:
+        axes[0].legend()
     figure.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     figure.savefig(tmp, dpi=120)
@@ -188,10 +235,38 @@ def sweep_plot(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
+Setting = tuple[str, str, float]  # dataset, attack, poison rate
+
+
+def grid_cells(args: argparse.Namespace, settings: list[Setting], labels: list[str],
+               overrides: dict[str, dict[str, Any]]) -> tuple[list[Cell], list[Cell]]:
+    """The victim cells of ``settings`` × seeds, and their defense cells × ``labels``."""
+    victims = [victim_cell(args, *setting, seed) for setting in settings for seed in args.seeds]
+    return victims, [defense_cell(args, victim, label, overrides) for victim in victims for label in labels]
+
+
+def unique(cells: list[Cell]) -> list[Cell]:
+    """Cells in order, each id once (Table 1's cell can also be a point of the sweep)."""
+    return list({cell.id: cell for cell in cells}.values())
+
+
+def cacc_asr(results: list[dict[str, Any]]) -> str:
+    """A pivot entry: mean CACC / mean ASR over seeds, in percent."""
+    return (f"{100 * statistics.fmean(r['CACC'] for r in results):.1f} / "
+            f"{100 * statistics.fmean(r['ASR'] for r in results):.1f}")
+
+
+def rows_table(title: str, rows: list[dict[str, Any]], columns: list[str], seeds: list[int]) -> TableSpec:
+    if len(seeds) > 1:
+        columns = [*columns[:columns.index("defense")], "seed", *columns[columns.index("defense"):]]
+    return TableSpec(title, columns, [[row.get(c) for c in columns] for row in rows])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-badllm-tg"))
-    parser.add_argument("--model", default="minilm-l6", help="victim: a packaged name or a BERT-like model folder")
+    add_grid_arguments(parser, "runs/bench-badllm-tg")
+    parser.add_argument("--model", type=model_argument, default="minilm-l6",
+                        help="victim: a packaged name or a BERT-like model folder")
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--defenses", default=",".join(DEFENSES),
@@ -207,44 +282,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-cell", default="sst2:badnets", help="DATASET:ATTACK of the poison-rate sweep")
     parser.add_argument("--sweep-defenses", default="none,badllm-tg")
     parser.add_argument("--sweep-only", action="store_true")
-    parser.add_argument("--report-only", action="store_true", help="tabulate finished results; compute nothing")
     parser.add_argument("--no-sweep", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     overrides = parse_overrides(args.defense_option)
     labels = [d for d in args.defenses.split(",") if d]
-    for label in labels + args.sweep_defenses.split(","):
+    sweep_labels = [d for d in args.sweep_defenses.split(",") if d]
+    for label in labels + sweep_labels:
         defense_setup(label, overrides)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    settings["cpu_budget_options"] = CPU_BUDGET
+    started = time.time()
+    table1: list[Setting] = [] if args.sweep_only else [
+        (dataset, attack, args.rate) for dataset in args.datasets.split(",") for attack in args.attacks.split(",")]
+    dataset, _, attack = args.sweep_cell.partition(":")
+    sweep: list[Setting] = [] if args.no_sweep else [(dataset, attack, float(r)) for r in args.sweep_rates.split(",")]
+    table1_victims, table1_cells = grid_cells(args, table1, labels, overrides)
+    sweep_victims, sweep_cells = grid_cells(args, sweep, sweep_labels, overrides)
 
-    if not args.sweep_only:
-        rows = []
-        for dataset in args.datasets.split(","):
-            for attack in args.attacks.split(","):
-                rows += run_cell(args, dataset, attack, args.rate, labels, overrides)
-                write_json_atomic(args.out / "table1.json", {"settings": settings, "rows": rows})
-        averages = average_rows(rows, labels)
-        identification = identification_summary(rows)
-        write_json_atomic(args.out / "table1.json", {"settings": settings, "rows": rows, "average": averages,
-                                                     "target_identification": identification})
-        columns = ["dataset", "attack", "defense", "CACC", "ASR", "n_clean", "n_asr", "seconds", "error"]
-        table = format_table(rows + averages, columns + ["paper ASR"], markdown=True)
-        write_text_atomic(args.out / "table1.md", table + "\n")
-        print(format_table(rows + averages, columns + ["paper ASR"]))
-        print(f"target-label identification: {identification}")
-    if not args.no_sweep:
-        dataset, _, attack = args.sweep_cell.partition(":")
-        sweep_labels = [d for d in args.sweep_defenses.split(",") if d]
-        sweep = []
-        for rate in (float(r) for r in args.sweep_rates.split(",")):
-            sweep += run_cell(args, dataset, attack, rate, sweep_labels, overrides)
-            write_json_atomic(args.out / "sweep.json", {"settings": settings, "rows": sweep})
-        sweep_plot(sweep, args.out / "sweep.png")
-        print(format_table(sweep, ["rate", "defense", "CACC", "ASR", "error"]))
-        print(f"target-label identification over the sweep: {identification_summary(sweep)}")
+    # the victims first: each one's six defense cells read its folder
+    victims = run_grid(unique(table1_victims + sweep_victims), train_victim,
+                       **{**grid_kwargs(args), "out": args.out / VICTIMS}, resources=KIND_RESOURCES)
+    defenses = run_grid(unique(table1_cells + sweep_cells), apply_defense, **grid_kwargs(args),
+                        resources=KIND_RESOURCES)
+    records = {record["id"]: record for record in defenses.records}
+    command = "python benchmarks/bench_badllm_tg.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    notes = [f"command: `{command.strip()}`", f"wall time: {time.time() - started:.0f} s",
+             f"CPU budget options: {json.dumps(CPU_BUDGET)}"]
+    tables, plots = [], []
+    if table1_cells:
+        chosen = [records[cell.id] for cell in table1_cells]
+        rows = [record_row(record) for record in chosen]
+        columns = ["dataset", "attack", "defense", "CACC", "ASR", "n_clean", "n_asr", "seconds", "error", "paper ASR"]
+        tables += [rows_table("Table 1", rows + average_rows(rows, labels), columns, args.seeds),
+                   pivot_table("Table 1 (CACC / ASR, %)", chosen, cacc_asr)]
+        notes.append(f"target-label identification: {identification_summary(rows)}")
+    if sweep_cells:
+        chosen = [records[cell.id] for cell in sweep_cells]
+        rows = [record_row(record) for record in chosen]
+        plots.append(args.out / "sweep.png")
+        args.out.mkdir(parents=True, exist_ok=True)
+        sweep_plot(rows, plots[-1])
+        tables += [rows_table(f"Poison-rate sweep ({args.sweep_cell})", rows, ["rate", "defense", "CACC", "ASR", "error"],
+                              args.seeds),
+                   pivot_table(f"Poison-rate sweep ({args.sweep_cell}; CACC / ASR, %)", chosen, cacc_asr)]
+        notes.append(f"target-label identification over the sweep: {identification_summary(rows)}")
+    tables += [cell_table(victims.records, title="Victim cells"), cell_table(defenses.records, title="Defense cells")]
+    report, _ = write_report(args.out, "BadLLM-TG benchmark", tables, plots, notes)
+    print(report.read_text(encoding="utf-8"))
     return 0
 
 
