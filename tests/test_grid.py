@@ -155,7 +155,7 @@ def test_changed_params_recompute_only_that_cell(tmp_path: Path) -> None:
     assert CellStore(tmp_path).lookup(changed[3])["status"] == STALE
     result = run_grid(changed, toy_cell, tmp_path, serial=True, progress=False)
     assert (result.computed, result.skipped) == (1, 3)
-    assert [calls(tmp_path, c) for c in cells] == [1, 1, 1, 2]
+    assert [calls(tmp_path, c) for c in cells] == [1, 1, 1, 1]  # the changed cell's work folder started empty
     assert stored(tmp_path, changed[3])["params"] == {"bonus": 7}
     assert result.records[3]["result"]["score"] == 17
 
@@ -300,7 +300,7 @@ def test_grid_on_local_ray_stores_errors_and_resumes(tmp_path: Path, local_ray) 
     resumed = run_grid(fixed, toy_cell, tmp_path, progress=False)
     assert (resumed.computed, resumed.skipped) == (3, 1)
     assert [r["status"] for r in resumed.records] == [OK] * 4
-    assert [calls(tmp_path, c) for c in cells] == [2, 1, 2, 2]
+    assert [calls(tmp_path, c) for c in cells] == [2, 1, 1, 1]  # the fixed cells (other params) started afresh
 
 
 def test_cells_asking_for_a_missing_gpu_fail_fast(tmp_path: Path, local_ray) -> None:  # type: ignore[no-untyped-def]
@@ -316,3 +316,15 @@ def test_ray_cells_use_as_many_threads_as_cores_they_reserve(tmp_path: Path, loc
     second = run_grid([Cell("w", "d", kind="two")], torch_threads_cell, tmp_path, resources=kinds, progress=False)
     assert first.records[0]["result"]["threads"] == 1
     assert second.records[0]["result"]["threads"] == 2  # also when Ray reuses the first task's worker
+
+
+def test_a_recomputed_cell_never_resumes_work_of_other_params(tmp_path: Path) -> None:
+    cell = Cell("v", "d", 0, {"bonus": 1})
+    store = CellStore(tmp_path)
+    run_grid([cell], toy_cell, tmp_path, serial=True, progress=False)
+    (store.workdir(cell) / "half-done.txt").write_text("work of bonus=1")
+    same = store.claim_workdir(cell)  # the same cell again (e.g. after an interruption): its work is kept
+    assert (same / "half-done.txt").is_file()
+    changed = Cell("v", "d", 0, {"bonus": 2})
+    run_grid([changed], toy_cell, tmp_path, serial=True, progress=False)
+    assert not (store.workdir(changed) / "half-done.txt").exists() and calls(tmp_path, changed) == 1

@@ -115,7 +115,7 @@ def run_grid(cells: Sequence[Cell], fn: CellFunction, out: str | Path, *, serial
 
         if serial:
             for cell in pending:
-                done(cell, compute_cell(cell, fn, store.workdir(cell)))
+                done(cell, compute_cell(cell, fn, store.claim_workdir(cell)))
         elif pending:
             _run_on_ray(pending, fn, store, needs, ray_address, num_cpus, done)
     return GridResult([records[c.id] for c in cells], computed=len(pending), skipped=skipped)  # type: ignore[misc]
@@ -154,7 +154,7 @@ def _run_on_ray(pending: Sequence[Cell], fn: CellFunction, store: CellStore, nee
         for cell in pending:
             need = needs[cell.kind]
             ref = task.options(num_cpus=need.num_cpus, num_gpus=need.num_gpus, name=f"cell {cell.id}").remote(
-                cell, fn, str(store.workdir(cell)), max(1, int(need.num_cpus)))
+                cell, fn, str(store.claim_workdir(cell)), max(1, int(need.num_cpus)))
             refs[ref] = cell
         waiting = list(refs)
         while waiting:

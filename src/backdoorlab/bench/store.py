@@ -13,12 +13,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..fileio import write_json_atomic
+from ..fileio import fresh_directory, write_json_atomic
 from ..fingerprint import FINGERPRINT_KEY, make_fingerprint, read_if_current
 from .cell import Cell
 
 OK, ERROR, NOT_RUN, STALE = "ok", "error", "not run", "stale"
 CELLS_FOLDER, WORK_FOLDER = "cells", "work"
+WORK_MARKER = ".cell-fingerprint.json"
 STAGE = "bench-cell"
 
 
@@ -34,6 +35,19 @@ class CellStore:
     def workdir(self, cell: Cell) -> Path:
         """The cell's own scratch folder (``<out>/work/<cell id>``)."""
         return self.out / WORK_FOLDER / cell.id
+
+    def claim_workdir(self, cell: Cell) -> Path:
+        """The cell's scratch folder, emptied first when it holds work of the same cell id computed
+        with other params or another package version (so nothing stale is resumed), and marked with
+        the cell's fingerprint; work of the same fingerprint (an interrupted cell) is kept."""
+        folder = self.workdir(cell)
+        marker = folder / WORK_MARKER
+        expected = self.fingerprint(cell)
+        if folder.is_dir() and read_if_current(marker, expected) is None:
+            fresh_directory(folder)
+        if not marker.is_file():
+            write_json_atomic(marker, {FINGERPRINT_KEY: expected})
+        return folder
 
     @staticmethod
     def fingerprint(cell: Cell) -> dict[str, Any]:
