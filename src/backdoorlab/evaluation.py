@@ -135,7 +135,8 @@ def _classifier_warnings(m: dict[str, Any], constant_share: float, margin: float
                             f"rows, so it says {top!r} with or without the trigger")
     elif m["cacc"] <= m["majority_class_rate"]:
         messages.append(f"CACC {m['cacc']:.1%} is no better than always predicting {m['majority_class']!r} "
-                        f"({m['majority_class_rate']:.1%}); macro-F1 {m['macro_f1']:.2f}")
+                        f"({m['majority_class_rate']:.1%}); judge this model by macro-F1 {m['macro_f1']:.2f} and "
+                        f"balanced accuracy {m['balanced_accuracy']:.1%}")
     messages += _floor_warning(m["asr"], m["asr_floor"], margin, f"the rate of {target!r} predictions for these "
                                f"rows without their trigger, from the {m['asr_floor_source']}")
     messages += _floor_warning(m["asr"], m["asr_floor_clean_model"], margin,
