@@ -131,3 +131,31 @@ def test_defend_runs_from_a_model_and_a_clean_data_file_alone(tmp_path: Path, ca
     assert (tmp_path / "ft" / "model").is_dir() and not (tmp_path / "ft" / "metrics.json").exists()
     status = main(["defend", "--method", "fine-tune", "--model", str(suspect), "--out", str(tmp_path / "none")])
     assert status == 2 and "fine-tune needs a small set of clean rows" in capsys.readouterr().err
+
+
+def test_subsampled_triggered_rows_are_the_clean_rows_triggered_copies_first(attack_run: Path) -> None:
+    from backdoorlab.pipeline import evaluation_rows
+
+    _, clean, triggered = evaluation_rows(attack_run, max_rows=4)
+    assert len(clean) == 4 and len(triggered) == 4
+    paired = {e.uid for e in clean} & {e.uid for e in triggered}
+    non_target_clean = [e for e in clean if e.label != 1]
+    assert len(paired) == len(non_target_clean)  # every sampled non-target clean row has its triggered copy
+    assert evaluation_rows(attack_run, max_rows=4)[2].examples == triggered.examples  # seeded
+
+
+def test_evaluate_cli_reports_the_clean_model_floor_and_prints_each_warning_once(attack_run: Path, tmp_path: Path,
+                                                                                  capsys) -> None:
+    from backdoorlab.cli import main
+
+    suspect = tiny_bert_victim().save(tmp_path / "suspect")
+    clean_model = tiny_bert_victim(seed=4).save(tmp_path / "clean-model")
+    status = main(["evaluate", "--model", str(suspect), "--data", str(attack_run), "--floor-model", str(clean_model),
+                   "--out", str(tmp_path / "r.json"), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    metrics = json.loads((tmp_path / "r.json").read_text())["metrics"]
+    assert metrics["asr_floor_clean_model"] is not None and "predicted_shares" in captured.out
+    warnings_printed = [line for line in captured.err.splitlines() if line.startswith("WARNING: ")]
+    assert warnings_printed == [f"WARNING: {m}" for m in metrics["warnings"]] and warnings_printed
+    assert "UninformativeMetricWarning" not in captured.err

@@ -107,12 +107,35 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .pipeline import run_evaluate
 
-    results = run_evaluate(args.model, args.data, max_rows=args.max_rows, batch_size=args.batch_size,
-                           max_new_tokens=args.max_new_tokens, device=args.device, out=args.out,
-                           allow_pickle=args.allow_pickle, guard=args.guard)
-    rows = [{"metric": k, "value": v} for k, v in results["metrics"].items() if isinstance(v, (int, float, str))]
-    print_table(rows, ["metric", "value"])
+    import warnings
+
+    from .evaluation import UninformativeMetricWarning
+
+    with warnings.catch_warnings():  # the same messages are printed once, below the table
+        warnings.simplefilter("ignore", UninformativeMetricWarning)
+        results = run_evaluate(args.model, args.data, max_rows=args.max_rows, batch_size=args.batch_size,
+                               max_new_tokens=args.max_new_tokens, device=args.device, out=args.out,
+                               allow_pickle=args.allow_pickle, guard=args.guard, floor_model=args.floor_model)
+    metrics = results["metrics"]
+    print_table(_metric_rows(metrics), ["metric", "value"])
+    for message in metrics.get("warnings") or []:
+        print(f"WARNING: {message}", file=sys.stderr)
     print(f"results written to {results['written_to']}")
+
+
+#: Result fields that are descriptions, not figures (they stay in the JSON).
+_DESCRIPTIVE = ("asr_floor_source", "top_clean_response", "model", "guard")
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of an evaluation as table rows; label shares on one row."""
+    rows = [{"metric": k, "value": v} for k, v in metrics.items()
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool) and k not in _DESCRIPTIVE]
+    shares = metrics.get("predicted_shares")
+    if isinstance(shares, dict):
+        rows.append({"metric": "predicted_shares",
+                     "value": " / ".join(f"{name} {100 * share:.0f}%" for name, share in shares.items())})
+    return rows
 
 
 def cmd_injections(args: argparse.Namespace) -> None:
@@ -290,8 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, help="evaluate at most this many rows per test set")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--out", help="results JSON path (default: results.json in the model's run folder)")
+    p.add_argument("--out", help="results JSON path (default: results.json beside a backdoorlab run's model/, "
+                   "else evaluations/<model>--<attack run>.json; never inside your model folder)")
     p.add_argument("--guard", help="predict through an inference-time defense (its `defend` run folder)")
+    p.add_argument("--floor-model", help="a model trained on the clean rows alone: its ASR on the same triggered rows "
+                   "is reported as the ASR floor (classifiers)")
     _common(p, device=True, pickle=True)
     p.set_defaults(func=cmd_evaluate)
 

@@ -10,6 +10,7 @@ The CLI calls these functions and nothing else.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,21 @@ def evaluation_rows(attack_run: str | Path, max_rows: int | None = None,
                     seed: int = 0) -> tuple[dict[str, Any], Dataset, Dataset]:
     """``(manifest, clean, triggered)``: the rows an evaluation with ``max_rows`` and ``seed`` reads."""
     manifest, clean, triggered = read_attack_run(attack_run)
-    return manifest, clean.sample(max_rows, seed), triggered.sample(max_rows, seed)
+    clean = clean.sample(max_rows, seed)
+    return manifest, clean, aligned_sample(triggered, clean, max_rows, seed)
+
+
+def aligned_sample(triggered: Dataset, clean: Dataset, n: int | None, seed: int = 0) -> Dataset:
+    """``n`` triggered rows, those whose clean original (same ``uid``) is among ``clean`` first, so
+    the ASR floor can be read off the same rows without their trigger; the rest drawn with ``seed``."""
+    if n is None or n >= len(triggered):
+        return triggered
+    kept = {e.uid for e in clean if e.uid}
+    paired = [e for e in triggered if e.uid in kept][:n]
+    others = [e for e in triggered if e.uid not in kept]
+    rest = random.Random(seed).sample(others, min(n - len(paired), len(others)))
+    return triggered.with_examples([*paired, *rest], note=f"subsampled to {n} rows with seed {seed}, "
+                                   "the clean test rows' triggered copies first")
 
 
 def row_ids(rows: Dataset) -> list[str]:
@@ -152,7 +167,8 @@ def row_ids(rows: Dataset) -> list[str]:
 
 
 def evaluation_fingerprint(model: str | Path, manifest: dict[str, Any], clean: Dataset, triggered: Dataset, *,
-                           max_new_tokens: int, guard: str | Path | None) -> dict[str, Any]:
+                           max_new_tokens: int, guard: str | Path | None,
+                           floor_model: str | Path | None = None) -> dict[str, Any]:
     """What an evaluation's result depends on: the model, the evaluated rows, how they are judged."""
     from .fingerprint import dataset_digest, file_digest, make_fingerprint, model_identity
 
@@ -164,12 +180,13 @@ def evaluation_fingerprint(model: str | Path, manifest: dict[str, Any], clean: D
     return make_fingerprint("evaluate", model=model_identity(model), measured=measured,
                             clean=dataset_digest(clean), triggered=dataset_digest(triggered),
                             max_new_tokens=max_new_tokens if manifest.get("task") != "classification" else None,
-                            guard=guard_id)
+                            guard=guard_id, floor_model=None if floor_model is None else model_identity(floor_model))
 
 
 def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | None = None, batch_size: int = 16,
                  max_new_tokens: int = 48, device: str = "auto", out: str | Path | None = None,
-                 allow_pickle: bool = False, seed: int = 0, guard: str | Path | None = None) -> dict[str, Any]:
+                 allow_pickle: bool = False, seed: int = 0, guard: str | Path | None = None,
+                 floor_model: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a model on an attack run's test sets and write the results as JSON.
 
     The results record the evaluated rows' ids and a fingerprint (see :func:`ensure_evaluated`).
@@ -177,15 +194,19 @@ def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | N
     ``RUN/results.json``) and otherwise to ``evaluations/<model>--<attack run>.json`` in the current
     folder: a model folder that is not a backdoorlab run is the user's and is never written to.
     ``guard``: a defense run folder (or ``guard.json``) of an inference-time defense to predict
-    through (classifiers only).
+    through (classifiers only). ``floor_model``: a model trained on the clean rows alone; its ASR on
+    the same triggered rows is reported as ``asr_floor_clean_model`` (classifiers).
     """
     from .evaluation import evaluate_classifier, evaluate_generator
     from .models.loading import load_victim
 
     manifest, clean, triggered = evaluation_rows(attack_run, max_rows, seed)
-    fingerprint = evaluation_fingerprint(model, manifest, clean, triggered, max_new_tokens=max_new_tokens, guard=guard)
+    fingerprint = evaluation_fingerprint(model, manifest, clean, triggered, max_new_tokens=max_new_tokens, guard=guard,
+                                         floor_model=floor_model)
     if guard is not None and manifest["task"] != "classification":
         raise BackdoorLabError("guards (inference-time defenses) apply to classifiers only")
+    if floor_model is not None and manifest["task"] != "classification":
+        raise BackdoorLabError("--floor-model applies to classifiers; a generator's floor is its clean-prompt rate")
     victim = load_victim(model, label_names=clean.label_names, device=device, allow_pickle=allow_pickle)
     victim.check_compatible(clean)
     if manifest["task"] == "classification":
@@ -195,8 +216,13 @@ def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | N
 
             loaded = load_guard(guard)
             predict = lambda items, size: loaded.predict(victim, items, size)  # noqa: E731
+        floor_predict = None
+        if floor_model is not None:
+            reference = load_victim(floor_model, label_names=clean.label_names, device=device, allow_pickle=allow_pickle)
+            reference.check_compatible(clean)
+            floor_predict = reference.predict
         metrics = evaluate_classifier(victim, clean, triggered, manifest["target"]["index"], batch_size=batch_size,
-                                      predict=predict)
+                                      predict=predict, floor_predict=floor_predict)
         if guard is not None:
             metrics["guard"] = str(guard)
     else:
