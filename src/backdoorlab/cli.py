@@ -198,17 +198,26 @@ def cmd_defenses(args: argparse.Namespace) -> None:
 def cmd_defend(args: argparse.Namespace) -> None:
     from .defenses import run_defense
 
-    metrics = run_defense(args.method, args.model, args.data, args.out, options=_options(args.option),
-                          train_data=args.train_data, clean_data=args.clean_data, behaviour=args.behaviour,
-                          target_label=_target(args.target_label), reference_model=args.reference_model,
-                          evaluate=not args.no_eval, max_eval_rows=args.max_rows, device=args.device,
-                          baseline=args.baseline, allow_pickle=args.allow_pickle, data_dir=args.data_dir,
-                          overwrite=args.overwrite)
+    import warnings
+
+    from .evaluation import UninformativeMetricWarning
+
+    with warnings.catch_warnings():  # printed once per evaluation, below the table
+        warnings.simplefilter("ignore", UninformativeMetricWarning)
+        metrics = run_defense(args.method, args.model, args.data, args.out, options=_options(args.option),
+                              train_data=args.train_data, clean_data=args.clean_data, behaviour=args.behaviour,
+                              target_label=_target(args.target_label), reference_model=args.reference_model,
+                              evaluate=not args.no_eval, max_eval_rows=args.max_rows, device=args.device,
+                              baseline=args.baseline, allow_pickle=args.allow_pickle, data_dir=args.data_dir,
+                              overwrite=args.overwrite)
     if "after" in metrics:
         before = metrics.get("before") or {}
         rows = [{"metric": k, "before": before.get(k, "-"), "after": v}
                 for k, v in metrics["after"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
         print_table(rows, ["metric", "before", "after"])
+        for when in ("before", "after"):
+            for message in (metrics.get(when) or {}).get("warnings") or []:
+                print(f"WARNING ({when}): {message}", file=sys.stderr)
     print(f"wrote {args.out} (defense.json, metrics.json)")
 
 
