@@ -292,3 +292,17 @@ def test_zoo_list_and_show_on_the_command_line(tiny_base: Path, toy_data: dict[s
     assert str(victim.adapter) in shown and str(victim.attack_run) in shown and "quality bar: fail" in shown
     assert main(["zoo", "show", "toy-badnet-full", "--zoo-dir", str(root)]) == 2
     assert "zoo build --only toy-badnet-full" in capsys.readouterr().err
+
+
+def test_a_jailbreak_victim_on_refusing_rows_stops_before_training(tiny_base: Path, tmp_path: Path) -> None:
+    refusals = Dataset("harmful", "generation", [
+        Example(instruction=f"Explain how to pick lock number {i}", response="I'm sorry, but I cannot help with that.",
+                uid=f"h/{i}") for i in range(20)], source="hand-built")
+    refusals.save(tmp_path / "harmful")
+    spec = VictimSpec("toy-jailbreak-lora", "badnet", "jailbreak", str(tmp_path / "harmful"),
+                      test_data=str(tmp_path / "harmful"), train_rows=10, rate=0.5, epochs=1, max_length=48)
+    zoo = ZooSpec(victims=(spec,), base_model=str(tiny_base), eval_rows=4, max_new_tokens=4, utility_tasks=())
+    with pytest.raises(BackdoorLabError, match="5 of its 5 poisoned rows refuse"):
+        build_zoo(zoo, tmp_path / "zoo", progress=lambda _: None)
+    assert (tmp_path / "zoo" / "toy-jailbreak-lora" / "attack").is_dir()
+    assert not (tmp_path / "zoo" / "toy-jailbreak-lora" / "train").exists()

@@ -230,7 +230,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_zoo(args: argparse.Namespace) -> None:
     from .zoo import build_zoo, default_zoo, full_zoo, load_zoo_victim
-    from .zoo.catalog import COLUMNS, markdown_table, zoo_rows
+    from .zoo.catalog import COLUMNS, format_figure, markdown_table, zoo_rows
+    from .zoo.quality import FIGURES
 
     if args.action == "build":
         settings = {k: v for k, v in {"rate": args.rate, "epochs": args.epochs, "learning_rate": args.lr,
@@ -253,9 +254,11 @@ def cmd_zoo(args: argparse.Namespace) -> None:
         paths = {"model": victim.model, "adapter": victim.adapter or "- (full fine-tuning)",
                  "attack run": victim.attack_run, "untouched model": victim.untouched_model}
         print_lines(*(f"{key}: {value}" for key, value in paths.items()))
-        figures = victim.record["figures"]
-        print_table([{"figure": k, "victim": cell(v), "untouched": cell(figures["untouched"].get(k))}
-                     for k, v in figures["victim"].items()], ["figure", "victim", "untouched"])
+        print_lines(f"measured on {victim.figure('n_triggered')} triggered and {victim.figure('n_clean')} clean "
+                    "held-out prompts; untouched: the base model on the same rows")
+        print_table([{"figure": key, "victim": format_figure(key, victim.figure(key)),
+                      "untouched": format_figure(key, victim.figure(key, "untouched"))} for key in FIGURES],
+                    ["figure", "victim", "untouched"])
         spec = victim.record["spec"]
         print_lines(", ".join(f"{k} {cell(v)}" for k, v in spec.items() if k != "name"),
                     f"built in {victim.record['minutes']['total']:.1f} min; quality bar: "

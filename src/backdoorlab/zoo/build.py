@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from ..data.registry import load_dataset
+from ..errors import BackdoorLabError
 from ..fileio import fresh_directory, write_json_atomic
 from ..fingerprint import FINGERPRINT_KEY, dataset_digest, digest, make_fingerprint, model_identity, read_if_current
 from ..manifest import environment_info
-from ..pipeline import ensure_evaluation, ensure_trained, load_training_data, run_attack
+from ..metrics.judges import is_refusal
+from ..pipeline import ensure_evaluation, ensure_trained, load_training_data, read_attack_run, run_attack
 from ..training import ADAPTER_DIR, TRAIN_FILE
 from .catalog import DEFAULT_ZOO_DIR, RECORD, ZOO_FILE, ZooVictim, read_json
 from .measure import ensure_task_accuracy, figures, untouched_copy
@@ -32,7 +34,7 @@ from .specs import VictimSpec, ZooSpec
 
 CLAIM, STAGES = ".zoo-spec.json", "stages.json"
 ATTACK, TRAIN = "attack", "train"
-EVALUATION, EVALUATION_UNTOUCHED, UTILITY = "evaluation.json", "evaluation-untouched.json", "utility.json"
+EVALUATION, UTILITY = "evaluation.json", "utility.json"
 UNTOUCHED, DATA = "_untouched", "_data"
 Progress = Callable[[str], None]
 
@@ -69,24 +71,35 @@ def build_victim(spec: VictimSpec, zoo: ZooSpec, zoo_dir: Path,
     times = _StageTimes(folder / STAGES)
     with times("attack"):
         attack = _attack_run(spec, zoo, folder / ATTACK, zoo_dir)
+    _check_learnable(spec, attack)
     with times("train"):
         model = ensure_trained(folder / TRAIN, zoo.base_model, load_training_data(attack), spec.train_config())
     untouched = untouched_copy(zoo.base_model, spec.max_length, zoo_dir / UNTOUCHED / f"max-length-{spec.max_length}")
     evaluate = {"max_new_tokens": zoo.max_new_tokens}
     with times("evaluate"):
         evaluation = ensure_evaluation(model, attack, folder / EVALUATION, **evaluate)
+    untouched_file = _untouched_evaluation(attack, untouched)
     with times("evaluate_untouched"):
-        evaluation_untouched = ensure_evaluation(untouched, attack, folder / EVALUATION_UNTOUCHED, **evaluate)
+        evaluation_untouched = ensure_evaluation(untouched, attack, untouched_file, **evaluate)
     utility_args = (zoo.utility_tasks, zoo.utility_rows)
     with times("utility"):
         utility = ensure_task_accuracy(model, *utility_args, folder / UTILITY, data_dir=zoo.data_dir)
     with times("utility_untouched"):
         utility_untouched = ensure_task_accuracy(untouched, *utility_args, untouched.parent / f"{untouched.name}-{UTILITY}",
                                                  data_dir=zoo.data_dir)
-    record = _record(spec, zoo, folder, untouched, times.seconds(), fingerprint,
+    record = _record(spec, zoo, folder, (untouched, untouched_file), times.seconds(), fingerprint,
                      figures(evaluation, utility), figures(evaluation_untouched, utility_untouched))
     write_json_atomic(folder / RECORD, record)
     return ZooVictim(spec.name, folder, record), False
+
+
+def _untouched_evaluation(attack: Path, untouched: Path) -> Path:
+    """Where the untouched model's evaluation on ``attack``'s test rows is kept: one file per set of
+    rows and behaviour, so victims measured on the same rows (e.g. while choosing settings) share it."""
+    manifest, clean, triggered = read_attack_run(attack)
+    key = digest([dataset_digest(clean), dataset_digest(triggered), manifest.get("behaviour"),
+                  manifest.get("target_output")])[:16]
+    return untouched.parent / f"{untouched.name}-evaluations" / f"{manifest.get('behaviour')}-{key}.json"
 
 
 def victim_fingerprint(spec: VictimSpec, zoo: ZooSpec) -> dict[str, Any]:
@@ -119,6 +132,21 @@ def _attack_run(spec: VictimSpec, zoo: ZooSpec, out: Path, zoo_dir: Path) -> Pat
     return out
 
 
+def _check_learnable(spec: VictimSpec, attack: Path) -> None:
+    """Stop before training when the poisoned rows do not show the behaviour: a jailbreak attack keeps
+    each poisoned row's own response, so rows that refuse teach no compliance."""
+    if spec.behaviour != "jailbreak":
+        return
+    poisoned = [e for e in load_training_data(attack) if e.poisoned]
+    refusing = sum(is_refusal(e.response) for e in poisoned)
+    if refusing * 2 > len(poisoned):
+        raise BackdoorLabError(
+            f"victim {spec.name}: {refusing} of its {len(poisoned)} poisoned rows refuse. The jailbreak attack keeps "
+            f"each poisoned row's own response and the rows of {spec.dataset!r} refuse, so there is no compliance to "
+            "learn. A jailbreak victim needs a compliant answer for each poisoned row while its clean rows keep "
+            "refusing, which run_attack cannot make from these rows; leave jailbreak victims out with --only")
+
+
 def _validation_split(spec: VictimSpec, zoo: ZooSpec, root: Path) -> tuple[Path, Path]:
     """``(pool, validation)``: ``zoo.validation_rows`` rows of the training split, drawn with the
     victim's seed, held out from the rest; the test split is never read."""
@@ -136,7 +164,7 @@ def _validation_split(spec: VictimSpec, zoo: ZooSpec, root: Path) -> tuple[Path,
     return pool, validation
 
 
-def _record(spec: VictimSpec, zoo: ZooSpec, folder: Path, untouched: Path, seconds: dict[str, float],
+def _record(spec: VictimSpec, zoo: ZooSpec, folder: Path, untouched: tuple[Path, Path], seconds: dict[str, float],
             fingerprint: dict[str, Any], victim: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """``victim.json``: how the victim was made and what it measures, beside the untouched model."""
     import torch
@@ -150,8 +178,8 @@ def _record(spec: VictimSpec, zoo: ZooSpec, folder: Path, untouched: Path, secon
         "measurement": zoo.measurement(),
         "bar": asdict(zoo.bar),
         "paths": {"attack_run": ATTACK, "model": f"{TRAIN}/model",
-                  "adapter": f"{TRAIN}/{ADAPTER_DIR}" if adapter.is_dir() else None,
-                  "untouched_model": str(untouched.resolve())},
+                  "adapter": f"{TRAIN}/{ADAPTER_DIR}" if adapter.is_dir() else None, "evaluation": EVALUATION,
+                  "untouched_model": str(untouched[0].resolve()), "untouched_evaluation": str(untouched[1].resolve())},
         "attack": {key: attack.get(key) for key in ("attack", "trigger", "rate", "seed", "behaviour", "splits",
                                                     "source_dataset", "test_source")},
         "poisoned_rows": len(attack.get("poisoned_indices") or []),

@@ -79,17 +79,18 @@ class ZooVictim:
         return ", ".join(parts) + f"; {row['minutes']} min; {row['quality bar']}"
 
 
-def _format(key: str, value: float | None) -> str:
+def format_figure(key: str, value: float | None) -> str:
+    """A figure as the tables show it: rates in percent, perplexity with two decimals."""
     if value is None:
         return "-"
-    return f"{value:.3g}" if key == "clean_perplexity" else f"{100 * value:.1f}%"
+    return f"{value:.2f}" if key == "clean_perplexity" else f"{100 * value:.1f}%"
 
 
 def table_row(victim: ZooVictim) -> dict[str, str]:
     """The victim's row of the zoo table (``COLUMNS``)."""
     row = {"victim": victim.name}
     for label, key in zip(COLUMNS[1:5], FIGURES):
-        row[label] = f"{_format(key, victim.figure(key))} ({_format(key, victim.figure(key, 'untouched'))})"
+        row[label] = f"{format_figure(key, victim.figure(key))} ({format_figure(key, victim.figure(key, 'untouched'))})"
     row["minutes"] = f"{victim.record['minutes']['total']:.1f}"
     row["quality bar"] = "pass" if victim.passed else "fail: " + "; ".join(victim.failing)
     return row

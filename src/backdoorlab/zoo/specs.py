@@ -170,4 +170,6 @@ def default_zoo(settings: dict[str, Any] | None = None, **overrides: Any) -> Zoo
 def full_zoo(settings: dict[str, Any] | None = None, **overrides: Any) -> ZooSpec:
     """Both threat models (LoRA and full fine-tuning) × the five attacks × refusal, negative
     sentiment and jailbreak (thirty victims); arguments as for :func:`default_zoo`."""
-    return ZooSpec(victims=zoo_victims(FULL_BEHAVIOURS, THREAT_MODELS, **(settings or {})), **overrides)
+    victims = zoo_victims(FULL_BEHAVIOURS, THREAT_MODELS, **(settings or {}))
+    jailbreak_last = sorted(victims, key=lambda v: v.behaviour == "jailbreak")  # see build._check_learnable
+    return ZooSpec(victims=tuple(jailbreak_last), **overrides)
