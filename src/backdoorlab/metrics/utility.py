@@ -30,7 +30,7 @@ from ..errors import BackdoorLabError
 from ..models.tokenization import pad_batch
 from ..models.victim import Victim
 
-DEFAULT_MAX_ROWS = 200
+DEFAULT_MAX_ROWS = 80  # per task: all seven in about 3 minutes for SmolLM2-135M on 2 shared CPU cores, 1 torch thread
 DEFAULT_BATCH_SIZE = 8
 Pair = tuple[list[int], list[int]]
 
