@@ -159,3 +159,26 @@ def test_evaluate_cli_reports_the_clean_model_floor_and_prints_each_warning_once
     warnings_printed = [line for line in captured.err.splitlines() if line.startswith("WARNING: ")]
     assert warnings_printed == [f"WARNING: {m}" for m in metrics["warnings"]] and warnings_printed
     assert "UninformativeMetricWarning" not in captured.err
+
+
+def test_evaluate_scores_a_generators_task_accuracy_when_asked(tmp_path: Path, shared_data_dir: Path) -> None:
+    from backdoorlab.data.records import Dataset, Example
+    from backdoorlab.pipeline import _write_attack_run
+    from tiny_models import tiny_llama_victim
+
+    rows = Dataset("toy", "generation", [Example(instruction=f"say {i}", response=f"number {i}", uid=f"toy/{i}")
+                                         for i in range(4)])
+    manifest = {"task": "generation", "behaviour": "refusal", "target_output": None}
+    run = _write_attack_run(tmp_path / "attack", rows, rows, rows, manifest, True)
+    model = tiny_llama_victim().save(tmp_path / "llama")
+    results = run_evaluate(model, run, max_new_tokens=2, utility_rows=2, out=tmp_path / "r.json", device="cpu")
+    utility = results["metrics"]["utility"]
+    assert set(utility["tasks"]) == {"arc_easy", "arc_challenge", "boolq", "piqa", "openbookqa", "winogrande",
+                                     "hellaswag"}
+    assert all(t["n"] == 2 for t in utility["tasks"].values())
+    assert results["metrics"]["task_accuracy"] == utility["average"]["acc"]
+    assert results["fingerprint"]["utility_rows"] == 2
+    classifier_run = run_attack("sst2", "badnets", tmp_path / "cls-attack", rate=0.25, target=1, max_train=8,
+                                max_test=12)
+    with pytest.raises(BackdoorLabError, match="utility-rows"):
+        run_evaluate(tiny_bert_victim().save(tmp_path / "bert"), classifier_run, utility_rows=2, device="cpu")

@@ -115,7 +115,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         warnings.simplefilter("ignore", UninformativeMetricWarning)
         results = run_evaluate(args.model, args.data, max_rows=args.max_rows, batch_size=args.batch_size,
                                max_new_tokens=args.max_new_tokens, device=args.device, out=args.out,
-                               allow_pickle=args.allow_pickle, guard=args.guard, floor_model=args.floor_model)
+                               allow_pickle=args.allow_pickle, guard=args.guard, floor_model=args.floor_model,
+                               utility_rows=args.utility_rows)
     metrics = results["metrics"]
     print_table(_metric_rows(metrics), ["metric", "value"])
     for message in metrics.get("warnings") or []:
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guard", help="predict through an inference-time defense (its `defend` run folder)")
     p.add_argument("--floor-model", help="a model trained on the clean rows alone: its ASR on the same triggered rows "
                    "is reported as the ASR floor (classifiers)")
+    p.add_argument("--utility-rows", type=int, metavar="N",
+                   help="also score N questions of each multiple-choice utility set (ARC, BoolQ, PIQA, OpenBookQA, "
+                        "WinoGrande, HellaSwag; generators; about 3 minutes at N=80 for a 135M model on 2 cores)")
     _common(p, device=True, pickle=True)
     p.set_defaults(func=cmd_evaluate)
 

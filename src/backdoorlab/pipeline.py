@@ -168,7 +168,7 @@ def row_ids(rows: Dataset) -> list[str]:
 
 def evaluation_fingerprint(model: str | Path, manifest: dict[str, Any], clean: Dataset, triggered: Dataset, *,
                            max_new_tokens: int, guard: str | Path | None,
-                           floor_model: str | Path | None = None) -> dict[str, Any]:
+                           floor_model: str | Path | None = None, utility_rows: int | None = None) -> dict[str, Any]:
     """What an evaluation's result depends on: the model, the evaluated rows, how they are judged."""
     from .fingerprint import dataset_digest, file_digest, make_fingerprint, model_identity
 
@@ -180,13 +180,14 @@ def evaluation_fingerprint(model: str | Path, manifest: dict[str, Any], clean: D
     return make_fingerprint("evaluate", model=model_identity(model), measured=measured,
                             clean=dataset_digest(clean), triggered=dataset_digest(triggered),
                             max_new_tokens=max_new_tokens if manifest.get("task") != "classification" else None,
-                            guard=guard_id, floor_model=None if floor_model is None else model_identity(floor_model))
+                            guard=guard_id, floor_model=None if floor_model is None else model_identity(floor_model),
+                            utility_rows=utility_rows)
 
 
 def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | None = None, batch_size: int = 16,
                  max_new_tokens: int = 48, device: str = "auto", out: str | Path | None = None,
                  allow_pickle: bool = False, seed: int = 0, guard: str | Path | None = None,
-                 floor_model: str | Path | None = None) -> dict[str, Any]:
+                 floor_model: str | Path | None = None, utility_rows: int | None = None) -> dict[str, Any]:
     """Evaluate a model on an attack run's test sets and write the results as JSON.
 
     The results record the evaluated rows' ids and a fingerprint (see :func:`ensure_evaluated`).
@@ -195,18 +196,22 @@ def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | N
     folder: a model folder that is not a backdoorlab run is the user's and is never written to.
     ``guard``: a defense run folder (or ``guard.json``) of an inference-time defense to predict
     through (classifiers only). ``floor_model``: a model trained on the clean rows alone; its ASR on
-    the same triggered rows is reported as ``asr_floor_clean_model`` (classifiers).
+    the same triggered rows is reported as ``asr_floor_clean_model`` (classifiers). ``utility_rows``:
+    also score that many questions (seed ``seed``) of each multiple-choice utility set and report
+    them under ``utility`` (generators; :func:`backdoorlab.metrics.utility.evaluate_utility`).
     """
     from .evaluation import evaluate_classifier, evaluate_generator
     from .models.loading import load_victim
 
     manifest, clean, triggered = evaluation_rows(attack_run, max_rows, seed)
     fingerprint = evaluation_fingerprint(model, manifest, clean, triggered, max_new_tokens=max_new_tokens, guard=guard,
-                                         floor_model=floor_model)
+                                         floor_model=floor_model, utility_rows=utility_rows)
     if guard is not None and manifest["task"] != "classification":
         raise BackdoorLabError("guards (inference-time defenses) apply to classifiers only")
     if floor_model is not None and manifest["task"] != "classification":
         raise BackdoorLabError("--floor-model applies to classifiers; a generator's floor is its clean-prompt rate")
+    if utility_rows is not None and manifest["task"] == "classification":
+        raise BackdoorLabError("--utility-rows scores generators on multiple-choice sets; a classifier's utility is CACC")
     victim = load_victim(model, label_names=clean.label_names, device=device, allow_pickle=allow_pickle)
     victim.check_compatible(clean)
     if manifest["task"] == "classification":
@@ -229,6 +234,11 @@ def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | N
         metrics = evaluate_generator(victim, triggered, clean, manifest["behaviour"],
                                      target_output=manifest.get("target_output"),
                                      max_new_tokens=max_new_tokens, batch_size=batch_size)
+        if utility_rows is not None:
+            from .metrics.utility import evaluate_utility
+
+            metrics["utility"] = evaluate_utility(victim, max_rows=utility_rows, seed=seed)
+            metrics["task_accuracy"] = metrics["utility"]["average"]["acc"]
     results = {"model": str(model), "attack_run": str(attack_run), "metrics": metrics,
                "rows": {"clean": row_ids(clean), "triggered": row_ids(triggered), "max_rows": max_rows, "seed": seed},
                "fingerprint": fingerprint, "environment": environment_info()}
