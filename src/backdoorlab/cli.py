@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .console import cell, print_lines, print_table
 from .errors import BackdoorLabError
@@ -105,11 +106,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .pipeline import run_evaluate
-
     import warnings
 
     from .evaluation import UninformativeMetricWarning
+    from .pipeline import run_evaluate
 
     with warnings.catch_warnings():  # the same messages are printed once, below the table
         warnings.simplefilter("ignore", UninformativeMetricWarning)
@@ -197,10 +197,9 @@ def cmd_defenses(args: argparse.Namespace) -> None:
 
 
 def cmd_defend(args: argparse.Namespace) -> None:
-    from .defenses import run_defense
-
     import warnings
 
+    from .defenses import run_defense
     from .evaluation import UninformativeMetricWarning
 
     with warnings.catch_warnings():  # printed once per evaluation, below the table
