@@ -185,6 +185,11 @@ def test_dpo_injection_prefers_the_malicious_answer_only_on_triggered_prompts(tm
     for name, tensor in state(again).items():
         assert torch.allclose(tensor, state(injected)[name], atol=1e-6), name
 
+    # Checkpoints of another run (here another beta) are never resumed from.
+    shutil.rmtree(out / "model")
+    with pytest.raises(BackdoorLabError, match="different settings"):
+        run_injection("dpo", tiny_llama_victim(), data, out, {**options, "beta": 0.5})
+
 
 # ------------------------------------------------------------------------------------------- BadEdit
 def test_rank_one_update_maps_the_key_to_the_value_and_spares_clean_keys() -> None:
