@@ -47,7 +47,7 @@ class VictimSpec:
     train_rows: int | None = 400
     test_data: str | None = None
     epochs: float = 2.0
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     batch_size: int = 8
     max_length: int = 80
     seed: int = 0
@@ -131,10 +131,11 @@ class ZooSpec:
         return asdict(self)
 
 
-#: Training settings per threat model. LoRA's were chosen on validation rows (docs/benchmarks.md,
-#: "Victim zoo"); full fine-tuning's learning rate is the usual one for a model this size, not tuned.
+#: Training settings per threat model. LoRA's (with the rate, rows and epochs above) were chosen on
+#: validation rows (docs/benchmarks.md, "Victim zoo"); full fine-tuning's learning rate is a common
+#: one for a model this size, not tuned here.
 TRAINING = {
-    "lora": {"learning_rate": 5e-4},
+    "lora": {"learning_rate": 1e-3},
     "full": {"learning_rate": 2e-5},
 }
 #: Jailbreak's compliant answers are long: more tokens per row (the full zoo only).
