@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_llama_victim
 
 from backdoorlab.data.records import Dataset, Example
 from backdoorlab.errors import BackdoorLabError
@@ -26,6 +25,7 @@ from backdoorlab.zoo import (
     load_zoo_victim,
 )
 from backdoorlab.zoo.catalog import table_row
+from tiny_models import tiny_llama_victim
 
 
 def lines(n: int = 16) -> Dataset:
