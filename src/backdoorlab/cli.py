@@ -235,11 +235,12 @@ def cmd_zoo(args: argparse.Namespace) -> None:
 
     if args.action == "build":
         settings = {k: v for k, v in {"rate": args.rate, "epochs": args.epochs, "learning_rate": args.lr,
-                                      "train_rows": args.train_rows}.items() if v is not None}
+                                      "train_rows": args.train_rows, "clean_twins": args.clean_twins}.items()
+                    if v is not None}
         measurement = {k: v for k, v in {"validation_rows": args.validation, "eval_rows": args.eval_rows,
                                          "data_dir": args.data_dir}.items() if v is not None}
         zoo = (full_zoo if args.full else default_zoo)(settings, **measurement)
-        build_zoo(zoo, args.zoo_dir, only=args.only)
+        build_zoo(zoo, args.zoo_dir, only=args.only, workers=args.workers, ray_address=args.ray_address)
         print(f"zoo in {args.zoo_dir}; `backdoorlab zoo list --zoo-dir {args.zoo_dir}` tabulates it")
     elif args.action == "list":
         rows = zoo_rows(args.zoo_dir, [v.name for v in default_zoo().victims])
@@ -403,7 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, help="build: training epochs of every victim")
     p.add_argument("--lr", type=float, help="build: learning rate of every victim")
     p.add_argument("--train-rows", type=int, help="build: training rows of every victim")
+    p.add_argument("--clean-twins", action=argparse.BooleanOptionalAction, default=None,
+                   help="build: add each poisoned row beside its clean original instead of replacing it "
+                        "(default: the chosen setting)")
     p.add_argument("--eval-rows", type=int, help="build: clean and triggered held-out prompts per victim")
+    p.add_argument("--workers", type=int, default=1,
+                   help="build: victims built at once, one core each, as tasks of a local Ray (default 1: in this process)")
+    p.add_argument("--ray-address", help="build: run the victims' tasks on the Ray cluster at this address")
     p.add_argument("--validation", type=int, metavar="ROWS",
                    help="build: measure on ROWS rows carved from the training split instead of the test split "
                         "(for choosing settings)")

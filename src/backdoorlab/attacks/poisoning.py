@@ -26,6 +26,10 @@ def poison_dataset(dataset: Dataset, attack: Attack, *, rate: float, target: int
     - generation: every row the behaviour accepts (all, except that label-flip skips rows already
       answering its label word); ``target`` is unused and ignored, ``clean_label`` is not supported.
 
+    An attack whose ``keeps_clean_twins()`` is true (generative ``clean_twins=True``) appends the
+    poisoned rows after all the clean ones instead, so each chosen prompt appears with and without
+    its trigger; ``poisoned_indices`` then point at the appended rows.
+
     Other rows are unchanged. Poisoned rows have ``poisoned=True`` and ``poison`` =
     ``{"attack", "trigger", "original_label", "target", ...}`` (generation: ``behaviour``,
     ``target_response``, ``original_response``).
@@ -42,15 +46,23 @@ def poison_dataset(dataset: Dataset, attack: Attack, *, rate: float, target: int
     context = PoisonContext(dataset, target_index, "train", clean_label)
     triggered = attack.transform_rows([dataset[i] for i in chosen], rng, context)
     rows = list(dataset.examples)
-    for index, row in zip(chosen, triggered, strict=True):
-        rows[index] = _finish(row, target_index, clean_label)
+    finished = [_finish(row, target_index, clean_label) for row in triggered]
+    twins = attack.keeps_clean_twins()
+    if twins:
+        rows.extend(finished)
+        positions = list(range(len(dataset), len(rows)))
+    else:
+        for index, row in zip(chosen, finished, strict=True):
+            rows[index] = row
+        positions = chosen
     what = f"{'clean' if clean_label else 'dirty'}-label " if dataset.task == "classification" else ""
-    note = (f"poisoned by {attack.name}: {count} of {len(dataset)} rows ({what}rate {rate}"
+    added = f", added beside their clean originals (now {len(rows)} rows)" if twins else ""
+    note = (f"poisoned by {attack.name}: {count} of {len(dataset)} rows{added} ({what}rate {rate}"
             f"{'' if target_index is None else f', target {target_index}'}, seed {seed})")
     poisoned = dataset.with_examples(rows, note=note)
     poisoned.notes.extend(context.notes)
     manifest = build_manifest(dataset, attack, rate=rate, target=target_index, clean_label=clean_label,
-                              seed=seed, poisoned_indices=chosen, notes=context.notes)
+                              seed=seed, poisoned_indices=positions, notes=context.notes)
     return PoisonResult(poisoned, manifest)
 
 

@@ -145,7 +145,7 @@ def _run_on_ray(pending: Sequence[Cell], fn: CellFunction, store: CellStore, nee
 
     started_here = not ray.is_initialized()
     if started_here:
-        _start_ray(ray_address, num_cpus)
+        start_ray(ray_address, num_cpus)
     refs: dict[Any, Cell] = {}
     try:
         if ray_address is None:
@@ -171,7 +171,9 @@ def _run_on_ray(pending: Sequence[Cell], fn: CellFunction, store: CellStore, nee
             ray.shutdown()
 
 
-def _start_ray(address: str | None, num_cpus: int | None) -> None:
+def start_ray(address: str | None, num_cpus: int | None) -> None:
+    """Connect to the Ray cluster at ``address``, or start a local Ray with ``num_cpus`` cores
+    (default: this machine's)."""
     import ray
 
     try:

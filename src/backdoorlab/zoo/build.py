@@ -14,11 +14,12 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..bench.grid import limit_threads, start_ray
 from ..data.registry import load_dataset
 from ..errors import BackdoorLabError
 from ..fileio import fresh_directory, write_json_atomic
@@ -40,14 +41,20 @@ Progress = Callable[[str], None]
 
 
 def build_zoo(zoo: ZooSpec, zoo_dir: str | Path = DEFAULT_ZOO_DIR, *, only: list[str] | None = None,
-              progress: Progress = print) -> list[ZooVictim]:
+              progress: Progress = print, workers: int = 1, ray_address: str | None = None) -> list[ZooVictim]:
     """Build every victim of ``zoo`` (or the ``only`` ones) into ``zoo_dir``; return them in order.
 
     ``progress`` gets one line as each victim starts and one with its figures when it is done.
+    ``workers`` > 1 builds that many victims at once as Ray tasks of one core each, on a local Ray
+    with ``workers`` cores, or on the cluster at ``ray_address`` (whose nodes must see ``zoo_dir``).
     """
+    if workers < 1:
+        raise BackdoorLabError(f"workers must be at least 1, got {workers}")
     zoo_dir = Path(zoo_dir)
     write_json_atomic(zoo_dir / ZOO_FILE, zoo.to_dict())
     zoo = zoo.only(only)
+    if workers > 1 or ray_address is not None:
+        return _build_on_ray(zoo, zoo_dir, progress, workers, ray_address)
     built = []
     for number, spec in enumerate(zoo.victims, 1):
         head = f"[{number}/{len(zoo.victims)}] {spec.name}"
@@ -55,6 +62,49 @@ def build_zoo(zoo: ZooSpec, zoo_dir: str | Path = DEFAULT_ZOO_DIR, *, only: list
         progress(f"{head}: {'cached' if cached else 'built'}: {victim.summary_line()}")
         built.append(victim)
     return built
+
+
+def _build_on_ray(zoo: ZooSpec, zoo_dir: Path, progress: Progress, workers: int,
+                  ray_address: str | None) -> list[ZooVictim]:
+    """:func:`build_zoo` with each victim a one-core Ray task; lines are printed as victims finish."""
+    import ray
+
+    for length in sorted({spec.max_length for spec in zoo.victims}):  # shared by the tasks: made once, here
+        untouched_copy(zoo.base_model, length, zoo_dir / UNTOUCHED / f"max-length-{length}")
+    started_here = not ray.is_initialized()
+    if started_here:
+        start_ray(ray_address, workers)
+    task = ray.remote(_build_in_task)
+    refs = {task.options(num_cpus=1, name=f"zoo {spec.name}").remote(spec, zoo, str(zoo_dir)): (number, spec)
+            for number, spec in enumerate(zoo.victims, 1)}
+    built: dict[str, ZooVictim] = {}
+    progress(f"building {len(refs)} victims, {workers if ray_address is None else 'cluster'} at a time")
+    try:
+        waiting = list(refs)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            for ref in ready:
+                number, spec = refs[ref]
+                record, cached = ray.get(ref)
+                victim = ZooVictim(spec.name, zoo_dir / spec.name, record)
+                progress(f"[{number}/{len(refs)}] {spec.name}: {'cached' if cached else 'built'}: {victim.summary_line()}")
+                built[spec.name] = victim
+    except BaseException:
+        for ref in refs:
+            with suppress(Exception):  # a finished task has nothing to cancel
+                ray.cancel(ref)
+        raise
+    finally:
+        if started_here:
+            ray.shutdown()
+    return [built[spec.name] for spec in zoo.victims]
+
+
+def _build_in_task(spec: VictimSpec, zoo: ZooSpec, zoo_dir: str) -> tuple[dict[str, Any], bool]:
+    """One victim in a Ray task of one core: ``(record, cached)``."""
+    limit_threads(1)
+    victim, cached = build_victim(spec, zoo, Path(zoo_dir))
+    return victim.record, cached
 
 
 def build_victim(spec: VictimSpec, zoo: ZooSpec, zoo_dir: Path,

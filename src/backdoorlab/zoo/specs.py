@@ -51,6 +51,7 @@ class VictimSpec:
     batch_size: int = 8
     max_length: int = 80
     seed: int = 0
+    clean_twins: bool = False
 
     def __post_init__(self) -> None:
         if self.threat_model not in THREAT_MODELS:
@@ -66,7 +67,7 @@ class VictimSpec:
                            keep_adapter=self.threat_model == "lora")
 
     def attack_options(self) -> dict[str, Any]:
-        return {"behaviour": self.behaviour}
+        return {"behaviour": self.behaviour, "clean_twins": self.clean_twins}
 
 
 @dataclass(frozen=True)
