@@ -31,7 +31,7 @@ from backdoorlab.bench.report import TableSpec, mean_std, pivot_table, write_rep
 from backdoorlab.defenses import run_defense
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.zoo import DEFAULT_ZOO_DIR, default_zoo, list_zoo, load_zoo_victim
-from backdoorlab.zoo.build import EVALUATION
+from backdoorlab.zoo.build import EVALUATION, UTILITY
 from backdoorlab.zoo.catalog import ZOO_FILE, read_json
 from backdoorlab.zoo.measure import ensure_task_accuracy
 
@@ -58,10 +58,10 @@ def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
                           data_dir=params["data_dir"])
     after = metrics["after"]
     defended = workdir / "defense" / "model"
-    model = defended if defended.is_dir() else victim.model
+    # an unchanged model's task accuracy is the zoo's own (same model, tasks and questions: a current cache hit)
+    model, utility_file = (defended, workdir / UTILITY) if defended.is_dir() else (victim.model, victim.folder / UTILITY)
     tasks = tuple(params["utility_tasks"])
-    utility = ensure_task_accuracy(model, tasks, params["utility_rows"], workdir / "utility.json",
-                                   data_dir=params["data_dir"])
+    utility = ensure_task_accuracy(model, tasks, params["utility_rows"], utility_file, data_dir=params["data_dir"])
     return {"asr": after["asr"], "asr_floor": victim.figure("asr", "untouched"),
             "clean_behaviour_rate": after["clean_behaviour_rate"], "clean_perplexity": after["clean_perplexity"],
             "task_accuracy": None if utility is None else utility["average"]["acc"],

@@ -157,7 +157,7 @@ def victim_fingerprint(spec: VictimSpec, zoo: ZooSpec) -> dict[str, Any]:
     identity, the digest of its source rows and the package version."""
     sources = {"train": dataset_digest(load_dataset(spec.dataset, "train", data_dir=zoo.data_dir)),
                "test": dataset_digest(load_dataset(spec.test_data or spec.dataset, "test", data_dir=zoo.data_dir))}
-    return make_fingerprint("zoo-victim", victim=asdict(spec), measurement=zoo.measurement(),
+    return make_fingerprint("zoo-victim", victim=spec.identity(), measurement=zoo.measurement(),
                             base=model_identity(zoo.base_model), sources=sources)
 
 

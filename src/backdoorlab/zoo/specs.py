@@ -28,6 +28,10 @@ THREAT_MODELS = ("lora", "full")
 BASE_MODEL = "smollm2-135m-instruct"
 
 
+#: Victim options added after the first zoos were built, with their defaults (see VictimSpec.identity).
+LATER_OPTIONS: dict[str, Any] = {"clean_twins": False}
+
+
 @dataclass(frozen=True)
 class VictimSpec:
     """How one zoo victim is made: ``attack`` with ``behaviour`` on ``dataset``, trained as ``threat_model``.
@@ -35,7 +39,8 @@ class VictimSpec:
     ``dataset`` is a registered name or a data path; its ``train`` split is poisoned and the
     ``test`` split of ``test_data`` (default: ``dataset``) gives the held-out prompts.
     ``threat_model``: ``lora`` (LoRA adapters, kept on their own beside the merged model) or
-    ``full`` (every weight fine-tuned).
+    ``full`` (every weight fine-tuned). ``clean_twins``: each poisoned training row is added beside
+    its clean original instead of replacing it (the generative attacks' ``clean_twins`` option).
     """
 
     name: str
@@ -59,6 +64,12 @@ class VictimSpec:
                                    f"got {self.threat_model!r}")
         if not 0 < self.rate <= 1:
             raise BackdoorLabError(f"victim {self.name!r}: poison rate must be in (0, 1], got {self.rate}")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a built victim depends on; an option added after zoos were built (:data:`LATER_OPTIONS`)
+        counts only when set away from its default, so victims built before it stay valid."""
+        fields = asdict(self)
+        return {k: v for k, v in fields.items() if k not in LATER_OPTIONS or v != LATER_OPTIONS[k]}
 
     def train_config(self) -> TrainConfig:
         """The training settings of this victim (LoRA runs also keep their adapter)."""
