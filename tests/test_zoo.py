@@ -235,6 +235,13 @@ def test_an_interrupted_build_keeps_finished_victims_and_resumes(tiny_base: Path
     assert (root / "toy-badnet-full" / "train" / "train.json").stat().st_mtime_ns == trained  # not trained again
 
 
+def test_an_option_added_later_changes_a_victims_identity_only_when_set() -> None:
+    spec = VictimSpec("v", "badnet", "refusal", "backdoorllm-refusal")
+    assert "clean_twins" not in spec.identity()  # victims built before the option existed stay valid
+    assert replace(spec, clean_twins=True).identity() == {**spec.identity(), "clean_twins": True}
+    assert replace(spec, clean_twins=True).attack_options() == {"behaviour": "refusal", "clean_twins": True}
+
+
 def test_a_changed_spec_rebuilds_that_victim_only(tiny_base: Path, toy_data: dict[str, str], tmp_path: Path) -> None:
     zoo = tiny_zoo(tiny_base, toy_data)
     build_zoo(zoo, tmp_path / "zoo", progress=lambda _: None)
