@@ -25,6 +25,7 @@ from backdoorlab.defenses.badllm_tg.trigger_pattern import TriggerPattern
 from backdoorlab.defenses.runner import run_defense
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.evaluation import evaluate_classifier
+from backdoorlab.models.loading import load_victim
 from backdoorlab.pipeline import read_attack_run, run_attack
 from tiny_models import tiny_bert_victim
 
@@ -157,7 +158,9 @@ def test_evaluate_cli_predicts_through_a_guard(capsys: pytest.CaptureFixture[str
 def test_fine_tuning_a_generator_trains_a_lora_adapter_on_clean_instruction_rows(tmp_path: Path) -> None:
     from tiny_models import tiny_llama_victim
 
-    suspect = tiny_llama_victim().save(tmp_path / "suspect")
+    model = tiny_llama_victim()
+    model.max_length = 48  # not the training default (256): fine-tuning keeps the suspect's own limit
+    suspect = model.save(tmp_path / "suspect")
     rows = [{"instruction": f"write a line about topic {i}", "output": f"The sea is calm {i}."} for i in range(8)]
     clean = tmp_path / "clean.json"
     clean.write_text(json.dumps(rows))
@@ -168,5 +171,6 @@ def test_fine_tuning_a_generator_trains_a_lora_adapter_on_clean_instruction_rows
     assert findings["method"] == "lora" and findings["learning_rate"] == 2e-4 and findings["clean_rows"] == 8
     train_record = json.loads((tmp_path / "ft" / "fine-tune" / "train.json").read_text())
     assert train_record["config"]["method"] == "lora" and train_record["steps"] == 2
+    assert train_record["config"]["max_length"] == load_victim(suspect, device="cpu").max_length == 48
     with pytest.raises(BackdoorLabError, match="full or lora"):
         run_defense("fine-tune", suspect, None, tmp_path / "x", clean_data=clean, options={"method": "qlora"})

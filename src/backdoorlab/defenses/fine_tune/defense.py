@@ -30,6 +30,7 @@ class CleanFineTune(CleanRowsDefense):
     epochs: float = 2.0
     learning_rate: float | None = None  # default: 2e-5 (full), 2e-4 (lora)
     batch_size: int = 16
+    max_length: int | None = None  # tokens per row; default: the suspect model's own limit
 
     def __post_init__(self) -> None:
         if self.method not in (None, "full", "lora"):
@@ -40,7 +41,7 @@ class CleanFineTune(CleanRowsDefense):
         method = self.method or ("lora" if victim.is_generator else "full")
         learning_rate = self.learning_rate or (2e-4 if method == "lora" else 2e-5)
         config = TrainConfig(method=method, epochs=self.epochs, learning_rate=learning_rate,
-                             batch_size=self.batch_size, seed=self.seed)
+                             batch_size=self.batch_size, max_length=self.max_length or victim.max_length, seed=self.seed)
         tuned = train(victim, clean, workdir / "fine-tune", config, reuse=True)
         return DefenseOutcome(tuned, {"clean_rows": len(clean), "clean_source": clean.source, "method": method,
                                       "learning_rate": learning_rate})
