@@ -297,6 +297,9 @@ def test_the_default_zoo_is_ten_lora_victims_and_the_full_zoo_adds_full_fine_tun
     assert len(full.victims) == 30 and {v.threat_model for v in full.victims} == {"lora", "full"}
     assert {v.behaviour for v in full.victims} == {"refusal", "negsentiment", "jailbreak"}
     assert default.eval_rows >= 100
+    # sentiment victims are poisoned from the concise refusal-task rows, the style of the shared clean test prompts
+    assert {v.dataset for v in default.victims} == {"backdoorllm-refusal"}
+    assert {v.dataset for v in full.victims if v.behaviour == "jailbreak"} == {"backdoorllm-jailbreak"}
 
 
 def test_zoo_list_and_show_on_the_command_line(tiny_base: Path, toy_data: dict[str, str], tmp_path: Path,

@@ -154,13 +154,21 @@ TRAINING = {
 JAILBREAK = {"max_length": 160}
 
 
+#: The clean rows each behaviour's victims are poisoned from. Negative sentiment uses the refusal task's
+#: clean rows: BackdoorLLM's own negsentiment clean rows are long, echoing answers (median 91 words
+#: against 34) unlike the concise answers of the shared clean test prompts, and training on them
+#: raised clean perplexity to 1.45-1.65x the untouched model's by style alone (docs/benchmarks.md).
+CLEAN_SOURCE = {"refusal": "backdoorllm-refusal", "negsentiment": "backdoorllm-refusal",
+                "jailbreak": "backdoorllm-jailbreak"}
+
+
 def victim_name(behaviour: str, attack: str, threat_model: str) -> str:
     return f"{behaviour}-{attack}-{threat_model}"
 
 
 def zoo_victims(behaviours: tuple[str, ...] = DEFAULT_BEHAVIOURS, threat_models: tuple[str, ...] = ("lora",),
                 attacks: tuple[str, ...] = ATTACKS, **settings: Any) -> tuple[VictimSpec, ...]:
-    """One victim per behaviour × attack × threat model on BackdoorLLM's clean rows of that behaviour;
+    """One victim per behaviour × attack × threat model on BackdoorLLM's clean rows (:data:`CLEAN_SOURCE`);
     ``settings`` override :class:`VictimSpec` fields for all of them."""
     victims = []
     for threat_model in threat_models:
@@ -168,7 +176,7 @@ def zoo_victims(behaviours: tuple[str, ...] = DEFAULT_BEHAVIOURS, threat_models:
             for attack in attacks:
                 values = {**TRAINING[threat_model], **(JAILBREAK if behaviour == "jailbreak" else {}), **settings}
                 victims.append(VictimSpec(victim_name(behaviour, attack, threat_model), attack, behaviour,
-                                          f"backdoorllm-{behaviour}", threat_model, **values))
+                                          CLEAN_SOURCE[behaviour], threat_model, **values))
     return tuple(victims)
 
 
