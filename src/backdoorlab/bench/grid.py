@@ -14,8 +14,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,35 +143,54 @@ def _run_on_ray(pending: Sequence[Cell], fn: CellFunction, store: CellStore, nee
                 ray_address: str | None, num_cpus: int | None, done: Done) -> None:
     import ray
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        start_ray(ray_address, num_cpus)
-    refs: dict[Any, Cell] = {}
-    try:
+    with ray_session(ray_address, num_cpus):
         if ray_address is None:
             check_capacity(ray.cluster_resources(), {c.kind: needs[c.kind] for c in pending})
         task = ray.remote(compute_cell)
+        refs: dict[Any, Cell] = {}
         for cell in pending:
             need = needs[cell.kind]
             ref = task.options(num_cpus=need.num_cpus, num_gpus=need.num_gpus, name=f"cell {cell.id}").remote(
                 cell, fn, str(store.claim_workdir(cell)), max(1, int(need.num_cpus)))
             refs[ref] = cell
-        waiting = list(refs)
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
-            for ref in ready:
-                done(refs[ref], ray.get(ref))
-    except BaseException:
-        for ref in refs:
-            with suppress(Exception):  # a finished or already-failed task has nothing to cancel
-                ray.cancel(ref)
-        raise
+        wait_for_each(list(refs), lambda ref: done(refs[ref], ray.get(ref)))
+
+
+@contextmanager
+def ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
+    """Ray for the duration of the block: an already initialised session is used as it is and left
+    running; otherwise one is started (:func:`_start_ray`) and shut down at the end."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        _start_ray(address, num_cpus)
+    try:
+        yield
     finally:
         if started_here:
             ray.shutdown()
 
 
-def start_ray(address: str | None, num_cpus: int | None) -> None:
+def wait_for_each(refs: Sequence[Any], on_ready: Callable[[Any], None]) -> None:
+    """Call ``on_ready(ref)`` for each Ray object ref as its task finishes; if anything fails (a
+    task or ``on_ready``), cancel the tasks still running and re-raise."""
+    import ray
+
+    try:
+        waiting = list(refs)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            for ref in ready:
+                on_ready(ref)
+    except BaseException:
+        for ref in refs:
+            with suppress(Exception):  # a finished or already-failed task has nothing to cancel
+                ray.cancel(ref)
+        raise
+
+
+def _start_ray(address: str | None, num_cpus: int | None) -> None:
     """Connect to the Ray cluster at ``address``, or start a local Ray with ``num_cpus`` cores
     (default: this machine's)."""
     import ray

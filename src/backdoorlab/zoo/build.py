@@ -14,12 +14,12 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..bench.grid import limit_threads, start_ray
+from ..bench.grid import limit_threads, ray_session, wait_for_each
 from ..data.registry import load_dataset
 from ..errors import BackdoorLabError
 from ..fileio import fresh_directory, write_json_atomic
@@ -59,7 +59,7 @@ def build_zoo(zoo: ZooSpec, zoo_dir: str | Path = DEFAULT_ZOO_DIR, *, only: list
     for number, spec in enumerate(zoo.victims, 1):
         head = f"[{number}/{len(zoo.victims)}] {spec.name}"
         victim, cached = build_victim(spec, zoo, zoo_dir, announce=lambda: progress(f"{head}: building"))
-        progress(f"{head}: {'cached' if cached else 'built'}: {victim.summary_line()}")
+        progress(_done_line(number, len(zoo.victims), victim, cached))
         built.append(victim)
     return built
 
@@ -71,33 +71,25 @@ def _build_on_ray(zoo: ZooSpec, zoo_dir: Path, progress: Progress, workers: int,
 
     for length in sorted({spec.max_length for spec in zoo.victims}):  # shared by the tasks: made once, here
         untouched_copy(zoo.base_model, length, zoo_dir / UNTOUCHED / f"max-length-{length}")
-    started_here = not ray.is_initialized()
-    if started_here:
-        start_ray(ray_address, workers)
-    task = ray.remote(_build_in_task)
-    refs = {task.options(num_cpus=1, name=f"zoo {spec.name}").remote(spec, zoo, str(zoo_dir)): (number, spec)
-            for number, spec in enumerate(zoo.victims, 1)}
     built: dict[str, ZooVictim] = {}
-    progress(f"building {len(refs)} victims, {workers if ray_address is None else 'cluster'} at a time")
-    try:
-        waiting = list(refs)
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
-            for ref in ready:
-                number, spec = refs[ref]
-                record, cached = ray.get(ref)
-                victim = ZooVictim(spec.name, zoo_dir / spec.name, record)
-                progress(f"[{number}/{len(refs)}] {spec.name}: {'cached' if cached else 'built'}: {victim.summary_line()}")
-                built[spec.name] = victim
-    except BaseException:
-        for ref in refs:
-            with suppress(Exception):  # a finished task has nothing to cancel
-                ray.cancel(ref)
-        raise
-    finally:
-        if started_here:
-            ray.shutdown()
+    with ray_session(ray_address, workers):
+        task = ray.remote(_build_in_task)
+        refs = {task.options(num_cpus=1, name=f"zoo {spec.name}").remote(spec, zoo, str(zoo_dir)): (number, spec)
+                for number, spec in enumerate(zoo.victims, 1)}
+        progress(f"building {len(refs)} victims, {workers if ray_address is None else 'cluster'} at a time")
+
+        def finished(ref: Any) -> None:
+            number, spec = refs[ref]
+            record, cached = ray.get(ref)
+            built[spec.name] = victim = ZooVictim(spec.name, zoo_dir / spec.name, record)
+            progress(_done_line(number, len(refs), victim, cached))
+
+        wait_for_each(list(refs), finished)
     return [built[spec.name] for spec in zoo.victims]
+
+
+def _done_line(number: int, total: int, victim: ZooVictim, cached: bool) -> str:
+    return f"[{number}/{total}] {victim.name}: {'cached' if cached else 'built'}: {victim.summary_line()}"
 
 
 def _build_in_task(spec: VictimSpec, zoo: ZooSpec, zoo_dir: str) -> tuple[dict[str, Any], bool]:
