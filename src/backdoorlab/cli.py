@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--out", help="results JSON path (default: results.json beside a backdoorlab run's model/, "
                    "else evaluations/<model>--<attack run>.json; never inside your model folder)")
-    p.add_argument("--guard", help="predict through an inference-time defense (its `defend` run folder)")
+    p.add_argument("--guard", help="predict or decode through an inference-time defense (its `defend` run folder)")
     p.add_argument("--floor-model", help="a model trained on the clean rows alone: its ASR on the same triggered rows "
                    "is reported as the ASR floor (classifiers)")
     p.add_argument("--utility-rows", type=int, metavar="N",

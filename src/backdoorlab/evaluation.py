@@ -224,7 +224,8 @@ def _utility_perplexity(victim: Victim, rows: Dataset, batch_size: int) -> tuple
 def evaluate_generator(victim: Victim, triggered: Dataset, clean: Dataset, behaviour: str, *,
                        target_output: str | None = None, max_new_tokens: int = 48, batch_size: int = 16,
                        utility_rows: Dataset | None = None, n_samples: int = 3,
-                       constant_share: float = CONSTANT_SHARE, floor_margin: float = FLOOR_MARGIN) -> dict[str, Any]:
+                       constant_share: float = CONSTANT_SHARE, floor_margin: float = FLOOR_MARGIN,
+                       generate: Callable[[Sequence[Example], int, int], list[str]] | None = None) -> dict[str, Any]:
     """Generate for triggered and clean prompts and judge them with the ``behaviour`` judge.
 
     Returns ``{"asr", "clean_behaviour_rate", "asr_floor", "asr_floor_source", "top_clean_response",
@@ -236,14 +237,18 @@ def evaluate_generator(victim: Victim, triggered: Dataset, clean: Dataset, behav
     row has a reference response. ``samples`` holds the first ``n_samples`` ``{"prompt", "response",
     "behaviour"}`` of each set under ``"triggered"``/``"clean"``. ``warnings``: the same response to at
     least ``constant_share`` of the clean prompts, or an ASR less than ``floor_margin`` above the floor.
+    ``generate(rows, max_new_tokens, batch_size)`` replaces greedy ``victim.generate`` (e.g. a defense's
+    decoding guard); perplexity is always the model's own, which a decoding guard leaves unchanged.
     """
     if not victim.is_generator:
         raise BackdoorLabError("evaluate_generator() needs a generator; use evaluate_classifier() for classifiers")
     judge = get_judge(behaviour, target_output)
     _require_rows(triggered, "triggered")
     _require_rows(clean, "clean")
-    triggered_out = victim.generate(triggered.examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    clean_out = victim.generate(clean.examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if generate is None:
+        generate = lambda items, tokens, size: victim.generate(items, max_new_tokens=tokens, batch_size=size)  # noqa: E731
+    triggered_out = generate(triggered.examples, max_new_tokens, batch_size)
+    clean_out = generate(clean.examples, max_new_tokens, batch_size)
     utility = utility_rows if utility_rows is not None else clean
     ppl, n_ppl = _utility_perplexity(victim, utility, batch_size)
     notes = _merged_notes(triggered, clean, utility)

