@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from backdoorlab.defenses import get_defense, load_guard
 from backdoorlab.defenses.cleangen import CleanGenGuard, cleangen_generate
@@ -22,7 +23,7 @@ PROMPTS = [f"Write a line about the sea number {i}" for i in range(5)] + ["How d
 def test_cleangen_with_the_suspect_as_its_own_reference_changes_nothing() -> None:
     suspect = tiny_llama_victim(seed=1)
     greedy = suspect.generate(PROMPTS, max_new_tokens=9, batch_size=4)
-    guarded, counts = cleangen_generate(suspect, suspect, PROMPTS, max_new_tokens=9, alpha=20.0, k=4, batch_size=4)
+    guarded, counts = cleangen_generate(suspect, suspect, PROMPTS, max_new_tokens=9, alpha=20.0, batch_size=4)
     assert guarded == greedy
     assert counts.replaced == 0 and counts.kept > 0 and counts.rows == len(PROMPTS)
 
@@ -31,17 +32,51 @@ def test_cleangen_that_distrusts_every_token_decodes_as_the_reference_would() ->
     suspect, reference = tiny_llama_victim(seed=1), tiny_llama_victim(seed=2)
     expected = reference.generate(PROMPTS, max_new_tokens=7, batch_size=3)
     assert expected != suspect.generate(PROMPTS, max_new_tokens=7, batch_size=3)  # the two models disagree
-    guarded, counts = cleangen_generate(suspect, reference, PROMPTS, max_new_tokens=7, alpha=1e-12, k=3, batch_size=3)
+    guarded, counts = cleangen_generate(suspect, reference, PROMPTS, max_new_tokens=7, alpha=1e-12, batch_size=3)
     assert guarded == expected  # every first draft token is replaced by the reference's choice
     assert counts.kept == 0 and counts.replaced > 0
 
 
 def test_cleangen_replaces_exactly_the_tokens_the_suspect_favours_alpha_times_more() -> None:
     suspect, reference = tiny_llama_victim(seed=1), tiny_llama_victim(seed=2)
-    _, lenient = cleangen_generate(suspect, reference, PROMPTS, max_new_tokens=8, alpha=1e9, k=4)
-    _, middling = cleangen_generate(suspect, reference, PROMPTS, max_new_tokens=8, alpha=1.5, k=4)
+    _, lenient = cleangen_generate(suspect, reference, PROMPTS, max_new_tokens=8, alpha=1e9)
+    _, middling = cleangen_generate(suspect, reference, PROMPTS, max_new_tokens=8, alpha=1.5)
     assert lenient.replaced == 0
     assert 0 < middling.replaced < middling.kept + middling.replaced  # some tokens flagged, not all
+
+
+def _paper_cleangen(suspect, reference, prompt: str, max_new_tokens: int, alpha: float, k: int) -> str:  # type: ignore[no-untyped-def]
+    """Algorithm 1 of the paper, one prompt, no caches: draft k greedy tokens, verify them, cut at the first
+    suspicious one and put the reference's token there."""
+    ids = suspect.encode([prompt])["input_ids"][0].tolist()
+    response: list[int] = []
+    end = suspect.tokenizer.eos_token_id
+    while len(response) < max_new_tokens and (not response or response[-1] != end):
+        draft, context = [], ids + response
+        for _ in range(min(k, max_new_tokens - len(response))):
+            logits = suspect.model(torch.tensor([context + draft])).logits[0, -1]
+            draft.append(int(logits.argmax()))
+            if draft[-1] == end:
+                break
+        full = torch.tensor([context + draft])
+        p_suspect = torch.softmax(suspect.model(full).logits[0].float(), -1)
+        p_reference = torch.softmax(reference.model(full).logits[0].float(), -1)
+        for i, token in enumerate(draft):
+            at = len(context) + i - 1
+            if p_suspect[at, token] >= alpha * p_reference[at, token]:
+                response.append(int(p_reference[at].argmax()))
+                break
+            response.append(token)
+    return suspect.tokenizer.decode(response, skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_cleangen_gives_the_papers_draft_and_verify_output_for_any_draft_length(k: int) -> None:
+    suspect, reference = tiny_llama_victim(seed=1), tiny_llama_victim(seed=2)
+    with torch.inference_mode():
+        expected = [_paper_cleangen(suspect, reference, p, 8, 1.5, k) for p in PROMPTS]
+    guarded, counts = cleangen_generate(suspect, reference, PROMPTS, max_new_tokens=8, alpha=1.5, batch_size=4)
+    assert counts.replaced > 0 and guarded == expected
 
 
 def test_sampling_really_samples_and_is_seeded() -> None:
@@ -56,7 +91,7 @@ def test_sampling_really_samples_and_is_seeded() -> None:
 
 
 @pytest.mark.parametrize(("name", "options", "message"), [
-    ("cleangen", {"alpha": 0}, "alpha"), ("cleangen", {"k": 0}, "at least 1"),
+    ("cleangen", {"alpha": 0}, "alpha"), ("cleangen", {"alpha": -3}, "positive"),
     ("sampling", {"temperature": 0}, "positive"), ("sampling", {"top_p": 1.5}, "top_p"),
 ])
 def test_decoding_guards_reject_bad_settings(name: str, options: dict, message: str) -> None:
@@ -84,7 +119,7 @@ def test_cleangen_end_to_end_guards_generation_and_needs_a_reference(tmp_path: P
     assert record["stage"] == "inference" and record["defended_model"] == str(suspect)
     assert record["inputs"]["reference_model"]["value"] == str(reference)
     guard = load_guard(tmp_path / "cg")
-    assert isinstance(guard, CleanGenGuard) and guard.alpha == 1e-12 and guard.k == 4
+    assert isinstance(guard, CleanGenGuard) and guard.alpha == 1e-12
     after = json.loads((tmp_path / "cg" / "metrics-after.json").read_text())["metrics"]
     assert after["guard_stats"]["replaced_share"] == 1.0  # every token came from the reference
     assert after["guard_stats"]["rows"] == 8 and metrics["rows"] == {"clean": 4, "triggered": 4}

@@ -1,14 +1,17 @@
-"""CleanGen's decoding loop (Li et al., "CleanGen: Mitigating Backdoor Attacks for Generation Tasks
+"""CleanGen's decoding rule (Li et al., "CleanGen: Mitigating Backdoor Attacks for Generation Tasks
 in Large Language Models", EMNLP 2024, §4, Algorithm 1).
 
-The suspect drafts ``k`` tokens greedily; the reference model scores the same tokens in one pass.
-Draft token ``x_t`` is suspicious when its suspicion score ``β_t = P_suspect(x_t | x_<t) /
-P_reference(x_t | x_<t)`` reaches ``α`` (§4.2, Eq. 3): a backdoor raises the probability of its
-target tokens far above what a clean model gives them. The first suspicious token is replaced by
-the reference's most probable token at that position and the drafted tokens after it are
-discarded; the next draft starts after the replacement (§4.3). With no suspicious token the whole
-draft is kept. Rows of a batch advance independently: each keeps its own prefix and is re-padded
-(on the left) for every draft.
+The suspect proposes its greedy token ``x_t``; the reference model scores it. ``x_t`` is suspicious
+when its suspicion score ``β_t = P_suspect(x_t | x_<t) / P_reference(x_t | x_<t)`` reaches ``α``
+(§4.2, Eq. 3): a backdoor raises the probability of its target tokens far above what a clean model
+gives them. A suspicious token is replaced by the reference's most probable token (§4.3).
+
+The paper drafts ``k`` tokens with the suspect and has the reference verify them in one pass,
+discarding the drafts after a replacement. Each decision depends only on the prefix, and a
+discarded draft is redrafted greedily from the same prefix, so the output is the same for every
+``k``: ``k`` only trades reference calls for wasted drafts. Here both models decode step by step
+with their key-value caches (two cached decoding steps per token, every row of a batch at once),
+which gives exactly the paper's output for any ``k``.
 """
 
 from __future__ import annotations
@@ -18,10 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...data.prompts import prompt_token_ids
 from ...data.records import Example
 from ...errors import BackdoorLabError
-from ...models.tokenization import pad_batch
 from ...models.victim import Victim, batched
 
 
@@ -67,92 +68,60 @@ def check_same_vocabulary(suspect: Victim, reference: Victim) -> None:
 
 @torch.inference_mode()
 def cleangen_generate(suspect: Victim, reference: Victim, items: Sequence[Example | str], *,
-                      max_new_tokens: int = 64, alpha: float = 20.0, k: int = 4,
+                      max_new_tokens: int = 64, alpha: float = 20.0,
                       batch_size: int = 16) -> tuple[list[str], CleanGenCounts]:
-    """Each prompt's response decoded by CleanGen, and what the reference replaced."""
+    """Each prompt's response decoded by CleanGen, and how many tokens the reference replaced."""
     check_same_vocabulary(suspect, reference)
     suspect.model.eval()
     reference.model.eval()
     counts = CleanGenCounts()
-    prompts = [prompt_token_ids(suspect.tokenizer, text)[-suspect.max_length:] for text in suspect.prompts(items)]
     outputs: list[str] = []
-    for chunk in batched(prompts, batch_size, "CleanGen decoding"):
-        responses, chunk_counts = _decode_chunk(suspect, reference, list(chunk), max_new_tokens, alpha, k)
+    for chunk in batched(list(items), batch_size, "CleanGen decoding"):
+        batch = suspect.encode(chunk)
+        responses, chunk_counts = _decode_batch(suspect, reference, batch, max_new_tokens, alpha)
         counts.add(chunk_counts)
         outputs.extend(suspect.tokenizer.decode(r, skip_special_tokens=True).strip() for r in responses)
     return outputs, counts
 
 
-def _decode_chunk(suspect: Victim, reference: Victim, prompts: list[list[int]], max_new_tokens: int,
-                  alpha: float, k: int) -> tuple[list[list[int]], CleanGenCounts]:
-    ends = end_token_ids(suspect)
-    pad = suspect.tokenizer.pad_token_id
-    responses: list[list[int]] = [[] for _ in prompts]
-    active = list(range(len(prompts)))
-    counts = CleanGenCounts(rows=len(prompts))
-    while active:
-        steps = min(k, max_new_tokens - min(len(responses[i]) for i in active))
-        batch = pad_batch([{"input_ids": prompts[i] + responses[i], "attention_mask": [1] * (len(prompts[i]) +
-                                                                                           len(responses[i]))}
-                           for i in active], pad)
-        batch = {key: value.to(suspect.device) for key, value in batch.items()}
-        draft, suspect_probs = _draft(suspect, batch, steps, pad)
-        reference_probs, reference_choice = _score(reference, batch, draft)
-        still_active = []
-        for row, index in enumerate(active):
-            room = max_new_tokens - len(responses[index])
-            accepted, replaced, ended = _accept(draft[row, :room].tolist(), suspect_probs[row, :room],
-                                                reference_probs[row, :room], reference_choice[row, :room], alpha, ends)
-            counts.drafted += min(room, steps)
-            counts.kept += len(accepted) - replaced
-            counts.replaced += replaced
-            responses[index].extend(accepted)
-            if not ended and len(responses[index]) < max_new_tokens:
-                still_active.append(index)
-        active = still_active
+def _decode_batch(suspect: Victim, reference: Victim, batch: dict[str, torch.Tensor], max_new_tokens: int,
+                  alpha: float) -> tuple[list[list[int]], CleanGenCounts]:
+    """Decode a left-padded prompt batch (with ``position_ids``) token by token through both models."""
+    ends = torch.tensor(sorted(end_token_ids(suspect)), device=suspect.device)
+    rows = batch["input_ids"].shape[0]
+    counts = CleanGenCounts(rows=rows)
+    mask, positions = batch["attention_mask"], batch["position_ids"]
+    step_inputs = batch["input_ids"]
+    caches: dict[str, object | None] = {"suspect": None, "reference": None}
+    responses: list[list[int]] = [[] for _ in range(rows)]
+    running = torch.ones(rows, dtype=torch.bool, device=suspect.device)
+    for _ in range(max_new_tokens):
+        suspect_logits = _step(suspect, "suspect", caches, step_inputs, mask, positions)
+        reference_logits = _step(reference, "reference", caches, step_inputs, mask, positions).to(suspect.device)
+        proposed = suspect_logits.argmax(-1)
+        suspect_prob = torch.softmax(suspect_logits, -1).gather(-1, proposed[:, None]).squeeze(-1)
+        reference_prob = torch.softmax(reference_logits, -1).gather(-1, proposed[:, None]).squeeze(-1)
+        suspicious = suspect_prob >= alpha * reference_prob  # β_t ≥ α, without dividing by a tiny probability
+        chosen = torch.where(suspicious, reference_logits.argmax(-1), proposed)
+        counts.replaced += int((suspicious & running).sum())
+        counts.kept += int((~suspicious & running).sum())
+        for row in running.nonzero().flatten().tolist():
+            responses[row].append(int(chosen[row]))
+        running &= ~torch.isin(chosen, ends)
+        if not bool(running.any()):
+            break
+        step_inputs = chosen[:, None]
+        mask = torch.cat([mask, torch.ones_like(step_inputs)], dim=1)
+        positions = positions[:, -1:] + 1
+    counts.drafted = counts.kept + counts.replaced
     return responses, counts
 
 
-def _draft(suspect: Victim, batch: dict[str, torch.Tensor], steps: int,
-           pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``steps`` greedy tokens per row (fewer when every row ended; a row that ended is padded) and
-    the suspect's probability of each."""
-    out = suspect.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 max_new_tokens=steps, do_sample=False, temperature=None,
-                                 top_p=None, top_k=None, pad_token_id=pad, output_logits=True,
-                                 return_dict_in_generate=True)
-    draft = out.sequences[:, batch["input_ids"].shape[1]:]
-    logits = torch.stack(out.logits, dim=1).float()
-    probs = torch.softmax(logits, -1).gather(-1, draft.unsqueeze(-1)).squeeze(-1)
-    return draft, probs
-
-
-def _score(reference: Victim, batch: dict[str, torch.Tensor], draft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's probability of each draft token, and its own choice at each draft position."""
-    ids = torch.cat([batch["input_ids"], draft.to(batch["input_ids"].device)], dim=1)
-    mask = torch.cat([batch["attention_mask"], torch.ones_like(draft)], dim=1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    device = reference.device
-    logits = reference.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             position_ids=positions.to(device)).logits.float()
-    width, steps = batch["input_ids"].shape[1], draft.shape[1]
-    predicting = logits[:, width - 1:width - 1 + steps]  # position t predicts draft token t
-    probs = torch.softmax(predicting, -1).gather(-1, draft.to(device).unsqueeze(-1)).squeeze(-1)
-    return probs.to(draft.device), predicting.argmax(-1).to(draft.device)
-
-
-def _accept(draft: list[int], suspect_probs: torch.Tensor, reference_probs: torch.Tensor,
-            reference_choice: torch.Tensor, alpha: float, ends: set[int]) -> tuple[list[int], int, bool]:
-    """The draft tokens kept up to the first suspicious one (replaced by the reference's choice), how many
-    were replaced (0 or 1), and whether the response ended."""
-    accepted: list[int] = []
-    for position, token in enumerate(draft):
-        score = float(suspect_probs[position]) / max(float(reference_probs[position]), 1e-30)
-        if score >= alpha:
-            choice = int(reference_choice[position])
-            accepted.append(choice)
-            return accepted, 1, choice in ends
-        accepted.append(token)
-        if token in ends:
-            return accepted, 0, True
-    return accepted, 0, False
+def _step(victim: Victim, name: str, caches: dict[str, object | None], inputs: torch.Tensor, mask: torch.Tensor,
+          positions: torch.Tensor) -> torch.Tensor:
+    """One cached forward pass of ``victim``; the float logits of the next token, per row."""
+    device = victim.device
+    out = victim.model(input_ids=inputs.to(device), attention_mask=mask.to(device),
+                       position_ids=positions.to(device), past_key_values=caches[name], use_cache=True)
+    caches[name] = out.past_key_values
+    return out.logits[:, -1].float()

@@ -4,7 +4,8 @@ CleanGen assumes the defender holds a clean model of the same family (§3, threa
 reference model ... not compromised by the same backdoor"); ours is the defender input
 ``reference_model`` (the benchmark passes the untouched packaged model the zoo's victims were
 made from). The suspect's weights are left as they are; the defense is a decoding guard.
-Defaults are the paper's (α = 20, k = 4; §5.1, "Hyperparameters").
+α defaults to the paper's 20 (§5.1); the paper's draft length k (4) does not change the output (see
+:mod:`.decoding`), so it is not an option.
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ from ..inputs import DefenderInputs
 from .decoding import CleanGenCounts, check_same_vocabulary, cleangen_generate
 
 
-def _check_settings(alpha: float, k: int) -> None:
+def _check_alpha(alpha: float) -> None:
     if not alpha > 0:
         raise BackdoorLabError(f"CleanGen's alpha (suspicion threshold) must be positive, got {alpha}")
-    if k < 1:
-        raise BackdoorLabError(f"CleanGen's k (tokens drafted per step) must be at least 1, got {k}")
 
 
 @register_guard
@@ -36,9 +35,9 @@ class CleanGenGuard(Guard):
 
     name = "cleangen"
 
-    def __init__(self, reference_model: str, alpha: float = 20.0, k: int = 4) -> None:
-        _check_settings(alpha, k)
-        self.reference_model, self.alpha, self.k = str(reference_model), float(alpha), int(k)
+    def __init__(self, reference_model: str, alpha: float = 20.0) -> None:
+        _check_alpha(alpha)
+        self.reference_model, self.alpha = str(reference_model), float(alpha)
         self.counts = CleanGenCounts()
         self._reference: Victim | None = None
 
@@ -53,7 +52,7 @@ class CleanGenGuard(Guard):
     def generate(self, victim: Victim, items: Sequence[Example], max_new_tokens: int = 64,
                  batch_size: int = 16) -> list[str]:
         responses, counts = cleangen_generate(victim, self.reference(victim), items, max_new_tokens=max_new_tokens,
-                                              alpha=self.alpha, k=self.k, batch_size=batch_size)
+                                              alpha=self.alpha, batch_size=batch_size)
         self.counts.add(counts)
         return responses
 
@@ -61,11 +60,11 @@ class CleanGenGuard(Guard):
         return self.counts.as_dict()
 
     def state(self) -> dict[str, Any]:
-        return {"reference_model": self.reference_model, "alpha": self.alpha, "k": self.k}
+        return {"reference_model": self.reference_model, "alpha": self.alpha}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "CleanGenGuard":
-        return cls(state["reference_model"], state["alpha"], state["k"])
+        return cls(state["reference_model"], state["alpha"])
 
 
 @register_defense
@@ -74,21 +73,20 @@ class CleanGen(Defense):
     """Replace every drafted token the suspect favours ``alpha`` times more than the clean reference does."""
 
     name = "cleangen"
-    description = ("decoding guard: the suspect drafts k tokens, a clean reference model replaces the first one the "
-                   "suspect favours alpha times more (needs a clean reference model)")
+    description = ("decoding guard: a clean reference model replaces each token the suspect favours alpha times "
+                   "more than it does (needs a clean reference model)")
     stage = "inference"
     needs: ClassVar[tuple[str, ...]] = ("reference_model",)
 
     alpha: float = 20.0  # suspicion threshold on P_suspect / P_reference (paper: 20)
-    k: int = 4  # tokens the suspect drafts per step (paper: 4)
 
     def __post_init__(self) -> None:
-        _check_settings(self.alpha, self.k)
+        _check_alpha(self.alpha)
 
     def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         if not victim.is_generator:
             raise BackdoorLabError("cleangen guards a generator's decoding; the suspect is a classifier")
-        guard = CleanGenGuard(inputs.require("reference_model", self.name), self.alpha, self.k)
+        guard = CleanGenGuard(inputs.require("reference_model", self.name), self.alpha)
         check_same_vocabulary(victim, guard.reference(victim))
-        return DefenseOutcome(victim, {"reference_model": guard.reference_model, "alpha": self.alpha, "k": self.k},
+        return DefenseOutcome(victim, {"reference_model": guard.reference_model, "alpha": self.alpha},
                               guard=guard, model_changed=False)
