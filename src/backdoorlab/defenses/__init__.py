@@ -5,11 +5,23 @@ holds; ``runner``: ``backdoorlab defend``; ``guard``: inference-time guards); ma
 methods share lives in ``shared``; each method is a package of its own (peft's ``tuners/<method>``
 shape): ``badllm_tg`` (trigger inversion + adversarial training); the classification baselines
 ``none``, ``fine_tune``, ``onion``, ``rap``, ``muscle_lora`` and ``badacts``; ``attribution``
-(``head-ablation`` and ``backdoor-vector``); the generative baselines ``cleangen`` and ``sampling``
-(decoding guards).
+(``head-ablation`` and ``backdoor-vector``); the generative baselines ``quantization``, ``cleangen``
+and ``sampling`` (decoding guards).
 """
 
-from . import attribution, badacts, badllm_tg, cleangen, fine_tune, muscle_lora, none, onion, rap, sampling  # noqa: F401  (register)
+from . import (  # noqa: F401  (register)
+    attribution,
+    badacts,
+    badllm_tg,
+    cleangen,
+    fine_tune,
+    muscle_lora,
+    none,
+    onion,
+    quantization,
+    rap,
+    sampling,
+)
 from .base import Defense, DefenseOutcome, get_defense, list_defenses, register_defense
 from .guard import REJECTED, Guard, load_guard, register_guard, save_guard
 from .inputs import INPUTS, DefenderInputs, OracleExamples, gather_inputs

@@ -68,10 +68,10 @@ class Sampling(Defense):
     description = "decoding guard: sample responses at a temperature (really sampled, seeded) instead of greedily"
     stage = "inference"
 
-    temperature: float = 1.0
+    temperature: float = 1.0  # softmax temperature of the sampled tokens (> 0)
     top_p: float = 1.0  # nucleus sampling; 1.0: off
-    top_k: int = 0  # 0: off
-    seed: int = 0
+    top_k: int = 0  # sample among the k most probable tokens; 0: off
+    seed: int = 0  # seed of the sampled tokens
 
     def __post_init__(self) -> None:
         _check_settings(self.temperature, self.top_p, self.top_k)
