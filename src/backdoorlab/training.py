@@ -19,6 +19,9 @@ two runs.
 Runs are seeded end to end: the seed is set before the model is loaded (a classifier's new head
 is drawn then) and before LoRA adapters are created; the Trainer seeds dropout and the data
 order (``data_seed``) and restores the random state from a checkpoint when resuming.
+
+A run may train with its own loss instead of the model's (a :class:`TrainingObjective`, e.g. a
+defense's regularised loss); the objective's name and settings then join the fingerprint.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -117,6 +120,19 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """A config from ``values`` (strings allowed), checked by option name and type."""
         return build(cls, values, "training config")
+
+
+class TrainingObjective(Protocol):
+    """A training loss that replaces the model's own: ``loss(model, inputs)`` gets the model being
+    trained (LoRA-wrapped where LoRA is used) and one collated batch (:func:`training_collator`) and
+    returns a scalar, a per-batch mean (the Trainer divides it for gradient accumulation).
+    ``name`` and the JSON-able ``settings()`` identify it in the run's fingerprint."""
+
+    name: str
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def loss(self, model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -257,26 +273,32 @@ def _library_progress_bars_off() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def train_fingerprint(model_id: str, kind: str, dataset: Dataset, config: TrainConfig) -> dict[str, Any]:
+def train_fingerprint(model_id: str, kind: str, dataset: Dataset, config: TrainConfig,
+                      objective: TrainingObjective | None = None) -> dict[str, Any]:
     """What a run's final weights depend on: the base model's identity (:func:`model_identity`), its
     kind, the data's digest and the settings (``config`` resolved for ``kind``) except
-    :data:`NOT_FINGERPRINTED`, plus the package version. ``keep_adapter`` counts only when on, so runs
-    from before that option stay current."""
+    :data:`NOT_FINGERPRINTED`, plus the package version. ``keep_adapter`` counts only when on, and the
+    ``objective`` (name and settings) only when given, so runs from before either stay current."""
     settings = {k: v for k, v in asdict(config.resolved(kind)).items() if k not in NOT_FINGERPRINTED}
     if not settings["keep_adapter"]:
         del settings["keep_adapter"]
-    return make_fingerprint("train", model=model_id, kind=kind, dataset=dataset_digest(dataset), config=settings)
+    extra = {} if objective is None else {"objective": {"name": objective.name, "settings": objective.settings()}}
+    return make_fingerprint("train", model=model_id, kind=kind, dataset=dataset_digest(dataset), config=settings,
+                            **extra)
 
 
 def trained_model(out_dir: str | Path, model: str | Path | Victim, dataset: Dataset,
-                  config: TrainConfig | None = None, *, kind: str = "auto") -> Path | None:
-    """``out_dir/model`` if it was trained from ``model`` on ``dataset`` with ``config``, ``None`` if
-    ``out_dir`` holds no finished model; raises if its model was trained otherwise."""
+                  config: TrainConfig | None = None, *, kind: str = "auto",
+                  objective: TrainingObjective | None = None) -> Path | None:
+    """``out_dir/model`` if it was trained from ``model`` on ``dataset`` with ``config`` (and
+    ``objective``), ``None`` if ``out_dir`` holds no finished model; raises if its model was trained
+    otherwise."""
     kind = model.kind if isinstance(model, Victim) else kind
-    return _finished(Path(out_dir), model_identity(model), dataset, config or TrainConfig(), kind)
+    return _finished(Path(out_dir), model_identity(model), dataset, config or TrainConfig(), kind, objective)
 
 
-def _finished(out_dir: Path, model_id: str, dataset: Dataset, config: TrainConfig, kind: str) -> Path | None:
+def _finished(out_dir: Path, model_id: str, dataset: Dataset, config: TrainConfig, kind: str,
+              objective: TrainingObjective | None = None) -> Path | None:
     folder = out_dir / MODEL_DIR
     if not folder.is_dir():
         return None
@@ -286,7 +308,7 @@ def _finished(out_dir: Path, model_id: str, dataset: Dataset, config: TrainConfi
     if stored is None or trained_kind not in ("classifier", "generator"):
         why = f"{TRAIN_FILE} does not record how it was trained"
     else:
-        expected = train_fingerprint(model_id, trained_kind, dataset, config)
+        expected = train_fingerprint(model_id, trained_kind, dataset, config, objective)
         if same_fingerprint(stored, expected):
             return folder
         why = f"it was trained with other {', '.join(fingerprint_difference(stored, expected))}"
@@ -324,7 +346,7 @@ def _prepared_victim(model: str | Path | Victim, dataset: Dataset, config: Train
 
 def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = None,
           *, kind: str = "auto", overwrite: bool = False, reuse: bool = False, allow_pickle: bool = False,
-          callbacks: list[Any] | None = None) -> Victim:
+          callbacks: list[Any] | None = None, objective: TrainingObjective | None = None) -> Victim:
     """Fine-tune ``model`` on ``dataset`` into ``out_dir``; resume if a previous run was interrupted.
 
     Returns the trained :class:`Victim` (LoRA merged). ``out_dir`` is claimed by the run's
@@ -332,7 +354,8 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
     a folder holding another run raises. ``overwrite`` first replaces ``out_dir`` by an empty folder.
     A finished ``out_dir/model`` raises unless ``overwrite``, or with ``reuse`` is loaded and
     returned when it was trained exactly so. ``callbacks`` are :class:`transformers.TrainerCallback`
-    objects (e.g. to watch a validation metric during training).
+    objects (e.g. to watch a validation metric during training). ``objective`` replaces the model's
+    loss by its own (:class:`TrainingObjective`); it is part of the fingerprint.
     """
     out_dir = Path(out_dir)
     if (out_dir / MODEL_DIR).exists() and not (overwrite or reuse):
@@ -342,15 +365,15 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
     config = config or TrainConfig()
     kind = model.kind if isinstance(model, Victim) else kind
     model_id = model_identity(model)  # before training or --overwrite can change what it names
-    if reuse and not overwrite and _finished(out_dir, model_id, dataset, config, kind):
+    if reuse and not overwrite and _finished(out_dir, model_id, dataset, config, kind, objective):
         return load_victim(out_dir / MODEL_DIR, device=config.device, dtype=config.dtype)
     with _library_progress_bars_off():
         victim, config = _prepared_victim(model, dataset, config, kind, allow_pickle)
-        fingerprint = train_fingerprint(model_id, victim.kind, dataset, config)
+        fingerprint = train_fingerprint(model_id, victim.kind, dataset, config, objective)
         if overwrite:
             fresh_directory(out_dir)
         check_folder_fingerprint(out_dir, fingerprint, "training run")
-        summary = _fit(victim, dataset, config, out_dir / CHECKPOINT_DIR, callbacks)
+        summary = _fit(victim, dataset, config, out_dir / CHECKPOINT_DIR, callbacks, objective)
         # train.json before model/, so that a folder with a model/ always says how it was trained
         write_json_atomic(out_dir / TRAIN_FILE, {**summary, FINGERPRINT_KEY: fingerprint,
                                                  "environment": environment_info()})
@@ -361,7 +384,7 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
 
 
 def _fit(victim: Victim, dataset: Dataset, config: TrainConfig, checkpoints: Path,
-         callbacks: list[Any] | None) -> dict[str, Any]:
+         callbacks: list[Any] | None, objective: TrainingObjective | None = None) -> dict[str, Any]:
     """Run the Trainer on ``victim`` (resuming from the last checkpoint in ``checkpoints``); return
     what ``train.json`` records about the run."""
     from transformers import Trainer, TrainingArguments
@@ -371,9 +394,10 @@ def _fit(victim: Victim, dataset: Dataset, config: TrainConfig, checkpoints: Pat
     args = TrainingArguments(**trainer_arguments(config, checkpoints), remove_unused_columns=False,
                              deepspeed=config.deepspeed, fsdp=config.fsdp, **config.extra)
     started = time.time()
-    trainer = Trainer(model=victim.model, args=args,
-                      train_dataset=_Rows(training_features(victim, dataset, config.max_length)),
-                      data_collator=training_collator(victim), callbacks=callbacks)
+    trainer_class, extra = (Trainer, {}) if objective is None else (_objective_trainer_class(), {"objective": objective})
+    trainer = trainer_class(model=victim.model, args=args,
+                            train_dataset=_Rows(training_features(victim, dataset, config.max_length)),
+                            data_collator=training_collator(victim), callbacks=callbacks, **extra)
     bar = show_progress(trainer)
     try:
         result = trainer.train(resume_from_checkpoint=resume)
@@ -394,6 +418,25 @@ def _fit(victim: Victim, dataset: Dataset, config: TrainConfig, checkpoints: Pat
         "examples_per_second": round(_seen(result.global_step, config) / max(seconds, 1e-9), 2),
         "log_history": trainer.state.log_history,
     }
+
+
+@functools.cache
+def _objective_trainer_class() -> type:
+    """A Trainer whose loss is a :class:`TrainingObjective`'s, built on first use."""
+    from transformers import Trainer
+
+    class ObjectiveTrainer(Trainer):
+        def __init__(self, *args: Any, objective: TrainingObjective, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.objective = objective
+            self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides it over accumulation steps
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            loss = self.objective.loss(model, inputs)
+            return (loss, None) if return_outputs else loss
+
+    return ObjectiveTrainer
 
 
 def save_adapter(model: Any, folder: Path) -> Path:
