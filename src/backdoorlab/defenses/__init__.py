@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (register)
     badacts,
     badllm_tg,
     cleangen,
+    crow,
     fine_tune,
     muscle_lora,
     none,

@@ -52,8 +52,8 @@ class Crow(CleanRowsDefense):
     epochs: float = 3.0  # the paper trains 5
     learning_rate: float = 1e-3
     batch_size: int = 8
-    lora_r: int = 8
-    lora_alpha: int = 16
+    lora_r: int = 8  # LoRA rank (the authors' configs)
+    lora_alpha: int = 16  # LoRA scaling alpha (not the loss weight alpha)
     max_length: int | None = None  # tokens per row; default: the suspect model's own limit
     measure: bool = True  # also average the loss terms over the clean rows before and after (one extra pass each)
 
