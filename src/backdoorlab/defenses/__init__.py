@@ -5,8 +5,8 @@ holds; ``runner``: ``backdoorlab defend``; ``guard``: inference-time guards); ma
 methods share lives in ``shared``; each method is a package of its own (peft's ``tuners/<method>``
 shape): ``badllm_tg`` (trigger inversion + adversarial training); the classification baselines
 ``none``, ``fine_tune``, ``onion``, ``rap``, ``muscle_lora`` and ``badacts``; ``attribution``
-(``head-ablation`` and ``backdoor-vector``); the generative baselines ``quantization``, ``cleangen``
-and ``sampling`` (decoding guards).
+(``head-ablation`` and ``backdoor-vector``); the generative baselines ``fine_pruning``, ``pruning``
+(Wanda and magnitude), ``quantization``, ``crow``, and the decoding guards ``cleangen`` and ``sampling``.
 """
 
 from . import (  # noqa: F401  (register)
@@ -15,10 +15,12 @@ from . import (  # noqa: F401  (register)
     badllm_tg,
     cleangen,
     crow,
+    fine_pruning,
     fine_tune,
     muscle_lora,
     none,
     onion,
+    pruning,
     quantization,
     rap,
     sampling,
