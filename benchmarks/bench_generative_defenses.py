@@ -127,21 +127,30 @@ def cells(args: argparse.Namespace) -> list[Cell]:
     return grid
 
 
+def _average_entry(results: list[dict[str, Any]]) -> str:
+    """Mean ASR after the defense, with the mean before it on the same cells (columns may cover other victims)."""
+    if not results:
+        return "not run"
+    after, before = (100 * statistics.fmean(r[key] for r in results) for key in ("asr", "before_asr"))
+    return f"{after:.1f} (before {before:.1f}, n={len(results)})"
+
+
 def average_rows(records: list[dict[str, Any]], defenses: list[str]) -> TableSpec:
-    """Average ASR per behaviour and defense over the finished cells, beside the published averages."""
+    """Average ASR per behaviour and defense over the finished cells (all victims, then only those that pass the
+    zoo's quality bar), beside the published averages."""
+    finished = [r for r in records if r["status"] == "ok"]
     rows = []
-    for behaviour in sorted({r["result"]["behaviour"] for r in records if r["status"] == "ok"}):
-        row: list[Any] = [behaviour]
-        for defense in defenses:
-            values = [r["result"]["asr"] for r in records if r["status"] == "ok" and r["defense"] == defense
-                      and r["result"]["behaviour"] == behaviour]
-            row.append(f"{100 * statistics.fmean(values):.1f} (n={len(values)})" if values else "not run")
-        rows.append(row)
+    for behaviour in sorted({r["result"]["behaviour"] for r in finished}):
+        for label, keep in (("", lambda result: True), (", victims that pass the bar", lambda result: result["victim_passed"])):
+            rows.append([behaviour + label, *(_average_entry([r["result"] for r in finished if r["defense"] == d
+                                                               and r["result"]["behaviour"] == behaviour
+                                                               and keep(r["result"])]) for d in defenses)])
         published = PUBLISHED.get(behaviour, {})
         rows.append([f"{behaviour}, published (BD-VAX Table 2, LLaMA-2-7B)",
                      *(published.get(PUBLISHED_COLUMN.get(parse_column(d)[0], ""), "–") for d in defenses)])
     return TableSpec("Average ASR (%) by behaviour", ["behaviour", *defenses], rows,
-                     note="ours: SmolLM2-135M-Instruct zoo victims (LoRA), over the victims and seeds finished")
+                     note="ours: SmolLM2-135M-Instruct zoo victims (LoRA), over the victims and seeds finished; "
+                          "'before' is the same victims' ASR without the defense")
 
 
 def cost_seconds(record: dict[str, Any], out: Path) -> tuple[float, str] | None:
