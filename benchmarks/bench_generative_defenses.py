@@ -153,6 +153,24 @@ def average_rows(records: list[dict[str, Any]], defenses: list[str]) -> TableSpe
                           "'before' is the same victims' ASR without the defense")
 
 
+def column_summary(records: list[dict[str, Any]], defenses: list[str]) -> TableSpec:
+    """One row per column: each figure's mean over the victims it finished (a sweep reads as rows)."""
+    rows = []
+    for defense in defenses:
+        results = [r["result"] for r in records if r["status"] == "ok" and r["defense"] == defense]
+        if not results:
+            rows.append([defense, "not run", "–", "–", "–", "–", 0])
+            continue
+        row: list[Any] = [defense]
+        for key, scale in (("asr", 100), ("before_asr", 100), ("clean_behaviour_rate", 100),
+                           ("clean_perplexity", 1), ("task_accuracy", 100)):
+            values = [float(r[key]) * scale for r in results if r.get(key) is not None]
+            row.append(f"{statistics.fmean(values):.{1 if scale == 100 else 2}f}" if values else "–")
+        rows.append([*row, len(results)])
+    return TableSpec("Mean over the finished victims, by column",
+                     ["defense", "ASR", "ASR before", "clean behaviour", "clean PPL", "task accuracy", "victims"], rows)
+
+
 def cost_seconds(record: dict[str, Any], out: Path) -> tuple[float, str] | None:
     """What a finished cell's defense cost: its ``defense.json`` seconds (the method's own work, without the
     evaluation), or, for a decoding guard, the cell's seconds (decoding the evaluated prompts through it)."""
@@ -201,6 +219,7 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace) -> tuple[Pat
     tables.insert(1, pivot_table("ASR floor: the untouched model's rate on the same triggered prompts (%)", records,
                                  mean_std("asr_floor", 100)))
     tables.append(average_rows(records, list(args.defenses)))
+    tables.append(column_summary(records, list(args.defenses)))
     tables.append(cost_table(records, list(args.defenses), Path(args.out)))
     notes = ["Before = the zoo's evaluation of the victim on the same rows (`backdoorlab zoo show NAME`).",
              "A victim that failed the zoo's quality bar is still measured; `victim_passed` in its cell record says so."]

@@ -55,4 +55,7 @@ def test_columns_carry_options_decoding_guards_get_the_zoos_base_and_costs_are_r
     assert cleangen["inputs"]["reference_model"]["value"] == str(tiny_base) and cleangen["options"]["alpha"] == 50
     report = (out / "report.md").read_text()
     assert "× FT epoch" in report and "sampling,temperature=0.5" in report
+    summary = report[report.index("Mean over the finished victims, by column"):]
+    hot_asr = 100 * records["sampling,temperature=1.5"]["result"]["asr"]
+    assert f"| sampling,temperature=1.5 | {hot_asr:.1f} |" in summary
     assert bench.main([*argv[:-5], "--defenses", "sampling,temperature=-1"]) == 2  # bad column options: a clear error
