@@ -18,7 +18,9 @@ columns (a sparsity sweep, several temperatures):
         magnitude-pruning,sparsity=0.3 sampling,temperature=0.7 sampling,temperature=1.5
     python benchmarks/bench_generative_defenses.py --report-only    # tables from finished cells
 
-Defenses that need a clean reference model (CleanGen) get the zoo's untouched base model.
+Defenses that need a clean reference model (CleanGen) get the zoo's untouched base model. A cell's
+defended model and training checkpoints are deleted once it is measured (``--keep-models`` keeps
+them): a full grid would otherwise hold half a gigabyte per cell.
 
 The zoo must be built first (`backdoorlab zoo build`); a victim that is not built is reported as
 "not run". A killed grid resumes: finished cells are skipped.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -40,6 +43,7 @@ from backdoorlab.bench.report import TableSpec, mean_std, pivot_table, write_rep
 from backdoorlab.defenses import get_defense, run_defense
 from backdoorlab.defenses.base import defense_info
 from backdoorlab.errors import BackdoorLabError
+from backdoorlab.training import CHECKPOINT_DIR
 from backdoorlab.zoo import DEFAULT_ZOO_DIR, default_zoo, list_zoo, load_zoo_victim
 from backdoorlab.zoo.build import EVALUATION, UTILITY
 from backdoorlab.zoo.catalog import ZOO_FILE, read_json
@@ -79,6 +83,7 @@ def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
     victim = load_zoo_victim(cell.victim, params["zoo_dir"])
     options = {**params["options"], **({"seed": cell.seed} if params["seeded"] else {})}
     method, _ = parse_column(cell.defense)
+    _drop_if_model_gone(workdir / "defense")
     metrics = run_defense(method, victim.model, victim.attack_run, workdir / "defense", options=options,
                           clean_data=params["clean_data"], reference_model=params.get("reference_model"),
                           baseline=victim.folder / EVALUATION, max_eval_rows=None,
@@ -90,12 +95,22 @@ def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
     model, utility_file = (defended, workdir / UTILITY) if defended.is_dir() else (victim.model, victim.folder / UTILITY)
     tasks = tuple(params["utility_tasks"])
     utility = ensure_task_accuracy(model, tasks, params["utility_rows"], utility_file, data_dir=params["data_dir"])
+    if not params.get("keep_models"):  # measured: the defended weights (0.5 GB for SmolLM2) are not kept
+        for folder in [defended, *(workdir / "defense").rglob(CHECKPOINT_DIR)]:
+            shutil.rmtree(folder, ignore_errors=True)
     return {"asr": after["asr"], "asr_floor": victim.figure("asr", "untouched"),
             "clean_behaviour_rate": after["clean_behaviour_rate"], "clean_perplexity": after["clean_perplexity"],
             "task_accuracy": None if utility is None else utility["average"]["acc"],
             "before_asr": metrics["before"]["asr"], "behaviour": victim.record["spec"]["behaviour"],
             "threat_model": victim.record["spec"]["threat_model"], "victim_passed": victim.passed,
             "n_triggered": after["n_triggered"], "n_clean": after["n_clean"]}
+
+
+def _drop_if_model_gone(folder: Path) -> None:
+    """A defense folder whose defended model was dropped (a finished cell being recomputed) starts afresh."""
+    record = read_json(folder / "defense.json")
+    if record is not None and record.get("defended_model") == str(folder / "model") and not (folder / "model").is_dir():
+        shutil.rmtree(folder)
 
 
 def zoo_settings(zoo_dir: Path) -> dict[str, Any]:
@@ -122,7 +137,8 @@ def cells(args: argparse.Namespace) -> list[Cell]:
                 params = {"zoo_dir": str(args.zoo_dir), "victim_fingerprint": identity, "options": options,
                           "seeded": seeded, "clean_data": args.clean_data, "max_new_tokens": zoo["max_new_tokens"],
                           "device": args.device, "data_dir": zoo.get("data_dir"),
-                          "utility_tasks": list(zoo["utility_tasks"]), "utility_rows": zoo["utility_rows"], **extra}
+                          "utility_tasks": list(zoo["utility_tasks"]), "utility_rows": zoo["utility_rows"], **extra,
+                          **({"keep_models": True} if args.keep_models else {})}
                 grid.append(Cell(name, column, seed, params))
     return grid
 
@@ -249,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clean-data", help="clean rows the defenses may use (default: each victim's source rows "
                         "outside its attack run)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--keep-models", action="store_true", help="keep each cell's defended model (0.5 GB for "
+                        "SmolLM2) and training checkpoints; by default they are deleted once the cell is measured")
     args = parser.parse_args(argv)
     try:
         args.option = _options(args.defense_option)

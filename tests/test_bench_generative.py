@@ -49,6 +49,13 @@ def test_columns_carry_options_decoding_guards_get_the_zoos_base_and_costs_are_r
     records = {r["defense"]: r for r in (json.loads(p.read_text()) for p in (out / "cells").glob("*.json"))}
     assert set(records) == {"fine-tune", "sampling,temperature=1.5", "sampling,temperature=0.5", "cleangen,alpha=50"}
     assert all(r["status"] == "ok" for r in records.values()), [r.get("error") for r in records.values()]
+    tuned = out / "work" / records["fine-tune"]["id"] / "defense"
+    assert (tuned / "defense.json").is_file() and not (tuned / "model").exists()  # measured, then dropped
+    assert not list(tuned.rglob("checkpoints"))
+    (out / "cells" / f"{records['fine-tune']['id']}.json").unlink()  # its record lost after the model was dropped
+    assert bench.main(argv) == 0  # the cell is computed again from scratch, not resumed on a missing model
+    again = json.loads((out / "cells" / f"{records['fine-tune']['id']}.json").read_text())
+    assert again["status"] == "ok" and again["result"]["asr"] == records["fine-tune"]["result"]["asr"]
     hot = json.loads((out / "work" / records["sampling,temperature=1.5"]["id"] / "defense" / "guard.json").read_text())
     assert hot["state"]["temperature"] == 1.5 and hot["state"]["seed"] == 0
     cleangen = json.loads((out / "work" / records["cleangen,alpha=50"]["id"] / "defense" / "defense.json").read_text())
