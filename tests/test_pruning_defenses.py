@@ -14,9 +14,10 @@ import backdoorlab.defenses.pruning  # noqa: F401  (registers wanda and magnitud
 from backdoorlab.data.records import Dataset, Example
 from backdoorlab.defenses.base import get_defense
 from backdoorlab.defenses.inputs import DefenderInputs
-from backdoorlab.defenses.pruning.calibration import BlockInputs, input_sq_norms, token_batches
+from backdoorlab.defenses.pruning.calibration import BlockInputs, input_sq_norms
 from backdoorlab.defenses.pruning.scores import block_linears
 from backdoorlab.defenses.runner import run_defense
+from backdoorlab.defenses.shared.token_batches import token_batches
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.metrics import perplexity
 from backdoorlab.models.architecture import transformer_layers

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BackdoorLabError
-from ...models.victim import Victim, batched
-from ...training import TrainConfig, train, training_collator, training_features
+from ...models.victim import Victim
+from ...training import TrainConfig, train
 from ..base import DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
 from ..shared.clean_rows import CleanRowsDefense
+from ..shared.token_batches import token_batches
 from .loss import CrowObjective
 
 
@@ -93,10 +94,8 @@ class Crow(CleanRowsDefense):
         return DefenseOutcome(tuned, findings)
 
     def _measure(self, objective: CrowObjective, victim: Victim, clean: Any, config: TrainConfig) -> dict[str, float]:
-        features = training_features(victim, clean, config.max_length)
-        collate = training_collator(victim)
-        batches = (collate(list(chunk)) for chunk in batched(features, self.batch_size, "CROW losses"))
-        return objective.measure(victim.model, ({k: v.to(victim.device) for k, v in b.items()} for b in batches))
+        batches = token_batches(victim, clean, self.batch_size, config.max_length, sort=False, desc="CROW losses")
+        return objective.measure(victim.model, batches)
 
 
 def _last_epoch(history: list[dict[str, float]], steps: int) -> dict[str, float] | None:

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from ...errors import BackdoorLabError
 from ...models.architecture import transformer_layers
 from ...models.victim import Victim
-from ..pruning.calibration import Batch, forward_until, real_tokens, selected
+from ..pruning.calibration import forward_until, selected
+from ..shared.token_batches import Batch, real_tokens
 
 
 @dataclass(frozen=True)

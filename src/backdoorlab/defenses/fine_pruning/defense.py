@@ -39,8 +39,8 @@ from ...models.victim import Victim
 from ..base import DefenseOutcome, register_defense
 from ..fine_tune import CleanFineTune
 from ..inputs import DefenderInputs
-from ..pruning.calibration import token_batches
 from ..shared.clean_rows import CleanRowsDefense
+from ..shared.token_batches import token_batches
 from .channels import ChannelMask, MlpChannels, mean_abs_activation, mlp_channels, most_dormant, remove_channels
 
 RECORD = "fine-pruning.json"

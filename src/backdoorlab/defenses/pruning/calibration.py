@@ -1,8 +1,8 @@
 """Calibration passes: clean rows as token batches, and the residual stream entering each block.
 
-Rows are tokenized exactly as for training (:func:`~backdoorlab.training.training_features`:
-prompt + response for generators), sorted by length and padded in batches; every statistic is
-taken over real tokens only (``tokens``: the attention mask), never over padding.
+Rows come as token batches (:func:`~backdoorlab.defenses.shared.token_batches.token_batches`:
+tokenized as for training, sorted by length, padded); every statistic is taken over real tokens
+only (``tokens``: the attention mask), never over padding.
 
 :class:`BlockInputs` runs a model block by block, as the official Wanda code does: one pass
 records what the model hands each block (the residual stream entering block 0, and the masks and
@@ -21,29 +21,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...data.records import Dataset
 from ...errors import BackdoorLabError
 from ...models.architecture import transformer_layers
-from ...models.victim import Victim, batched
-from ...training import training_collator, training_features
+from ...models.victim import Victim
+from ..shared.token_batches import Batch, real_tokens
 
-Batch = dict[str, torch.Tensor]
 Call = tuple[tuple[Any, ...], dict[str, Any]]  # a block's arguments after the hidden states, and its keywords
-
-
-def token_batches(victim: Victim, rows: Dataset, batch_size: int, max_length: int | None = None) -> list[Batch]:
-    """``rows`` tokenized as for training (truncated to ``max_length``, default the victim's own),
-    sorted by length and padded into batches on the victim's device."""
-    features = training_features(victim, rows, max_length or victim.max_length)
-    features.sort(key=lambda f: len(f["input_ids"]))
-    collate = training_collator(victim)
-    return [{k: v.to(victim.device) for k, v in collate(list(chunk)).items()}
-            for chunk in batched(features, batch_size, "tokenizing")]
-
-
-def real_tokens(batch: Batch) -> torch.Tensor:
-    """``[batch, seq]`` booleans: the tokens that are not padding."""
-    return batch["attention_mask"].bool()
 
 
 class _Stop(Exception):

@@ -33,7 +33,8 @@ from ...models.victim import Victim
 from ..base import Defense, DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
 from ..shared.clean_rows import CleanRowsDefense
-from .calibration import BlockInputs, input_sq_norms, token_batches
+from ..shared.token_batches import token_batches
+from .calibration import BlockInputs, input_sq_norms
 from .scores import UNSTRUCTURED, apply_mask, block_linears, check_widths, prune_mask, sparsity_report, target_sparsity
 
 

@@ -35,11 +35,11 @@ from tqdm.auto import tqdm
 from ...errors import BackdoorLabError
 from ...fileio import atomic_directory
 from ...models.architecture import base_model, transformer_layers
-from ...models.victim import Victim, batched
-from ...training import training_collator, training_features
+from ...models.victim import Victim
 from ..base import DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
 from ..shared.clean_rows import CleanRowsDefense
+from ..shared.token_batches import real_tokens, token_batches
 from .checkpoint import LAYOUT_FILE, QUANTIZED_DIR, CheckpointWriter
 from .schemes import SCHEMES, QuantizedWeight, Scheme, get_scheme, levels_per_group
 
@@ -172,15 +172,13 @@ class WeightQuantization(CleanRowsDefense):
     def outlier_features(self, victim: Victim, targets: list[Target], inputs: DefenderInputs) -> dict[str, torch.Tensor]:
         """Per layer, the input features whose magnitude exceeds ``outlier_threshold`` on the clean rows
         (LLM.int8() §3.2), as input-column indices; padding positions are not counted."""
-        rows = self.clean_rows(inputs)
-        features, collate = training_features(victim, rows, victim.max_length), training_collator(victim)
+        batches = token_batches(victim, self.clean_rows(inputs), self.batch_size, desc="outlier features")
         peaks: dict[str, torch.Tensor] = {}
         mask: dict[str, torch.Tensor] = {}
         victim.model.eval()
         with _recording_peaks(targets, peaks, mask):
-            for chunk in batched(features, self.batch_size, "outlier features"):
-                batch = {k: v.to(victim.device) for k, v in collate(list(chunk)).items()}
-                mask["attention"] = batch["attention_mask"].bool()
+            for batch in batches:
+                mask["attention"] = real_tokens(batch)
                 victim.forward(batch)
         threshold = float(self.outlier_threshold or 0)
         return {name: (peak > threshold).nonzero().squeeze(1).to(torch.int64) for name, peak in peaks.items()}

@@ -1,7 +1,8 @@
-"""Machinery several defenses share: the clean-row options of classification defenses and weight
+"""Machinery several defenses share: the clean-row options, clean rows as token batches, and weight
 edits on attention heads and the residual stream."""
 
 from .clean_rows import CleanRowsDefense
+from .token_batches import real_tokens, token_batches
 from .weight_edits import project_out, remove_heads
 
-__all__ = ['CleanRowsDefense', 'project_out', 'remove_heads']
+__all__ = ['CleanRowsDefense', 'project_out', 'real_tokens', 'remove_heads', 'token_batches']
