@@ -29,7 +29,6 @@ The zoo must be built first (`backdoorlab zoo build`); a victim that is not buil
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -187,26 +186,27 @@ def column_summary(records: list[dict[str, Any]], defenses: list[str]) -> TableS
                      ["defense", "ASR", "ASR before", "clean behaviour", "clean PPL", "task accuracy", "victims"], rows)
 
 
-def cost_seconds(record: dict[str, Any], out: Path) -> tuple[float, str] | None:
-    """What a finished cell's defense cost: its ``defense.json`` seconds (the method's own work, without the
+def defense_record(record: dict[str, Any], out: Path) -> dict[str, Any] | None:
+    """A finished cell's ``defense.json`` (what its defense did and how long it took), ``None`` if absent."""
+    return read_json(out / "work" / record["id"] / "defense" / "defense.json") if record["status"] == "ok" else None
+
+
+def cost_seconds(record: dict[str, Any], defense: dict[str, Any]) -> tuple[float, str]:
+    """What a cell's defense cost: its ``defense.json`` seconds (the method's own work, without the
     evaluation), or, for a decoding guard, the cell's seconds (decoding the evaluated prompts through it)."""
-    path = out / "work" / record["id"] / "defense" / "defense.json"
-    if record["status"] != "ok" or not path.is_file():
-        return None
-    defense = json.loads(path.read_text(encoding="utf-8"))
     if defense["stage"] == "inference":
         return float(record["seconds"]), "inference"
     return float(defense["seconds"]), defense["stage"]
 
 
 def fine_tune_epoch_seconds(records: list[dict[str, Any]], out: Path) -> dict[str, float]:
-    """Per victim, the seconds one clean fine-tuning epoch took (its ``fine-tune`` cells, default options)."""
+    """Per victim, the seconds one clean fine-tuning epoch took (its ``fine-tune`` cells)."""
     epochs: dict[str, list[float]] = {}
     for record in records:
-        cost = cost_seconds(record, out) if record["defense"] == "fine-tune" else None
-        if cost is not None:
-            options = json.loads((out / "work" / record["id"] / "defense" / "defense.json").read_text())["options"]
-            epochs.setdefault(record["victim"], []).append(cost[0] / float(options["epochs"]))
+        defense = defense_record(record, out) if record["defense"] == "fine-tune" else None
+        if defense is not None:
+            seconds, _ = cost_seconds(record, defense)
+            epochs.setdefault(record["victim"], []).append(seconds / float(defense["options"]["epochs"]))
     return {victim: statistics.fmean(values) for victim, values in epochs.items()}
 
 
@@ -215,8 +215,8 @@ def cost_table(records: list[dict[str, Any]], defenses: list[str], out: Path) ->
     epoch = fine_tune_epoch_seconds(records, out)
     rows = []
     for defense in defenses:
-        costs = [(r["victim"], cost_seconds(r, out)) for r in records if r["defense"] == defense]
-        costs = [(victim, cost) for victim, cost in costs if cost is not None]
+        found = [(r, defense_record(r, out)) for r in records if r["defense"] == defense]
+        costs = [(r["victim"], cost_seconds(r, record)) for r, record in found if record is not None]
         if not costs:
             rows.append([defense, "not run", "–", "–", 0])
             continue
