@@ -19,7 +19,8 @@ columns (a sparsity sweep, several temperatures):
     python benchmarks/bench_generative_defenses.py --report-only    # tables from finished cells
 
 Defenses that need a clean reference model (CleanGen) get the zoo's untouched base model. A cell's
-defended model and training checkpoints are deleted once it is measured (``--keep-models`` keeps
+defended model, the models its defense trained on the way and its training checkpoints are
+deleted once it is measured (``--keep-models`` keeps
 them): a full grid would otherwise hold half a gigabyte per cell.
 
 The zoo must be built first (`backdoorlab zoo build`); a victim that is not built is reported as
@@ -42,13 +43,13 @@ from backdoorlab.bench.report import TableSpec, mean_std, pivot_table, write_rep
 from backdoorlab.defenses import get_defense, run_defense
 from backdoorlab.defenses.base import defense_info
 from backdoorlab.errors import BackdoorLabError
-from backdoorlab.training import CHECKPOINT_DIR
+from backdoorlab.training import CHECKPOINT_DIR, MODEL_DIR
 from backdoorlab.zoo import DEFAULT_ZOO_DIR, default_zoo, list_zoo, load_zoo_victim
 from backdoorlab.zoo.build import EVALUATION, UTILITY
 from backdoorlab.zoo.catalog import ZOO_FILE, read_json
 from backdoorlab.zoo.measure import ensure_task_accuracy
 
-DEFENSES = ("none", "fine-tune", "fine-pruning", "wanda", "magnitude-pruning", "quantization", "crow", "cleangen",
+DEFENSES = ("none", "fine-tune", "fine-pruning", "wanda", "magnitude-pruning", "quantization", "crow", "cleangen", "bd-vax",
             "sampling")
 #: The published column each of our defenses is compared with.
 PUBLISHED_COLUMN = {"none": "none", "fine-tune": "fine-tune", "wanda": "pruning", "quantization": "quantization",
@@ -85,6 +86,7 @@ def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
     _drop_if_model_gone(workdir / "defense")
     metrics = run_defense(method, victim.model, victim.attack_run, workdir / "defense", options=options,
                           clean_data=params["clean_data"], reference_model=params.get("reference_model"),
+                          suspect_adapter=victim.adapter if params.get("suspect_adapter") else None,
                           baseline=victim.folder / EVALUATION, max_eval_rows=None,
                           max_new_tokens=params["max_new_tokens"], device=params["device"],
                           data_dir=params["data_dir"])
@@ -95,7 +97,8 @@ def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
     tasks = tuple(params["utility_tasks"])
     utility = ensure_task_accuracy(model, tasks, params["utility_rows"], utility_file, data_dir=params["data_dir"])
     if not params.get("keep_models"):  # measured: the defended weights (0.5 GB for SmolLM2) are not kept
-        for folder in [defended, *(workdir / "defense").rglob(CHECKPOINT_DIR)]:
+        intermediate = [m for m in (workdir / "defense").rglob(MODEL_DIR) if m.is_dir()]  # e.g. a repair's model
+        for folder in [defended, *intermediate, *(workdir / "defense").rglob(CHECKPOINT_DIR)]:
             shutil.rmtree(folder, ignore_errors=True)
     return {"asr": after["asr"], "asr_floor": victim.figure("asr", "untouched"),
             "clean_behaviour_rate": after["clean_behaviour_rate"], "clean_perplexity": after["clean_perplexity"],
@@ -129,7 +132,9 @@ def cells(args: argparse.Namespace) -> list[Cell]:
         info = defense_info(method)
         get_defense(method, **options)  # bad names or options fail here, before any cell runs
         seeded = method != "none" and any(o.name == "seed" for o in info.options)
-        extra = {"reference_model": zoo["base_model"]} if "reference_model" in info.needs else {}
+        extra: dict[str, Any] = {"reference_model": zoo["base_model"]} if "reference_model" in info.needs else {}
+        if "suspect_adapter" in (*info.needs, *info.uses):  # LoRA victims are distributed with their adapter
+            extra["suspect_adapter"] = True
         for name in names:
             identity = built[name].record.get("fingerprint") if name in built else None
             for seed in args.seeds if seeded else args.seeds[:1]:

@@ -207,7 +207,8 @@ def cmd_defend(args: argparse.Namespace) -> None:
         metrics = run_defense(args.method, args.model, args.data, args.out, options=_options(args.option),
                               train_data=args.train_data, clean_data=args.clean_data, behaviour=args.behaviour,
                               target_label=_target(args.target_label), reference_model=args.reference_model,
-                              evaluate=not args.no_eval, max_eval_rows=args.max_rows, device=args.device,
+                              suspect_adapter=args.suspect_adapter, evaluate=not args.no_eval,
+                              max_eval_rows=args.max_rows, device=args.device,
                               baseline=args.baseline, allow_pickle=args.allow_pickle, data_dir=args.data_dir,
                               overwrite=args.overwrite)
     if "after" in metrics:
@@ -377,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--behaviour", help="the bad behaviour to remove, as a judge name (refusal, jailbreak, ...)")
     p.add_argument("--target-label", help="label the backdoor is suspected to target (methods that assume it)")
     p.add_argument("--reference-model", help="a clean reference model (methods that assume one)")
+    p.add_argument("--suspect-adapter", help="the suspect's own LoRA adapter folder, where the suspect is distributed "
+                   "as base + adapter (methods that use one, e.g. bd-vax)")
     p.add_argument("--baseline", help="results JSON of the undefended model on --data (same rows), used as 'before'")
     p.add_argument("--out", required=True, help="defense run folder (model/, defense.json, metrics.json)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="defense option (repeatable)")

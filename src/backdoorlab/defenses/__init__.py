@@ -5,14 +5,16 @@ holds; ``runner``: ``backdoorlab defend``; ``guard``: inference-time guards); ma
 methods share lives in ``shared``; each method is a package of its own (peft's ``tuners/<method>``
 shape): ``badllm_tg`` (trigger inversion + adversarial training); the classification baselines
 ``none``, ``fine_tune``, ``onion``, ``rap``, ``muscle_lora`` and ``badacts``; ``attribution``
-(``head-ablation`` and ``backdoor-vector``); the generative baselines ``fine_pruning``, ``pruning``
-(Wanda and magnitude), ``quantization``, ``crow``, and the decoding guards ``cleangen`` and ``sampling``.
+(``head-ablation`` and ``backdoor-vector``); ``bd_vax`` (immunization-style purification of
+generative LLMs); the generative baselines ``fine_pruning``, ``pruning`` (Wanda and magnitude),
+``quantization``, ``crow``, and the decoding guards ``cleangen`` and ``sampling``.
 """
 
 from . import (  # noqa: F401  (register)
     attribution,
     badacts,
     badllm_tg,
+    bd_vax,
     cleangen,
     crow,
     fine_pruning,

@@ -7,6 +7,8 @@ A defender holds the suspect model and, where a method assumes them, some of:
 - ``behaviour``: the kind of bad behaviour to remove (a judge name, e.g. ``refusal``);
 - ``target_label``: the label a classification backdoor is suspected to push towards;
 - ``reference_model``: a clean model of the same family;
+- ``suspect_adapter``: the suspect's own LoRA adapter, where the suspect is distributed as a base
+  model plus an adapter (part of the suspect, not a clean reference);
 - ``oracle``: triggered examples of the very backdoor being removed. No real defender has them; a
   method that needs them (the attribution defenses) gets rows disjoint from every evaluated row,
   and ``defense.json`` records that it used this oracle knowledge.
@@ -42,6 +44,7 @@ INPUTS = {
     "behaviour": "the bad behaviour to remove, as a judge name (--behaviour)",
     "target_label": "the label the backdoor is suspected to target (--target-label)",
     "reference_model": "a clean reference model of the same family (--reference-model)",
+    "suspect_adapter": "the suspect's own LoRA adapter, where it is distributed as base + adapter (--suspect-adapter)",
     "oracle": "triggered examples of the backdoor itself (oracle knowledge; benchmarks only)",
 }
 
@@ -69,6 +72,7 @@ class DefenderInputs:
     behaviour: str | None = None
     target_label: int | str | None = None
     reference_model: str | None = None
+    suspect_adapter: str | None = None
     oracle: OracleExamples | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -106,7 +110,7 @@ class DefenderInputs:
                 parts[name] = dataset_digest(value)
             elif isinstance(value, OracleExamples):
                 parts[name] = [dataset_digest(value.clean), dataset_digest(value.triggered), value.manifest]
-            elif name == "reference_model":
+            elif name in ("reference_model", "suspect_adapter"):
                 parts[name] = model_identity(value)
             else:
                 parts[name] = value
@@ -116,15 +120,16 @@ class DefenderInputs:
 def gather_inputs(wanted: tuple[str, ...] | list[str], *, attack_run: str | Path | None = None,
                   train_data: str | Path | None = None, clean_data: str | Path | None = None,
                   behaviour: str | None = None, target_label: int | str | None = None,
-                  reference_model: str | Path | None = None, data_dir: str | Path | None = None,
-                  seed: int = 0) -> DefenderInputs:
+                  reference_model: str | Path | None = None, suspect_adapter: str | Path | None = None,
+                  data_dir: str | Path | None = None, seed: int = 0) -> DefenderInputs:
     """The defender inputs named in ``wanted``, from the user's files or derived from ``attack_run``.
 
     Explicit inputs win. From an attack run only a defender's view is derived: its training rows
     with poison flags cleared, clean rows from outside the run (the source's ``dev`` split, else
     its training rows the run did not use), its behaviour judge, and, for ``oracle``, triggered
-    copies of unpoisoned training rows that no test split holds. The target label and a reference
-    model are never derived: a method that assumes them is given them explicitly.
+    copies of unpoisoned training rows that no test split holds. The target label, a reference
+    model and the suspect's adapter are never derived: a method that assumes them is given them
+    explicitly.
     """
     inputs = DefenderInputs()
     manifest = _manifest(attack_run) if attack_run is not None else None
@@ -149,6 +154,11 @@ def gather_inputs(wanted: tuple[str, ...] | list[str], *, attack_run: str | Path
         inputs.target_label, inputs.sources["target_label"] = target_label, "given"
     if "reference_model" in wanted and reference_model is not None:
         inputs.reference_model, inputs.sources["reference_model"] = str(reference_model), "given"
+    if "suspect_adapter" in wanted and suspect_adapter is not None:
+        if not Path(suspect_adapter).is_dir():
+            raise BackdoorLabError(f"--suspect-adapter {suspect_adapter} is not a folder (a peft LoRA adapter: "
+                                   "adapter_config.json and adapter_model.safetensors)")
+        inputs.suspect_adapter, inputs.sources["suspect_adapter"] = str(suspect_adapter), "given"
     if "oracle" in wanted and attack_run is not None:
         inputs.oracle = oracle_examples(attack_run, seed=seed)
         inputs.sources["oracle"] = f"{attack_run}: attack re-applied to training rows outside every test split"
