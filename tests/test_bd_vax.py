@@ -208,6 +208,8 @@ def test_a_variant_pair_trains_writes_its_difference_and_is_reused(tmp_path: Pat
 
     monkeypatch.setattr("backdoorlab.defenses.bd_vax.variants.train", no_training)
     assert train_pair(victim, instructions(12), synthetic_backdoor(1), TINY_RECIPE, 0, tmp_path / "pair") == record
+    with pytest.raises(BackdoorLabError, match="trained differently"):  # another seed must not reuse this pair
+        train_pair(victim, instructions(12), synthetic_backdoor(1), TINY_RECIPE, 1, tmp_path / "pair")
 
 
 def test_the_defense_runs_on_clean_rows_alone_and_reads_no_trigger_or_reference(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -234,6 +236,17 @@ def test_the_defense_runs_on_clean_rows_alone_and_reads_no_trigger_or_reference(
     signature = json.loads((tmp_path / "signature.json").read_text())
     assert [len(c) for c in signature["mlp"]["components"].values()] == [16, 16]
     assert any(not torch.equal(a, b) for a, b in zip(before[0].values(), block_weights(outcome.victim)[0].values()))
+
+    # with a shared variants folder the pairs are kept, and a run differing only after them reuses them
+    shared = tmp_path / "shared"
+    first = get_defense("bd-vax", variants=2, share=0.25, repair_epochs=0, max_clean=12, variants_dir=str(shared))
+    first.apply(tiny_llama_victim(), DefenderInputs(clean_rows=instructions(12)), tmp_path / "a")
+    assert len(list(shared.glob("*/pair-*/delta.safetensors"))) == 2
+    monkeypatch.setattr("backdoorlab.defenses.bd_vax.variants.train", forbidden)
+    second = get_defense("bd-vax", variants=1, score="product", share=0.5, repair_epochs=0, max_clean=12,
+                         variants_dir=str(shared))
+    findings = second.apply(tiny_llama_victim(), DefenderInputs(clean_rows=instructions(12)), tmp_path / "b").findings
+    assert findings["variants"] == 1 and findings["neutralized_components"] == {"mlp": 2 * 32}
 
 
 def test_bad_options_and_a_missing_adapter_get_clear_errors() -> None:

@@ -21,7 +21,7 @@ suspect, the defender's clean rows and, for the ``adapter`` mode, the suspect's 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ...errors import BackdoorLabError
 from ...fileio import write_json_atomic
+from ...fingerprint import dataset_digest, digest, model_identity
 from ..base import DefenseOutcome, register_defense
 from ..fine_tune import CleanFineTune
 from ..inputs import DefenderInputs
@@ -70,6 +71,7 @@ class BdVax(CleanRowsDefense):
     repair_epochs: float = 2.0
     repair_learning_rate: float = 2e-4
     keep_variants: bool = False  # keep the pairs' differences (bfloat16, about 2 bytes per block weight each)
+    variants_dir: str | None = None  # keep the pairs in this folder, shared by runs on the same suspect and rows
 
     def __post_init__(self) -> None:
         checks = [(1 <= self.variants, f"variants must be at least 1, got {self.variants}"),
@@ -107,8 +109,10 @@ class BdVax(CleanRowsDefense):
         clean = self.clean_rows(inputs)
         mode = self.mode(inputs)
         share = self.share if self.share is not None else DEFAULT_SHARE[mode]
-        folders = [Path(workdir) / VARIANTS_DIR / f"pair-{i}" for i in range(self.variants)]
-        pairs = [train_pair(victim, clean, synthetic_backdoor(i), self.recipe(), self.seed + i, folder)
+        identity = model_identity(victim)
+        store = self.variant_store(Path(workdir), identity, clean)
+        folders = [store / f"pair-{i}" for i in range(self.variants)]
+        pairs = [train_pair(victim, clean, synthetic_backdoor(i), self.recipe(), self.seed + i, folder, identity)
                  for i, folder in enumerate(tqdm(folders, desc="bd-vax variant pairs", unit="pair"))]
         deltas = VariantDeltas(folders)
         signature = compute_signature(deltas.block, len(deltas), victim.spec.num_layers, victim.spec,
@@ -119,8 +123,8 @@ class BdVax(CleanRowsDefense):
         else:
             changed = reinitialize(victim, signature, self.seed)
         repaired = self.repair(victim, clean, Path(workdir))
-        if not self.keep_variants:
-            shutil.rmtree(Path(workdir) / VARIANTS_DIR, ignore_errors=True)
+        if not (self.keep_variants or self.variants_dir):
+            shutil.rmtree(store, ignore_errors=True)
         findings = {
             "mode": mode, "share": share, "attention_share": self.attention_share, "score": self.score,
             "lam": self.lam, "variants": len(pairs), "clean_rows": len(clean), "clean_source": clean.source,
@@ -129,6 +133,15 @@ class BdVax(CleanRowsDefense):
             "synthetic_rates": [{"trigger": p["synthetic_trigger"], **(p["synthetic_rate"] or {})} for p in pairs],
             "signature": SIGNATURE_FILE, "repair": repaired[1]}
         return DefenseOutcome(repaired[0], findings)
+
+    def variant_store(self, workdir: Path, suspect_identity: str, clean: Any) -> Path:
+        """Where the pairs live: ``workdir/variants``, or with ``variants_dir`` a subfolder named by the
+        suspect, the clean rows and the recipe, so runs that differ only in later steps share them."""
+        if self.variants_dir is None:
+            return workdir / VARIANTS_DIR
+        key = digest({"suspect": suspect_identity, "clean_rows": dataset_digest(clean),
+                      "recipe": asdict(self.recipe()), "seed": self.seed})
+        return Path(self.variants_dir) / key[:16]
 
     def repair(self, victim: Any, clean: Any, workdir: Path) -> tuple[Any, dict[str, Any]]:
         """Fine-tune the neutralized suspect on the clean rows (the ``fine-tune`` recipe); none at 0 epochs."""

@@ -17,6 +17,7 @@ pair's trained models are deleted once its difference is written.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 from ...data.records import Dataset
 from ...errors import BackdoorLabError
 from ...fileio import atomic_file, write_json_atomic
+from ...fingerprint import dataset_digest, digest, model_identity
 from ...models.victim import Victim
 from ...training import TrainConfig, train
 from .components import BlockTensors, block_weights
@@ -91,14 +93,27 @@ def _write_delta(path: Path, backdoored: Victim, clean: Victim) -> None:
         save_file(tensors, str(tmp))
 
 
+def pair_fingerprint(suspect_identity: str, clean: Dataset, backdoor: SyntheticBackdoor, recipe: VariantRecipe,
+                     seed: int) -> str:
+    """What a pair depends on: the suspect, the clean rows, the synthetic backdoor, the recipe, the seed."""
+    return digest({"suspect": suspect_identity, "clean_rows": dataset_digest(clean), "backdoor": asdict(backdoor),
+                   "recipe": asdict(recipe), "seed": seed})
+
+
 def train_pair(suspect: Victim, clean: Dataset, backdoor: SyntheticBackdoor, recipe: VariantRecipe, seed: int,
-               folder: Path) -> dict[str, Any]:
-    """Train (or resume, or reuse) one variant pair into ``folder``; returns its ``pair.json`` record."""
+               folder: Path, suspect_identity: str | None = None) -> dict[str, Any]:
+    """Train (or resume, or reuse) one variant pair into ``folder``; returns its ``pair.json`` record.
+
+    A finished pair is reused only when it was trained exactly so (same suspect, rows, backdoor,
+    recipe and seed); a folder holding another pair raises."""
+    fingerprint = pair_fingerprint(suspect_identity or model_identity(suspect), clean, backdoor, recipe, seed)
     record_file = folder / PAIR_RECORD
     if record_file.is_file():
-        import json
-
-        return json.loads(record_file.read_text())
+        record = json.loads(record_file.read_text())
+        if record.get("fingerprint") != fingerprint:
+            raise BackdoorLabError(f"{folder} holds a variant pair trained differently (another suspect, clean rows or "
+                                   "recipe); remove it or choose another variants folder")
+        return record
     rows, probe = pair_rows(clean, recipe, seed)
     poisoned, twin = variant_rows(rows, backdoor, recipe.poison_share)
     config = recipe.config(seed)
@@ -106,7 +121,8 @@ def train_pair(suspect: Victim, clean: Dataset, backdoor: SyntheticBackdoor, rec
     for role, data in (("backdoored", poisoned), ("clean", twin)):
         models[role] = train(copy.deepcopy(suspect), data, folder / role, config, reuse=True)
     _write_delta(folder / DELTA_FILE, models["backdoored"], models["clean"])
-    record = {"synthetic_trigger": backdoor.trigger, "synthetic_response": backdoor.response, "seed": seed,
+    record = {"fingerprint": fingerprint, "synthetic_trigger": backdoor.trigger,
+              "synthetic_response": backdoor.response, "seed": seed,
               "rows": [row.uid for row in rows], "poisoned_rows": sum(r.poisoned for r in poisoned),
               "recipe": asdict(recipe),
               "synthetic_rate": {role: synthetic_rate(models[role], probe, backdoor, recipe.probe_tokens)
