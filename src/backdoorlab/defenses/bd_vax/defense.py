@@ -57,12 +57,12 @@ class BdVax(CleanRowsDefense):
     uses: ClassVar[tuple[str, ...]] = ("suspect_adapter",)
 
     variants: int = 7  # N variant pairs
-    variant_rows: int = 32
-    poison_share: float = 0.25
+    variant_rows: int = 16  # rows of each variant's own clean batch D_i
+    poison_share: float = 0.5  # share of D_i's rows poisoned with the variant's synthetic backdoor
     variant_method: str = "lora"  # lora | full
-    variant_epochs: float = 3.0
-    variant_learning_rate: float = 1e-3
-    variant_max_length: int = 96
+    variant_epochs: float = 4.0
+    variant_learning_rate: float = 3e-3
+    variant_max_length: int = 64
     score: str = "sum"  # sum: strength + λ·alignment (the paper's figure) | product (its project page)
     lam: float = 1.0  # λ of the sum form
     neutralize: str = "auto"  # auto (adapter when the suspect's adapter is given, else reinit) | reinit | adapter

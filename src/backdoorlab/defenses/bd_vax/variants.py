@@ -42,13 +42,13 @@ DELTA_FILE = "delta.safetensors"
 class VariantRecipe:
     """How each model of a variant pair is fine-tuned from the suspect, and how it is checked."""
 
-    rows: int = 32  # clean rows in D_i (a seeded sample of the defender's clean rows per pair)
-    poison_share: float = 0.25  # share of D_i's rows poisoned with the synthetic backdoor
+    rows: int = 16  # clean rows in D_i (a seeded sample of the defender's clean rows per pair)
+    poison_share: float = 0.5  # share of D_i's rows poisoned with the synthetic backdoor
     method: str = "lora"  # lora | full
-    epochs: float = 3.0
-    learning_rate: float = 1e-3
+    epochs: float = 4.0
+    learning_rate: float = 3e-3
     batch_size: int = 8
-    max_length: int = 96
+    max_length: int = 64
     probe_rows: int = 8  # held-out clean rows, triggered, to check each pair learnt its backdoor
     probe_tokens: int = 12
 
