@@ -261,3 +261,18 @@ def test_bad_options_and_a_missing_adapter_get_clear_errors() -> None:
         defense.mode(DefenderInputs(clean_rows=instructions(4)))
     assert get_defense("bd-vax").mode(DefenderInputs(suspect_adapter="somewhere")) == "adapter"
     assert get_defense("bd-vax").mode(DefenderInputs()) == "reinit"
+
+
+def test_the_random_control_neutralizes_the_same_share_without_any_variant(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def no_training(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the random control trains no variant")
+
+    monkeypatch.setattr("backdoorlab.defenses.bd_vax.variants.train", no_training)
+    defense = get_defense("bd-vax", score="random", share=0.25, repair_epochs=0, max_clean=12)
+    findings = defense.apply(tiny_llama_victim(), DefenderInputs(clean_rows=instructions(12)), tmp_path).findings
+    assert findings["variants"] == 0 and findings["neutralized_components"] == {"mlp": 2 * 16}
+    chosen = json.loads((tmp_path / "signature.json").read_text())["mlp"]["components"]
+    assert chosen["0"] != chosen["1"]  # drawn per block
+    again = get_defense("bd-vax", score="random", share=0.25, repair_epochs=0, max_clean=12)
+    again.apply(tiny_llama_victim(), DefenderInputs(clean_rows=instructions(12)), tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "signature.json").read_text())["mlp"]["components"] == chosen  # seeded

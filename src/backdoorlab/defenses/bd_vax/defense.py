@@ -34,9 +34,9 @@ from ..base import DefenseOutcome, register_defense
 from ..fine_tune import CleanFineTune
 from ..inputs import DefenderInputs
 from ..shared.clean_rows import CleanRowsDefense
-from .components import block_linears
+from .components import block_linears, component_count
 from .neutralize import MODES, families_with_share, reinitialize, zero_adapter_entries
-from .signature import SCORE_FORMS, compute_signature
+from .signature import SCORE_FORMS, Signature, compute_signature, random_signature
 from .synthetic import synthetic_backdoor
 from .variants import VariantDeltas, VariantRecipe, train_pair
 
@@ -63,7 +63,7 @@ class BdVax(CleanRowsDefense):
     variant_epochs: float = 4.0
     variant_learning_rate: float = 3e-3
     variant_max_length: int = 64
-    score: str = "sum"  # sum: strength + λ·alignment (the paper's figure) | product (its project page)
+    score: str = "sum"  # sum: strength + λ·alignment (the paper's figure) | product (its project page) | random (a control)
     lam: float = 1.0  # λ of the sum form
     neutralize: str = "auto"  # auto (adapter when the suspect's adapter is given, else reinit) | reinit | adapter
     share: float | None = None  # share of each block's MLP channels neutralized; default 0.08 (reinit), 0.40 (adapter)
@@ -76,7 +76,8 @@ class BdVax(CleanRowsDefense):
     def __post_init__(self) -> None:
         checks = [(1 <= self.variants, f"variants must be at least 1, got {self.variants}"),
                   (0 < self.poison_share < 1, f"poison_share must be in (0, 1), got {self.poison_share}"),
-                  (self.score in SCORE_FORMS, f"score must be one of {', '.join(SCORE_FORMS)}, got {self.score!r}"),
+                  (self.score in (*SCORE_FORMS, "random"),
+                   f"score must be one of {', '.join(SCORE_FORMS)} or random, got {self.score!r}"),
                   (self.lam >= 0, f"lam must be non-negative, got {self.lam}"),
                   (self.neutralize in ("auto", *MODES),
                    f"neutralize must be auto, {' or '.join(MODES)}, got {self.neutralize!r}"),
@@ -109,21 +110,20 @@ class BdVax(CleanRowsDefense):
         clean = self.clean_rows(inputs)
         mode = self.mode(inputs)
         share = self.share if self.share is not None else DEFAULT_SHARE[mode]
-        identity = model_identity(victim)
-        store = self.variant_store(Path(workdir), identity, clean)
-        folders = [store / f"pair-{i}" for i in range(self.variants)]
-        pairs = [train_pair(victim, clean, synthetic_backdoor(i), self.recipe(), self.seed + i, folder, identity)
-                 for i, folder in enumerate(tqdm(folders, desc="bd-vax variant pairs", unit="pair"))]
-        deltas = VariantDeltas(folders)
-        signature = compute_signature(deltas.block, len(deltas), victim.spec.num_layers, victim.spec,
-                                      families_with_share(share, self.attention_share), self.score, self.lam)
+        shares = families_with_share(share, self.attention_share)
+        if self.score == "random":  # the control: no variants, the same share drawn at random
+            pairs, store = [], None
+            counts = {f: component_count(victim.spec, f, block_linears(victim)[0]["down"].in_features) for f in shares}
+            signature = random_signature(victim.spec.num_layers, counts, shares, self.seed)
+        else:
+            pairs, store, signature = self.learn_signature(victim, clean, Path(workdir), shares)
         write_json_atomic(Path(workdir) / SIGNATURE_FILE, signature.to_dict())
         if mode == "adapter":
             changed = zero_adapter_entries(victim, signature, inputs.suspect_adapter)  # type: ignore[arg-type]
         else:
             changed = reinitialize(victim, signature, self.seed)
         repaired = self.repair(victim, clean, Path(workdir))
-        if not (self.keep_variants or self.variants_dir):
+        if store is not None and not (self.keep_variants or self.variants_dir):
             shutil.rmtree(store, ignore_errors=True)
         findings = {
             "mode": mode, "share": share, "attention_share": self.attention_share, "score": self.score,
@@ -133,6 +133,19 @@ class BdVax(CleanRowsDefense):
             "synthetic_rates": [{"trigger": p["synthetic_trigger"], **(p["synthetic_rate"] or {})} for p in pairs],
             "signature": SIGNATURE_FILE, "repair": repaired[1]}
         return DefenseOutcome(repaired[0], findings)
+
+    def learn_signature(self, victim: Any, clean: Any, workdir: Path,
+                        shares: dict[str, float]) -> tuple[list[dict[str, Any]], Path, Signature]:
+        """Steps 1 and 2: train (or reuse) the variant pairs, then score the components."""
+        identity = model_identity(victim)
+        store = self.variant_store(workdir, identity, clean)
+        folders = [store / f"pair-{i}" for i in range(self.variants)]
+        pairs = [train_pair(victim, clean, synthetic_backdoor(i), self.recipe(), self.seed + i, folder, identity)
+                 for i, folder in enumerate(tqdm(folders, desc="bd-vax variant pairs", unit="pair"))]
+        deltas = VariantDeltas(folders)
+        signature = compute_signature(deltas.block, len(deltas), victim.spec.num_layers, victim.spec, shares,
+                                      self.score, self.lam)
+        return pairs, store, signature
 
     def variant_store(self, workdir: Path, suspect_identity: str, clean: Any) -> Path:
         """Where the pairs live: ``workdir/variants``, or with ``variants_dir`` a subfolder named by the

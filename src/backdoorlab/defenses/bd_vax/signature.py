@@ -12,6 +12,9 @@ BD-VAX (arXiv 2603.13461, §3.2). With ``Δ_i = θ_i^bd − θ_i^clean`` the upd
 
 The signature is the top ``share`` of components of each block, within each family. With one
 variant there is no pair to align, and the score is the strength alone.
+
+:func:`random_signature` draws the same share of components at random: a control, not the
+method, that tells how much of a result the signature's choice accounts for.
 """
 
 from __future__ import annotations
@@ -91,6 +94,22 @@ def _summary(score: torch.Tensor, strength: torch.Tensor, alignment: torch.Tenso
     return {"chosen": int(chosen.numel()), "strength_chosen": mean(strength, picked),
             "strength_rest": mean(strength, rest), "alignment_chosen": mean(alignment, picked),
             "alignment_rest": mean(alignment, rest)}
+
+
+def random_signature(blocks: int, counts: dict[str, int], shares: dict[str, float], seed: int) -> Signature:
+    """``shares`` of each family's ``counts`` components per block, drawn uniformly with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    signature = Signature()
+    for family, share in shares.items():
+        if share <= 0:
+            continue
+        signature.chosen[family], signature.summary[family] = [], []
+        for _ in range(blocks):
+            score = torch.rand(counts[family], generator=generator)
+            chosen = top_share(score, share)
+            signature.chosen[family].append(chosen)
+            signature.summary[family].append({"chosen": int(chosen.numel())})
+    return signature
 
 
 def compute_signature(variant_block: Callable[[int, int], BlockTensors], variants: int, blocks: int,
