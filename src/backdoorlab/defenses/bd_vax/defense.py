@@ -60,16 +60,16 @@ class BdVax(CleanRowsDefense):
     variant_rows: int = 16  # rows of each variant's own clean batch D_i
     poison_share: float = 0.5  # share of D_i's rows poisoned with the variant's synthetic backdoor
     variant_method: str = "lora"  # lora | full
-    variant_epochs: float = 4.0
-    variant_learning_rate: float = 3e-3
-    variant_max_length: int = 64
+    variant_epochs: float = 4.0  # epochs of each variant's fine-tuning
+    variant_learning_rate: float = 3e-3  # learning rate of each variant's fine-tuning
+    variant_max_length: int = 64  # tokens per row when training variants
     score: str = "sum"  # sum: strength + λ·alignment (the paper's figure) | product (its project page) | random (a control)
     lam: float = 1.0  # λ of the sum form
     neutralize: str = "auto"  # auto (adapter when the suspect's adapter is given, else reinit) | reinit | adapter
     share: float | None = None  # share of each block's MLP channels neutralized; default 0.08 (reinit), 0.40 (adapter)
     attention_share: float = 0.0  # share of each block's attention heads neutralized (the paper leaves them)
-    repair_epochs: float = 2.0
-    repair_learning_rate: float = 2e-4
+    repair_epochs: float = 2.0  # epochs of the clean repair fine-tune (0: no repair)
+    repair_learning_rate: float = 2e-4  # learning rate of the repair (LoRA, the fine-tune recipe)
     keep_variants: bool = False  # keep the pairs' differences (bfloat16, about 2 bytes per block weight each)
     variants_dir: str | None = None  # keep the pairs in this folder, shared by runs on the same suspect and rows
 
