@@ -126,7 +126,12 @@ class TrainingObjective(Protocol):
     """A training loss that replaces the model's own: ``loss(model, inputs)`` gets the model being
     trained (LoRA-wrapped where LoRA is used) and one collated batch (:func:`training_collator`) and
     returns a scalar, a per-batch mean (the Trainer divides it for gradient accumulation).
-    ``name`` and the JSON-able ``settings()`` identify it in the run's fingerprint."""
+    ``name`` and the JSON-able ``settings()`` identify it in the run's fingerprint.
+
+    An objective that needs to know more about each row than its tokens (which group it belongs
+    to, say) also defines ``row_extras(example) -> dict[str, int]``: those integers join the row's
+    features and reach :meth:`loss` as ``[batch]`` tensors (the objective removes them before
+    calling the model)."""
 
     name: str
 
@@ -160,16 +165,18 @@ def training_features(victim: Victim, dataset: Dataset, max_length: int) -> list
 
 
 def training_collator(victim: Victim):  # type: ignore[no-untyped-def]
-    """The batch collator matching :func:`training_features`."""
+    """The batch collator matching :func:`training_features`: token lists are padded, and per-row
+    integers (a classifier's ``labels``, an objective's :meth:`TrainingObjective.row_extras`) become
+    one ``[batch]`` tensor each."""
     pad_id = victim.tokenizer.pad_token_id
-    if victim.is_generator:
-        return lambda features: pad_batch(features, pad_id, side="left")
 
     def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        labels = torch.tensor([f["labels"] for f in features])
-        tokens = [{k: v for k, v in f.items() if k != "labels"} for f in features]
-        batch = victim.tokenizer.pad(tokens, return_tensors="pt")
-        return {**batch, "labels": labels}
+        scalars = [k for k, v in features[0].items() if isinstance(v, int)]
+        per_row = {k: torch.tensor([f[k] for f in features]) for k in scalars}
+        tokens = [{k: v for k, v in f.items() if k not in per_row} for f in features]
+        batch = (pad_batch(tokens, pad_id, side="left") if victim.is_generator
+                 else dict(victim.tokenizer.pad(tokens, return_tensors="pt")))
+        return {**batch, **per_row}
     return collate
 
 
@@ -396,7 +403,7 @@ def _fit(victim: Victim, dataset: Dataset, config: TrainConfig, checkpoints: Pat
     started = time.time()
     trainer_class, extra = (Trainer, {}) if objective is None else (_objective_trainer_class(), {"objective": objective})
     trainer = trainer_class(model=victim.model, args=args,
-                            train_dataset=_Rows(training_features(victim, dataset, config.max_length)),
+                            train_dataset=_Rows(_features(victim, dataset, config.max_length, objective)),
                             data_collator=training_collator(victim), callbacks=callbacks, **extra)
     bar = show_progress(trainer)
     try:
@@ -418,6 +425,17 @@ def _fit(victim: Victim, dataset: Dataset, config: TrainConfig, checkpoints: Pat
         "examples_per_second": round(_seen(result.global_step, config) / max(seconds, 1e-9), 2),
         "log_history": trainer.state.log_history,
     }
+
+
+def _features(victim: Victim, dataset: Dataset, max_length: int,
+              objective: TrainingObjective | None) -> list[dict[str, Any]]:
+    """The training rows, with the objective's per-row integers (``row_extras``) where it has them."""
+    features = training_features(victim, dataset, max_length)
+    extras = getattr(objective, "row_extras", None)
+    if extras is not None:
+        for feature, example in zip(features, dataset):
+            feature.update(extras(example))
+    return features
 
 
 @functools.cache

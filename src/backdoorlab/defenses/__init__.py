@@ -6,7 +6,8 @@ methods share lives in ``shared``; each method is a package of its own (peft's `
 shape): ``badllm_tg`` (trigger inversion + adversarial training); the classification baselines
 ``none``, ``fine_tune``, ``onion``, ``rap``, ``muscle_lora`` and ``badacts``; ``attribution``
 (``head-ablation`` and ``backdoor-vector``); ``bd_vax`` (immunization-style purification of
-generative LLMs); the generative baselines ``fine_pruning``, ``pruning`` (Wanda and magnitude),
+generative LLMs); ``collapse`` (Backdoor Collapse: known-backdoor aggregation, then recovery); the
+generative baselines ``fine_pruning``, ``pruning`` (Wanda and magnitude),
 ``quantization``, ``crow``, and the decoding guards ``cleangen`` and ``sampling``.
 """
 
@@ -16,6 +17,7 @@ from . import (  # noqa: F401  (register)
     badllm_tg,
     bd_vax,
     cleangen,
+    collapse,
     crow,
     fine_pruning,
     fine_tune,
