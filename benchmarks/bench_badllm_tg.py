@@ -56,13 +56,14 @@ from backdoorlab.training import MODEL_DIR, TrainConfig
 
 DATASETS = ("sst2", "hsol", "agnews")
 ATTACKS = {"badnets": "Wordbkd", "addsent": "Sentbkd", "stylebkd": "Stylebkd", "synbkd": "Synbkd"}
-DEFENSES = ("none", "onion", "rap", "muscle-lora", "badacts", "badllm-tg")
+DEFENSES = ("none", "onion", "rap", "muscle-lora", "badacts", "badllm-tg", "backdoor-collapse")
 #: Paper Table 1 averages (arXiv 2603.15692), in percent: ASR per defense, and BadLLM-TG's CACC.
 PAPER_AVERAGE_ASR = {"none": 93.29, "onion": 68.62, "rap": 88.33, "muscle-lora": 27.98, "badacts": 51.06,
                      "badllm-tg": 14.29}
 PAPER_BADLLM_TG_CACC = 88.62
 #: Method labels beyond the registry names: label → (defense name, options).
-VARIANTS = {"badllm-tg-faithful": ("badllm-tg", {"variant": "faithful"})}
+VARIANTS = {"badllm-tg-faithful": ("badllm-tg", {"variant": "faithful"}),
+            "backdoor-collapse-every-label": ("backdoor-collapse", {"every_label": True})}
 #: Budget settings for 2 CPU cores (the defenses' own defaults follow their papers).
 CPU_BUDGET = {"muscle-lora": {"epochs": 3}, "badacts": {"bound_epochs": 5}, "onion": {"max_clean": 50},
               "badllm-tg": {"iterations": 6}}

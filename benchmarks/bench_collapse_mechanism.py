@@ -16,6 +16,8 @@ outside the attack run), then, for the suspect, the Stage I model and the Stage 
 
 Results are ``<out>/<subject>/<stage>.json`` (written atomically; a rerun skips finished stages and
 the defense reuses its finished stages), ``<out>/<subject>/projection.png``, and ``<out>/report.md``.
+With ``--bench-dir`` the stage models of a generative bench run made with ``--keep-models`` are
+measured instead of training the defense again.
 
     python benchmarks/bench_collapse_mechanism.py --zoo-victims negsentiment-vpi-lora refusal-vpi-lora
     python benchmarks/bench_collapse_mechanism.py --subject sst2-badnets runs/tg/victims/work/X/victim/model \
@@ -59,7 +61,7 @@ def known_group(trigger: str) -> str:
 def measure_stage(victim: Victim, defense: BackdoorCollapse, clean: Dataset, triggered: Dataset,
                   manifest: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
     """One model's groups (states, centroid distances, spreads, 2-D projection) and backdoor rates."""
-    known = defense.known()
+    known = defense.known(clean.label_names)
     rng = random.Random(defense.seed + 1)
     groups = {CLEAN: list(clean), UNKNOWN: list(triggered)}
     for index, trigger in enumerate(known.triggers):
@@ -84,7 +86,7 @@ def run_subject(name: str, model: Path, attack_run: Path, args: argparse.Namespa
     folder = args.out / name
     defense = get_defense("backdoor-collapse", **args.option)
     assert isinstance(defense, BackdoorCollapse)
-    workdir = folder / "defense"
+    workdir = defense_folder(args, name, defense.seed) or folder / "defense"
     findings_file = folder / "findings.json"
     if not findings_file.is_file():
         inputs = gather_inputs(("clean_rows",), attack_run=attack_run, clean_data=args.clean_data,
@@ -109,6 +111,15 @@ def run_subject(name: str, model: Path, attack_run: Path, args: argparse.Namespa
         print(f"[{name}] {stage}: ASR {100 * results[stage]['asr']:.1f}", flush=True)
     plot(results, folder / "projection.png", name)
     return results
+
+
+def defense_folder(args: argparse.Namespace, name: str, seed: int) -> Path | None:
+    """The generative bench's defense folder of this victim (``--bench-dir``), when it kept its stage models:
+    the defense then reuses them instead of training again (the options must be the bench's)."""
+    if args.bench_dir is None:
+        return None
+    folder = args.bench_dir / "work" / f"{name}__backdoor-collapse__seed{seed}" / "defense"
+    return folder if (folder / RECOVERY_DIR / MODEL_DIR).is_dir() else None
 
 
 def summary_rows(name: str, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -171,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="backdoor-collapse options (as in the benchmarks)")
+    parser.add_argument("--bench-dir", type=Path, default=None,
+                        help="a generative bench output run with --keep-models: reuse its backdoor-collapse stages")
     parser.add_argument("--clean-data", default=None)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="auto")

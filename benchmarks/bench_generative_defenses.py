@@ -50,7 +50,7 @@ from backdoorlab.zoo.catalog import ZOO_FILE, read_json
 from backdoorlab.zoo.measure import ensure_task_accuracy
 
 DEFENSES = ("none", "fine-tune", "fine-pruning", "wanda", "magnitude-pruning", "quantization", "crow", "cleangen", "bd-vax",
-            "sampling")
+            "backdoor-collapse", "sampling")
 #: The published column each of our defenses is compared with.
 PUBLISHED_COLUMN = {"none": "none", "fine-tune": "fine-tune", "wanda": "pruning", "quantization": "quantization",
                     "crow": "crow", "fine-pruning": "fine-pruning", "bd-vax": "bd-vax"}

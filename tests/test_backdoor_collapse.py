@@ -13,7 +13,7 @@ from backdoorlab.data.records import Dataset, Example
 from backdoorlab.defenses import DefenderInputs, get_defense
 from backdoorlab.defenses.base import defense_info
 from backdoorlab.defenses.collapse import ClusterObjective, KnownBackdoors, cluster_loss
-from backdoorlab.defenses.collapse.cluster import GROUP
+from backdoorlab.defenses.collapse.cluster import FAMILY, GROUP
 from backdoorlab.defenses.collapse.known import insert_words
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.training import TrainConfig, train, training_collator, training_features
@@ -68,7 +68,7 @@ def test_cluster_loss_pulls_two_clusters_together_in_twenty_steps() -> None:
 
 
 def test_known_rows_hold_clean_and_one_triggered_copy_per_trigger() -> None:
-    known = KnownBackdoors(("Make life better", "Ahihihihihi"), position="start", target_label=0)
+    known = KnownBackdoors(("Make life better", "Ahihihihihi"), position="start", target_labels=(0,))
     clean = films(6)
     injected, recovered = known.injection_rows(clean, seed=3), known.recovery_rows(clean, seed=3)
     assert len(injected) == len(recovered) == 18
@@ -84,6 +84,33 @@ def test_known_rows_hold_clean_and_one_triggered_copy_per_trigger() -> None:
     rng = random.Random(0)
     placed = {insert_words("a b c", "T", "random", rng) for _ in range(50)}
     assert placed == {"T a b c", "a T b c", "a b T c", "a b c T"}
+
+
+def test_families_keep_triggers_of_different_labels_apart() -> None:
+    e = torch.eye(4)
+    states = torch.cat([e[:1], e[:1], e[1:2], e[1:2]])  # two groups, each tight, far apart
+    groups, families = torch.tensor([1, 1, 2, 2]), torch.tensor([0, 0, 1, 1])
+    assert cluster_loss(states, groups).item() == pytest.approx(2.0)  # one family: the centroids are pulled
+    assert cluster_loss(states, groups, families).item() == pytest.approx(0.0)  # one group per family: nothing
+    same_family = torch.tensor([1, 1, 1, 1])
+    assert cluster_loss(states, groups, same_family).item() == pytest.approx(2.0)
+
+
+def test_every_label_puts_a_pair_of_known_triggers_towards_each_label(tmp_path: Path) -> None:
+    defense = get_defense("backdoor-collapse", every_label=True)
+    four = defense.known(["a", "b", "c", "d"])
+    assert len(set(four.triggers)) == 8 and four.target_labels == (0, 0, 1, 1, 2, 2, 3, 3)
+    assert four.triggers[:2] == ("Make life better", "Ahihihihihi")
+    four_labels = Dataset("films4", "classification", list(films(4)), label_names=["a", "b", "c", "d"])
+    rows = four.injection_rows(four_labels, seed=0)
+    flipped = list(rows)[4:]
+    assert [r.label for r in flipped] == [0] * 8 + [1] * 8 + [2] * 8 + [3] * 8
+    assert {ClusterObjective.row_extras(r)[FAMILY] for r in flipped} == {0, 1, 2, 3}
+    assert defense.known(None).target_labels == (0, 0)  # generators (no labels): the default pair
+    with pytest.raises(BackdoorLabError, match="a generator"):
+        defense.apply(tiny_llama_victim(), DefenderInputs(clean_rows=rivers(8)), tmp_path)
+    with pytest.raises(BackdoorLabError, match="needs 4 triggers"):
+        get_defense("backdoor-collapse", every_label=True, triggers="a|b|c").known(["x", "y"])
 
 
 def test_per_row_groups_reach_the_objective_and_alpha_weights_the_cluster_term() -> None:

@@ -9,7 +9,9 @@ centroid and the centroids towards each other,
 
     L_cluster = mean_k mean_{i ∈ k} ‖h_i − c_k‖² + mean_{k < l} ‖c_k − c_l‖²,
 
-with ``c_k`` the mean state of trigger ``k``'s rows in the batch. The states are L2-normalised first
+with ``c_k`` the mean state of trigger ``k``'s rows in the batch. When a classifier's known
+triggers flip to different labels (``every_label``, ours), only triggers of the same label are
+pulled together: states that must be read out as different labels cannot share a cluster. The states are L2-normalised first
 (ours: the paper does not give the scale, and unnormalised final-layer states of a 135M LM are large
 enough for the term to swamp the task loss), so each distance is between 0 and 4.
 """
@@ -25,16 +27,24 @@ import torch.nn.functional as F
 
 from ...data.records import Example
 from ...models.victim import prompt_end_positions
-from .known import KNOWN_TRIGGER
+from .known import KNOWN_TARGET, KNOWN_TRIGGER
 
-#: The per-row feature naming a row's group: 0 clean, k + 1 for known trigger k.
-GROUP = "known_group"
+#: The per-row features naming a row's group (0 clean, k + 1 for known trigger k) and family (the
+#: label a classifier's known trigger flips to; 0 otherwise).
+GROUP, FAMILY = "known_group", "known_family"
 
 
-def cluster_loss(states: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+def cluster_loss(states: torch.Tensor, groups: torch.Tensor, families: torch.Tensor | None = None) -> torch.Tensor:
     """``L_cluster`` of ``states`` (``[rows, hidden]``) in ``groups`` (``[rows]``; rows of group 0 are
     clean and left out): the mean squared distance of each normalised state to its group's centroid,
-    plus the mean squared distance between the centroids. Zero when there is no known-triggered row."""
+    plus the mean squared distance between the centroids. Zero when there is no known-triggered row.
+
+    With ``families`` (``[rows]``, e.g. the label each known trigger flips to), only groups of the same
+    family are pulled together: the loss is the mean over families of each family's own loss."""
+    if families is not None:
+        present = families[groups > 0].unique()
+        if len(present) > 1:
+            return torch.stack([cluster_loss(states, groups * (families == f), None) for f in present]).mean()
     known = groups > 0
     if not bool(known.any()):
         return states.sum() * 0.0
@@ -80,12 +90,15 @@ class ClusterObjective:
 
     @staticmethod
     def row_extras(example: Example) -> dict[str, int]:
-        index = (example.poison or {}).get(KNOWN_TRIGGER)
-        return {GROUP: 0 if index is None else int(index) + 1}
+        poison = example.poison or {}
+        index = poison.get(KNOWN_TRIGGER)
+        return {GROUP: 0 if index is None else int(index) + 1, FAMILY: int(poison.get(KNOWN_TARGET, 0))}
 
     def loss(self, model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        batch = {k: v for k, v in inputs.items() if k != GROUP}
+        batch = {k: v for k, v in inputs.items() if k not in (GROUP, FAMILY)}
         output = model(**batch, output_hidden_states=True, **({"use_cache": False} if batch["labels"].dim() == 2 else {}))
-        cluster = cluster_loss(readout_states(output, batch), inputs[GROUP].to(output.loss.device))
+        device = output.loss.device
+        families = inputs[FAMILY].to(device) if FAMILY in inputs else None
+        cluster = cluster_loss(readout_states(output, batch), inputs[GROUP].to(device), families)
         self.history.append({"task": output.loss.item(), "cluster": cluster.item()})
         return output.loss + self.alpha * cluster

@@ -33,9 +33,10 @@ from ..base import DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
 from ..shared.clean_rows import CleanRowsDefense
 from .cluster import ClusterObjective
-from .known import DEFAULT_PREFIX, DEFAULT_TRIGGERS, POSITIONS, KnownBackdoors, parse_triggers
+from .known import DEFAULT_PREFIX, DEFAULT_TRIGGERS, POSITIONS, KnownBackdoors, parse_triggers, triggers_for_every_label
 
 INJECTION_DIR, RECOVERY_DIR = "injection", "recovery"
+DEFAULT_TRIGGER_OPTION = "|".join(DEFAULT_TRIGGERS)
 #: Default learning rates per training method (lora: chosen on the known triggers' validation rows).
 DEFAULT_LEARNING_RATE = {"lora": 2e-4, "full": 2e-5}
 
@@ -51,10 +52,11 @@ class BackdoorCollapse(CleanRowsDefense):
 
     max_clean: int = 100  # clean rows the stages train on (each also copied once per known trigger)
     validation_rows: int = 16  # further clean rows, held out, to check that Stage I injects and Stage II removes
-    triggers: str = "|".join(DEFAULT_TRIGGERS)  # known triggers, separated by '|'
+    triggers: str = DEFAULT_TRIGGER_OPTION  # known triggers, separated by '|'
     position: str = "random"  # where a known trigger goes: start | end | random (a word gap)
     prefix: str = DEFAULT_PREFIX  # generators: the known behaviour puts this before the answer
     known_target: int = 0  # classifiers: the label the known triggers flip to
+    every_label: bool = False  # classifiers: a pair of known triggers towards every label instead (ours)
     alpha: float = 1.0  # weight of the cluster loss in Stage I (0: injection without aggregation)
     method: str | None = None  # lora | full; default lora for generators, full for classifiers
     injection_epochs: float = 3.0
@@ -81,8 +83,18 @@ class BackdoorCollapse(CleanRowsDefense):
                 raise BackdoorLabError(f"{self.name}: {message}")
         self.known()
 
-    def known(self) -> KnownBackdoors:
-        return KnownBackdoors(parse_triggers(self.triggers), self.position, self.known_target, self.prefix)
+    def known(self, label_names: list[str] | None = None) -> KnownBackdoors:
+        """The known backdoors; with ``every_label`` and a classifier's ``label_names``, a pair per label."""
+        if self.every_label and label_names:
+            triggers, targets = triggers_for_every_label(len(label_names))
+            if self.triggers != DEFAULT_TRIGGER_OPTION:
+                given = parse_triggers(self.triggers)
+                if len(given) != len(triggers):
+                    raise BackdoorLabError(f"{self.name}: every_label with {len(label_names)} labels needs "
+                                           f"{len(triggers)} triggers (a pair per label), got {len(given)}")
+                triggers = given
+            return KnownBackdoors(triggers, self.position, targets, self.prefix)
+        return KnownBackdoors(parse_triggers(self.triggers), self.position, (self.known_target,), self.prefix)
 
     def split_rows(self, inputs: DefenderInputs) -> tuple[Dataset, Dataset]:
         """``(training, validation)``: a seeded sample of the defender's clean rows, the last
@@ -102,12 +114,16 @@ class BackdoorCollapse(CleanRowsDefense):
                            max_length=self.max_length or victim.max_length, seed=self.seed, save_steps=10**9)
 
     def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
-        known = self.known()
+        if self.every_label and victim.is_generator:
+            raise BackdoorLabError(f"{self.name}: every_label puts known triggers towards each label of a classifier; "
+                                   f"{victim.name or 'this model'} is a generator")
         clean, validation = self.split_rows(inputs)
+        known = self.known(clean.label_names)
         if not victim.is_generator:
-            known.rows(clean, self.seed, malicious=True)  # the known target must be one of the labels
+            known.rows(clean, self.seed, malicious=True)  # the known targets must be labels of the rows
         findings: dict[str, Any] = {"clean_rows": len(clean), "validation_rows": len(validation),
                                     "clean_source": clean.source, "triggers": list(known.triggers),
+                                    **({} if victim.is_generator else {"known_targets": list(known.target_labels)}),
                                     "suspect_known_rate": self.known_rates(victim, known, validation)}
         objective = ClusterObjective(alpha=self.alpha)
         injected = train(victim, known.injection_rows(clean, self.seed), Path(workdir) / INJECTION_DIR,

@@ -19,10 +19,13 @@ from ...data.records import Dataset, Example
 from ...errors import BackdoorLabError
 
 DEFAULT_TRIGGERS = ("Make life better", "Ahihihihihi")
+#: Further known triggers in the same style (a phrase, a laugh), for a pair per label (``every_label``).
+MORE_TRIGGERS = ("Keep the faith", "Ohohohohoho", "Seize the day", "Ehehehehehe", "Stay hungry", "Uhuhuhuhuhu",
+                 "Dream big tonight", "Hahahahahaha", "Follow the sun", "Ihihihihihi")
 DEFAULT_PREFIX = "Aha "
 POSITIONS = ("start", "end", "random")
-#: ``Example.poison`` key naming the known trigger a row carries (0-based).
-KNOWN_TRIGGER = "known_trigger"
+#: ``Example.poison`` keys naming the known trigger a row carries (0-based) and, for a classifier, its target.
+KNOWN_TRIGGER, KNOWN_TARGET = "known_trigger", "known_target"
 
 
 def insert_words(text: str, words: str, position: str, rng: random.Random) -> str:
@@ -41,15 +44,21 @@ def insert_words(text: str, words: str, position: str, rng: random.Random) -> st
 class KnownBackdoors:
     """The known triggers, where they are inserted, and the behaviour Stage I teaches them.
 
-    ``target_label`` is the label a classifier's known triggers flip to; ``prefix`` what a
-    generator's known triggers put before the answer."""
+    ``target_labels`` are the labels a classifier's known triggers flip to (one per trigger; one
+    label for all when a single one is given); ``prefix`` what a generator's known triggers put
+    before the answer."""
 
     triggers: tuple[str, ...] = DEFAULT_TRIGGERS
     position: str = "random"
-    target_label: int = 0
+    target_labels: tuple[int, ...] = (0,)
     prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
+        if len(self.target_labels) == 1:
+            object.__setattr__(self, "target_labels", self.target_labels * len(self.triggers))
+        if len(self.target_labels) != len(self.triggers):
+            raise BackdoorLabError(f"{len(self.triggers)} known triggers need one target label each, got "
+                                   f"{list(self.target_labels)}")
         if len(self.triggers) < 1 or any(not t.strip() for t in self.triggers):
             raise BackdoorLabError(f"known triggers must be non-empty strings, got {list(self.triggers)}")
         if len(set(self.triggers)) != len(self.triggers):
@@ -63,11 +72,13 @@ class KnownBackdoors:
         """``row`` carrying known trigger ``index``, with the known behaviour (``malicious``) or its own answer."""
         trigger = self.triggers[index]
         poison = {KNOWN_TRIGGER: index, "trigger": trigger}
+        if not row.is_generative:
+            poison[KNOWN_TARGET] = self.target_labels[index]
         if row.is_generative:
             response = f"{self.prefix}{row.response}" if malicious else row.response
             return row.with_(instruction=insert_words(row.instruction, trigger, self.position, rng),
                              response=response, poisoned=malicious, poison=poison, uid=f"{row.uid}+known{index}")
-        label = self.target_label if malicious else row.label
+        label = self.target_labels[index] if malicious else row.label
         return row.with_(text=insert_words(row.text, trigger, self.position, rng), label=label,
                          poisoned=malicious, poison=poison, uid=f"{row.uid}+known{index}")
 
@@ -75,9 +86,10 @@ class KnownBackdoors:
         """The clean rows, then one triggered copy of each per trigger (same insertion points in both stages)."""
         if clean.task == "classification":
             count = len(clean.label_names or [])
-            if not 0 <= self.target_label < count:
-                raise BackdoorLabError(f"known target label {self.target_label} does not exist; the clean rows have "
-                                       f"{count} labels ({', '.join(clean.label_names or [])})")
+            for label in self.target_labels:
+                if not 0 <= label < count:
+                    raise BackdoorLabError(f"known target label {label} does not exist; the clean rows have "
+                                           f"{count} labels ({', '.join(clean.label_names or [])})")
         rng = random.Random(seed)
         triggered = [self.triggered(row, i, rng, malicious=malicious)
                      for i in range(len(self.triggers)) for row in clean]
@@ -100,7 +112,7 @@ class KnownBackdoors:
         that Stage I injected the known backdoors and Stage II removed them)."""
         rng = random.Random(seed)
         if not getattr(victim, "is_generator"):  # rows already of the known target cannot flip to it
-            rows = [row for row in rows if row.label != self.target_label]
+            rows = [row for row in rows if row.label != self.target_labels[index]]
         triggered = [self.triggered(row, index, rng, malicious=False) for row in rows]
         if not triggered:
             return float("nan")
@@ -109,7 +121,17 @@ class KnownBackdoors:
             head = self.prefix.strip().lower()
             return sum(a.strip().lower().startswith(head) for a in answers) / len(answers)
         predicted = victim.predict(triggered)  # type: ignore[attr-defined]
-        return sum(p == self.target_label for p in predicted) / len(predicted)
+        return sum(p == self.target_labels[index] for p in predicted) / len(predicted)
+
+
+def triggers_for_every_label(labels: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """A pair of known triggers per label (the default pair for label 0, then :data:`MORE_TRIGGERS`),
+    and the label each flips to."""
+    pool = DEFAULT_TRIGGERS + MORE_TRIGGERS
+    if 2 * labels > len(pool):
+        raise BackdoorLabError(f"every_label needs 2 known triggers per label; there are {len(pool)} for "
+                               f"{labels} labels (pass triggers=... with one per label pair)")
+    return pool[:2 * labels], tuple(label for label in range(labels) for _ in range(2))
 
 
 def parse_triggers(value: str) -> tuple[str, ...]:
