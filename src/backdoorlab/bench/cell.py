@@ -21,7 +21,8 @@ class Cell:
 
     The id (``victim__defense__seedN``, unsafe characters replaced) names the cell's result file,
     so it depends only on victim, defense and seed: changing ``params`` recomputes the same cell.
-    ``kind`` picks the cell's task resources (see :class:`Resources`) and is not part of its identity.
+    ``kind`` picks the cell's task resources (see :class:`Resources`) and ``run_options`` how it is
+    run without changing its result (e.g. keeping intermediate files); neither is part of its identity.
     """
 
     victim: str
@@ -29,6 +30,7 @@ class Cell:
     seed: int = 0
     params: Mapping[str, Any] = field(default_factory=dict, hash=False)
     kind: str = field(default=DEFAULT_KIND, compare=False)
+    run_options: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("victim", "defense", "kind"):
