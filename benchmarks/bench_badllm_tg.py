@@ -64,7 +64,9 @@ PAPER_BADLLM_TG_CACC = 88.62
 #: Method labels beyond the registry names: label → (defense name, options).
 VARIANTS = {"badllm-tg-faithful": ("badllm-tg", {"variant": "faithful"}),
             "backdoor-collapse-every-label": ("backdoor-collapse", {"every_label": True}),
-            "backdoor-collapse-every-label-1e-4": ("backdoor-collapse", {"every_label": True, "learning_rate": 1e-4})}
+            "backdoor-collapse-every-label-1e-4": ("backdoor-collapse", {"every_label": True, "learning_rate": 1e-4}),
+            "backdoor-collapse-1e-4": ("backdoor-collapse", {"learning_rate": 1e-4}),
+            "fine-tune-1e-4": ("fine-tune", {"learning_rate": 1e-4, "epochs": 6})}
 #: Budget settings for 2 CPU cores (the defenses' own defaults follow their papers).
 CPU_BUDGET = {"muscle-lora": {"epochs": 3}, "badacts": {"bound_epochs": 5}, "onion": {"max_clean": 50},
               "badllm-tg": {"iterations": 6}}

@@ -11,6 +11,9 @@ outside the attack run), then, for the suspect, the Stage I model and the Stage 
   triggered test rows: this measurement is the only use of the attack run) and of the same prompts
   carrying each known trigger; the distance between the groups' centroids (normalised states, 0..2)
   and each group's spread;
+* the aggregation ratio d(unknown, known) / d(unknown, clean): below 1 when the unknown trigger's
+  inputs sit nearer the known triggers' inputs than their own clean prompts (a whole-space
+  contraction moves both distances alike and leaves the ratio);
 * the unknown backdoor's ASR (and clean-prompt rate or CACC) and the known triggers' rate;
 * a 2-D projection of the groups (first two principal components of each model's states).
 
@@ -133,6 +136,8 @@ def summary_rows(name: str, results: dict[str, dict[str, Any]]) -> list[dict[str
                "d(unknown, known)": sum(to_known) / len(to_known), "d(unknown, clean)": distances[f"{CLEAN}|{UNKNOWN}"],
                "d(clean, known)": sum(distances[f"{CLEAN}|{k}"] for k in knowns) / len(knowns),
                "d(known, known)": distances.get(f"{knowns[0]}|{knowns[1]}") if len(knowns) > 1 else None,
+               # below 1: the unknown trigger's inputs sit nearer the known triggers' than their own clean prompts'
+               "aggregation ratio": sum(to_known) / len(to_known) / distances[f"{CLEAN}|{UNKNOWN}"],
                "spread unknown": r["spread"][UNKNOWN]}
         row["clean rate / CACC"] = r.get("clean_behaviour_rate", r.get("cacc"))
         rows.append(row)
