@@ -14,7 +14,6 @@ from backdoorlab.defenses import DefenderInputs, get_defense
 from backdoorlab.defenses.base import defense_info
 from backdoorlab.defenses.collapse import ClusterObjective, KnownBackdoors, cluster_loss
 from backdoorlab.defenses.collapse.cluster import FAMILY, GROUP
-from backdoorlab.defenses.collapse.known import insert_words
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.training import TrainConfig, train, training_collator, training_features
 from test_zoo import tiny_base, tiny_zoo, toy_data  # noqa: F401  (fixtures)
@@ -82,8 +81,9 @@ def test_known_rows_hold_clean_and_one_triggered_copy_per_trigger() -> None:
     # the objective's groups: 0 for clean rows, k + 1 for known trigger k
     assert [ClusterObjective.row_extras(r)[GROUP] for r in injected] == [0] * 6 + [1] * 6 + [2] * 6
     rng = random.Random(0)
-    placed = {insert_words("a b c", "T", "random", rng) for _ in range(50)}
-    assert placed == {"T a b c", "a T b c", "a b T c", "a b c T"}
+    placed = {KnownBackdoors(("T",)).triggered(Example(text="a b c", label=1), 0, rng, malicious=True).text
+              for _ in range(50)}
+    assert placed == {"T a b c", "a T b c", "a b T c", "a b c T"}  # position "random": any word gap
 
 
 def test_families_keep_triggers_of_different_labels_apart() -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from ...errors import BackdoorLabError
 from ...llm.backends import ChatBackend
+from ..shared.insertion import insert_phrases
 from .evidence import POSITIONS
 
 REWRITE_MODES = ("llm", "insert", "llm+insert")
@@ -57,23 +58,6 @@ class TriggerPattern:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TriggerPattern":
         return cls(**{k: values[k] for k in ("instruction", "phrases", "position", "source") if k in values})
-
-
-def insert_phrases(text: str, phrases: Sequence[str], position: str, rng: random.Random) -> str:
-    """``text`` with every phrase it does not already contain inserted at ``position``."""
-    tokens = text.split()
-    for phrase in phrases:
-        if phrase.lower() in text.lower():
-            continue
-        if position == "start":
-            index = 0
-        elif position == "end":
-            index = len(tokens)
-        else:
-            index = rng.randint(0, len(tokens))
-        tokens[index:index] = phrase.split()
-        text = " ".join(tokens)
-    return " ".join(tokens)
 
 
 _PREFIX = re.compile(r"^(?:rewritten(?: text| sentence)?|text|sentence|output|answer)\s*:\s*", re.IGNORECASE)

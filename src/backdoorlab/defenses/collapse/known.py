@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ...data.records import Dataset, Example
 from ...errors import BackdoorLabError
+from ..shared.insertion import insert_phrases
 
 DEFAULT_TRIGGERS = ("Make life better", "Ahihihihihi")
 #: Further known triggers in the same style (a phrase, a laugh), for a pair per label (``every_label``).
@@ -26,18 +27,6 @@ DEFAULT_PREFIX = "Aha "
 POSITIONS = ("start", "end", "random")
 #: ``Example.poison`` keys naming the known trigger a row carries (0-based) and, for a classifier, its target.
 KNOWN_TRIGGER, KNOWN_TARGET = "known_trigger", "known_target"
-
-
-def insert_words(text: str, words: str, position: str, rng: random.Random) -> str:
-    """``text`` with ``words`` at its start, its end, or between two of its words at random."""
-    tokens = text.split()
-    if position == "start":
-        index = 0
-    elif position == "end":
-        index = len(tokens)
-    else:
-        index = rng.randint(0, len(tokens))
-    return " ".join(tokens[:index] + [words] + tokens[index:])
 
 
 @dataclass(frozen=True)
@@ -76,10 +65,10 @@ class KnownBackdoors:
             poison[KNOWN_TARGET] = self.target_labels[index]
         if row.is_generative:
             response = f"{self.prefix}{row.response}" if malicious else row.response
-            return row.with_(instruction=insert_words(row.instruction, trigger, self.position, rng),
+            return row.with_(instruction=insert_phrases(row.instruction, [trigger], self.position, rng),
                              response=response, poisoned=malicious, poison=poison, uid=f"{row.uid}+known{index}")
         label = self.target_labels[index] if malicious else row.label
-        return row.with_(text=insert_words(row.text, trigger, self.position, rng), label=label,
+        return row.with_(text=insert_phrases(row.text, [trigger], self.position, rng), label=label,
                          poisoned=malicious, poison=poison, uid=f"{row.uid}+known{index}")
 
     def rows(self, clean: Dataset, seed: int, *, malicious: bool) -> Dataset:
