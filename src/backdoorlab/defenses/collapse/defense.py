@@ -59,12 +59,12 @@ class BackdoorCollapse(CleanRowsDefense):
     every_label: bool = False  # classifiers: a pair of known triggers towards every label instead (ours)
     alpha: float = 1.0  # weight of the cluster loss in Stage I (0: injection without aggregation)
     method: str | None = None  # lora | full; default lora for generators, full for classifiers
-    injection_epochs: float = 3.0
-    recovery_epochs: float = 3.0
+    injection_epochs: float = 3.0  # epochs of Stage I (known-trigger injection with the cluster loss)
+    recovery_epochs: float = 3.0  # epochs of Stage II (recovery; 0: stop after Stage I)
     learning_rate: float | None = None  # both stages; default 2e-4 (lora), 2e-5 (full)
-    batch_size: int = 8
-    lora_r: int = 16
-    lora_alpha: int = 32
+    batch_size: int = 8  # rows per training step
+    lora_r: int = 16  # LoRA rank of both stages (method lora)
+    lora_alpha: int = 32  # LoRA scaling alpha (not the cluster weight alpha)
     max_length: int | None = None  # tokens per row; default: the suspect model's own limit
 
     def __post_init__(self) -> None:
