@@ -48,6 +48,7 @@ from backdoorlab.evaluation import evaluate_classifier, evaluate_generator
 from backdoorlab.fileio import write_json_atomic, write_text_atomic
 from backdoorlab.models.loading import load_victim
 from backdoorlab.models.victim import Victim
+from backdoorlab.options import parse_option_pairs
 from backdoorlab.pipeline import evaluation_rows
 from backdoorlab.report import format_table, save_figure_atomic
 from backdoorlab.training import MODEL_DIR
@@ -166,16 +167,6 @@ def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
         plt.close(fig)
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise BackdoorLabError(f"--option {pair!r} must look like KEY=VALUE")
-        options[key] = value
-    return options
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zoo-victims", nargs="*", default=[], help="zoo victims (generative suspects)")
@@ -193,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    args.option = parse_options(args.option)
+    args.option = parse_option_pairs(args.option)
     get_defense("backdoor-collapse", **args.option)  # bad options fail before any work
-    subjects = [(n, load_zoo_victim(n, args.zoo_dir).model, load_zoo_victim(n, args.zoo_dir).attack_run)
-                for n in args.zoo_victims] + [(n, Path(m), Path(a)) for n, m, a in args.subject]
+    zoo = [load_zoo_victim(n, args.zoo_dir) for n in args.zoo_victims]
+    subjects = [(v.name, v.model, v.attack_run) for v in zoo] + [(n, Path(m), Path(a)) for n, m, a in args.subject]
     if not subjects:
         parser.error("name at least one subject (--zoo-victims or --subject)")
     rows = []

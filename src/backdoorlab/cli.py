@@ -11,18 +11,7 @@ from typing import Any
 
 from .console import cell, print_lines, print_table
 from .errors import BackdoorLabError
-from .options import OptionInfo
-
-
-def _options(pairs: Sequence[str] | None) -> dict[str, str]:
-    """``["key=value", ...]`` → ``{key: "value"}``; the method or config parses each value by its option's type."""
-    options: dict[str, str] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BackdoorLabError(f"option {pair!r} must look like key=value")
-        options[key.strip().replace("-", "_")] = value
-    return options
+from .options import OptionInfo, parse_option_pairs
 
 
 def _target(text: str | None) -> int | str | None:
@@ -81,7 +70,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
         if args.rate is None:
             raise BackdoorLabError("--rate is required (the share of training rows to poison, in (0, 1])")
         out = run_attack(args.dataset, args.attack, args.out, rate=args.rate, target=_target(args.target),
-                         seed=args.seed, clean_label=args.clean_label, options=_options(args.option),
+                         seed=args.seed, clean_label=args.clean_label, options=parse_option_pairs(args.option),
                          train_split=args.train_split, test_split=args.test_split, max_train=args.max_train,
                          max_test=args.max_test, data_dir=args.data_dir, overwrite=args.overwrite)
     manifest = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))
@@ -157,14 +146,14 @@ def cmd_inject(args: argparse.Namespace) -> None:
     from .pipeline import load_training_data
 
     data = load_training_data(args.data, args.split, data_dir=args.data_dir)
-    out = run_injection(args.method, args.model, data, args.out, _options(args.option), overwrite=args.overwrite)
+    out = run_injection(args.method, args.model, data, args.out, parse_option_pairs(args.option), overwrite=args.overwrite)
     print(f"wrote backdoored model {Path(out) / 'model'} (details in {Path(out) / INJECT_FILE})")
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis.runner import run_analysis
 
-    results = run_analysis([args.step], args.model, args.data, args.out, options=_options(args.option),
+    results = run_analysis([args.step], args.model, args.data, args.out, options=parse_option_pairs(args.option),
                            device=args.device, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
     for step, result in results.items():
         headline = result.get("headline") or result.get("agreement") or {
@@ -204,7 +193,7 @@ def cmd_defend(args: argparse.Namespace) -> None:
 
     with warnings.catch_warnings():  # printed once per evaluation, below the table
         warnings.simplefilter("ignore", UninformativeMetricWarning)
-        metrics = run_defense(args.method, args.model, args.data, args.out, options=_options(args.option),
+        metrics = run_defense(args.method, args.model, args.data, args.out, options=parse_option_pairs(args.option),
                               train_data=args.train_data, clean_data=args.clean_data, behaviour=args.behaviour,
                               target_label=_target(args.target_label), reference_model=args.reference_model,
                               suspect_adapter=args.suspect_adapter, evaluate=not args.no_eval,

@@ -69,6 +69,18 @@ class OptionInfo:
 
 
 # ----------------------------------------------------------------------------------------- building
+def parse_option_pairs(pairs: Iterable[str] | None) -> dict[str, str]:
+    """``["key=value", ...]`` (``--option`` arguments) → ``{key: "value"}``; the method or config parses
+    each value by its option's type (:func:`build`)."""
+    options: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BackdoorLabError(f"option {pair!r} must look like key=value")
+        options[key.strip().replace("-", "_")] = value
+    return options
+
+
 def build(cls: type[T], options: Mapping[str, Any] | None, owner: str) -> T:
     """``cls(**options)`` after checking names and coercing values (see the module docstring).
 

@@ -119,14 +119,14 @@ class BackdoorCollapse(CleanRowsDefense):
                                    f"{victim.name or 'this model'} is a generator")
         clean, validation = self.split_rows(inputs)
         known = self.known(clean.label_names)
-        if not victim.is_generator:
-            known.rows(clean, self.seed, malicious=True)  # the known targets must be labels of the rows
+        injection_rows = known.injection_rows(clean, self.seed)  # checks the known targets are labels of the rows
         findings: dict[str, Any] = {"clean_rows": len(clean), "validation_rows": len(validation),
-                                    "clean_source": clean.source, "triggers": list(known.triggers),
+                                    "clean_source": clean.source, "method": self.config(victim, 1).method,
+                                    "triggers": list(known.triggers),
                                     **({} if victim.is_generator else {"known_targets": list(known.target_labels)}),
                                     "suspect_known_rate": self.known_rates(victim, known, validation)}
         objective = ClusterObjective(alpha=self.alpha)
-        injected = train(victim, known.injection_rows(clean, self.seed), Path(workdir) / INJECTION_DIR,
+        injected = train(victim, injection_rows, Path(workdir) / INJECTION_DIR,
                          self.config(victim, self.injection_epochs), reuse=True, objective=objective)
         findings["injection"] = {"known_rate": self.known_rates(injected, known, validation),
                                  **_loss_summary(objective.history)}
@@ -135,7 +135,6 @@ class BackdoorCollapse(CleanRowsDefense):
         recovered = train(injected, known.recovery_rows(clean, self.seed), Path(workdir) / RECOVERY_DIR,
                           self.config(victim, self.recovery_epochs), reuse=True)
         findings["recovery"] = {"known_rate": self.known_rates(recovered, known, validation)}
-        findings["method"] = self.config(victim, 1).method
         return DefenseOutcome(recovered, findings)
 
     def known_rates(self, victim: Victim, known: KnownBackdoors, validation: Dataset) -> dict[str, float]:

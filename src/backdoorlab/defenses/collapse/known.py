@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ...data.records import Dataset, Example
 from ...errors import BackdoorLabError
+from ...models.victim import Victim
 from ..shared.insertion import insert_phrases
 
 DEFAULT_TRIGGERS = ("Make life better", "Ahihihihihi")
@@ -60,16 +61,15 @@ class KnownBackdoors:
     def triggered(self, row: Example, index: int, rng: random.Random, *, malicious: bool) -> Example:
         """``row`` carrying known trigger ``index``, with the known behaviour (``malicious``) or its own answer."""
         trigger = self.triggers[index]
-        poison = {KNOWN_TRIGGER: index, "trigger": trigger}
-        if not row.is_generative:
-            poison[KNOWN_TARGET] = self.target_labels[index]
+        marks = {"poisoned": malicious, "uid": f"{row.uid}+known{index}"}
         if row.is_generative:
             response = f"{self.prefix}{row.response}" if malicious else row.response
             return row.with_(instruction=insert_phrases(row.instruction, [trigger], self.position, rng),
-                             response=response, poisoned=malicious, poison=poison, uid=f"{row.uid}+known{index}")
-        label = self.target_labels[index] if malicious else row.label
-        return row.with_(text=insert_phrases(row.text, [trigger], self.position, rng), label=label,
-                         poisoned=malicious, poison=poison, uid=f"{row.uid}+known{index}")
+                             response=response, poison={KNOWN_TRIGGER: index, "trigger": trigger}, **marks)
+        target = self.target_labels[index]
+        return row.with_(text=insert_phrases(row.text, [trigger], self.position, rng),
+                         label=target if malicious else row.label,
+                         poison={KNOWN_TRIGGER: index, "trigger": trigger, KNOWN_TARGET: target}, **marks)
 
     def rows(self, clean: Dataset, seed: int, *, malicious: bool) -> Dataset:
         """The clean rows, then one triggered copy of each per trigger (same insertion points in both stages)."""
@@ -95,21 +95,21 @@ class KnownBackdoors:
         """Stage II: the known-triggered copies carry their clean answer or true label."""
         return self.rows(clean, seed, malicious=False)
 
-    def shows_behaviour(self, victim: object, rows: Sequence[Example], index: int, seed: int) -> float:
+    def shows_behaviour(self, victim: Victim, rows: Sequence[Example], index: int, seed: int) -> float:
         """Share of ``rows`` (clean, held out) that show the known behaviour once trigger ``index`` is in them:
         the answer starts with the prefix, or the predicted label is the known target (a defender's check
         that Stage I injected the known backdoors and Stage II removed them)."""
         rng = random.Random(seed)
-        if not getattr(victim, "is_generator"):  # rows already of the known target cannot flip to it
+        if not victim.is_generator:  # rows already of the known target cannot flip to it
             rows = [row for row in rows if row.label != self.target_labels[index]]
         triggered = [self.triggered(row, index, rng, malicious=False) for row in rows]
         if not triggered:
             return float("nan")
-        if getattr(victim, "is_generator"):
-            answers = victim.generate(triggered, max_new_tokens=4)  # type: ignore[attr-defined]
+        if victim.is_generator:
+            answers = victim.generate(triggered, max_new_tokens=4)
             head = self.prefix.strip().lower()
             return sum(a.strip().lower().startswith(head) for a in answers) / len(answers)
-        predicted = victim.predict(triggered)  # type: ignore[attr-defined]
+        predicted = victim.predict(triggered)
         return sum(p == self.target_labels[index] for p in predicted) / len(predicted)
 
 
