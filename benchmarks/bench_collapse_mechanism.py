@@ -1,6 +1,6 @@
 """Backdoor Collapse's mechanism, measured: do the unknown trigger's states move to the known ones?
 
-The paper's key observation (arXiv 2510.10265, §4): after Stage I the inputs carrying the suspect's
+The paper's key observation (arXiv 2510.10265, its abstract): after Stage I the inputs carrying the suspect's
 own (unknown) trigger sit with the known triggers' inputs in representation space, and after Stage
 II the backdoor is gone. For each subject (a zoo victim, or a classifier with its attack run) this
 script runs the ``backdoor-collapse`` defense as a defender would (the suspect and clean rows from

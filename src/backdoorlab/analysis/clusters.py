@@ -1,6 +1,6 @@
 """Where groups of inputs sit in representation space: centroid distances and a 2-D projection.
 
-Used to show Backdoor Collapse's mechanism (arXiv 2510.10265, §4): whether the states of inputs
+Used to show Backdoor Collapse's mechanism (arXiv 2510.10265, its key observation): whether the states of inputs
 carrying the unknown trigger move towards those of the known triggers after Stage I. States are
 L2-normalised first, as in the defense's cluster loss, so distances lie between 0 and 2.
 """

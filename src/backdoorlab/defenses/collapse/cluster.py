@@ -1,6 +1,6 @@
 """Stage I's objective: the task loss plus the cluster loss that aggregates the known triggers.
 
-Backdoor Collapse (arXiv 2510.10265, §3.1): ``L = L_inj + α · L_cluster``. ``L_inj`` is the task loss
+Backdoor Collapse (arXiv 2510.10265), Stage I: ``L = L_inj + α · L_cluster``. ``L_inj`` is the task loss
 on the clean and the known-triggered rows (the model's own loss: next-token cross-entropy on the
 response for a generator, label cross-entropy for a classifier). ``L_cluster`` works on the
 final-layer hidden state at the position the model reads its output from (a generator's last prompt

@@ -5,11 +5,11 @@
 an already-backdoored model makes the unknown and the known backdoors share a region of
 representation space; training the known ones away then takes the unknown one with them.
 
-1. **Stage I, aggregation by injection** (§3.1): fine-tune the suspect on the defender's clean rows
+1. **Stage I, aggregation by injection**: fine-tune the suspect on the defender's clean rows
    plus copies carrying each known trigger with the known behaviour (:mod:`.known`), with
    ``L_inj + α · L_cluster`` (:mod:`.cluster`), which pulls the known triggers' final-layer states
    into one cluster.
-2. **Stage II, recovery** (§3.2): fine-tune the Stage I model on the same clean rows plus the
+2. **Stage II, recovery**: fine-tune the Stage I model on the same clean rows plus the
    known-triggered copies with their clean answers (true labels), overwriting the aggregated region.
 
 Settings the reimplementation gives (LoRA r 16, α = 1, lr 2e-5, 3 epochs, clean : t1 : t2 = 1 : 1 : 1)

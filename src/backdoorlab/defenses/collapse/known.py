@@ -1,6 +1,6 @@
 """The defender's own known backdoors: triggers, where they go, and the rows of both stages.
 
-Backdoor Collapse (arXiv 2510.10265, §3.1) injects at least two triggers of the defender's choosing
+Backdoor Collapse (arXiv 2510.10265), Stage I, injects at least two triggers of the defender's choosing
 into the suspect. The defaults are the pair a third-party reimplementation cites from the paper,
 "Make life better" and "Ahihihihihi"; the generative behaviour prepends "Aha " to the answer, a
 classifier's is a flip to one label. Stage I rows carry the known behaviour (:meth:`KnownBackdoors.injection_rows`),
