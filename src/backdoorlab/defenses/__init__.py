@@ -28,6 +28,7 @@ from . import (  # noqa: F401  (register)
     quantization,
     rap,
     sampling,
+    self_awareness,
 )
 from .base import Defense, DefenseOutcome, get_defense, list_defenses, register_defense
 from .guard import REJECTED, Guard, load_guard, register_guard, save_guard

@@ -57,3 +57,21 @@ def threshold_metrics(scores: Sequence[float], labels: Sequence[int], threshold:
 def f1_at_threshold(scores: Sequence[float], labels: Sequence[int], threshold: float) -> float:
     """F1 of flagging rows with ``score >= threshold`` as poisoned (0.0 when nothing is caught)."""
     return threshold_metrics(scores, labels, threshold)["f1"]
+
+
+def tpr_at_fpr(scores: Sequence[float], labels: Sequence[int], max_fpr: float = 0.01) -> float:
+    """The largest share of poisoned rows flagged by a threshold that flags at most ``max_fpr`` of clean rows."""
+    s, y = _arrays(scores, labels)
+    if y.min() == y.max():
+        raise BackdoorLabError("TPR at a fixed FPR needs both clean (0) and poisoned (1) rows")
+    clean, poisoned = np.sort(s[y == 0]), s[y == 1]
+    allowed = int(np.floor(max_fpr * clean.size))  # clean rows that may score at or above the threshold
+    # the lowest threshold flagging at most `allowed` clean rows: just above the (allowed+1)-th highest clean score
+    threshold = np.nextafter(clean[clean.size - 1 - allowed], np.inf)
+    return float((poisoned >= threshold).mean())
+
+
+def accuracy_at_threshold(scores: Sequence[float], labels: Sequence[int], threshold: float) -> float:
+    """Share of rows, clean and poisoned, that flagging ``score >= threshold`` gets right."""
+    s, y = _arrays(scores, labels)
+    return float(((s >= threshold) == (y == 1)).mean())
