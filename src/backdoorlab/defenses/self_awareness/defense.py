@@ -31,6 +31,7 @@ from ..base import DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
 from ..shared.clean_rows import CleanRowsDefense
 from .detect import TriggerGuard
+from .prompt import ANSWER_PREFIX
 from .reward import POSITIONS, insert_candidate
 from .rl import AwarenessRecipe, awareness_folder, run_awareness
 
@@ -54,6 +55,7 @@ class SelfAwarenessBase(CleanRowsDefense):
     holdout: int = 16  # further clean prompts the final candidates are re-scored on
     position: str = "start"  # where a candidate goes in a prompt: start | end | random
     behaviour_description: str | None = None  # the behaviour as the inversion prompt states it (default per behaviour)
+    answer_prefix: str = ANSWER_PREFIX  # the policy's answer starts with this (ours; "" lets it answer freely)
     min_score: float = 0.25  # held-out behaviour rate a candidate needs to count as the recovered trigger
     store: str | None = None  # keep RL runs here, shared by runs on the same suspect, rows and recipe
 
@@ -64,7 +66,8 @@ class SelfAwarenessBase(CleanRowsDefense):
         return AwarenessRecipe(reward=self.reward, steps=self.steps, num_generations=self.num_generations,
                                learning_rate=self.rl_learning_rate, temperature=self.temperature, beta=self.beta,
                                max_words=self.max_words, probes=self.probes, holdout=self.holdout,
-                               position=self.position, description=self.behaviour_description, min_score=self.min_score,
+                               position=self.position, description=self.behaviour_description,
+                               answer_prefix=self.answer_prefix, min_score=self.min_score,
                                seed=self.seed).check()
 
     def recover(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> tuple[dict[str, Any], Dataset]:

@@ -60,6 +60,7 @@ class TriggerReward:
     max_new_tokens: int = 24
     batch_size: int = 16
     seed: int = 0
+    answer_prefix: str = ""  # what the policy's prompt ends with; the candidate is parsed from prefix + answer
     log_path: Path | None = None
     _cache: dict[str, float] = field(default_factory=dict, repr=False)
     _base: float | None = field(default=None, repr=False)
@@ -119,7 +120,7 @@ class TriggerReward:
 
     # --------------------------------------------------------------- trl hook
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        texts = [self.answer_prefix + (c if isinstance(c, str) else c[-1]["content"]) for c in completions]
         parsed = [parse_candidate(t, self.max_words) for t in texts]
         scores = self.behaviour_scores([p.text for p in parsed])
         rewards = [s + self.format_weight * p.formatted for s, p in zip(scores, parsed)]

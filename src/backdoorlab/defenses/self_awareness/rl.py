@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ...data.prompts import prompt_token_ids
 from ...data.records import Dataset, Example
 from ...errors import BackdoorLabError
 from ...fileio import write_json_atomic, write_text_atomic
@@ -33,7 +34,7 @@ from ...fingerprint import dataset_digest, digest, make_fingerprint, model_ident
 from ...metrics.judges import get_judge, normalise
 from ...models.victim import Victim
 from ...training import show_progress
-from .prompt import inversion_prompt, parse_candidate
+from .prompt import ANSWER_PREFIX, inversion_prompt, parse_candidate
 from .reward import POSITIONS, REWARD_KINDS, TriggerReward
 
 RESULT_FILE = "awareness.json"
@@ -60,6 +61,7 @@ class AwarenessRecipe:
     format_weight: float = 0.1  # reward for an answer in the Trigger: "..." form
     position: str = "start"  # where a candidate goes in a probe: start | end | random
     description: str | None = None  # the behaviour as the inversion prompt states it (default per behaviour)
+    answer_prefix: str = ANSWER_PREFIX  # the policy's answer starts with this (ours; "" lets it answer freely)
     shortlist: int = 8  # candidates re-scored on the held-out probes
     final_samples: int = 16  # answers sampled from the final policy for the shortlist
     min_score: float = 0.25  # held-out judge score a candidate needs to count as recovered
@@ -102,7 +104,8 @@ def awareness_folder(store: Path, suspect: Victim, clean: Dataset, behaviour: st
 def run_fingerprint(suspect: Victim, clean: Dataset, behaviour: str, recipe: AwarenessRecipe) -> dict[str, Any]:
     """What a run's outcome depends on: the suspect's weights, the clean rows, the behaviour and the recipe."""
     return make_fingerprint("self-awareness", suspect=model_identity(suspect), clean=dataset_digest(clean),
-                            behaviour=behaviour, recipe=asdict(recipe))
+                            behaviour=behaviour, recipe=asdict(recipe),
+                            prompt=inversion_prompt(behaviour, recipe.description))
 
 
 def run_awareness(suspect: Victim, clean: Dataset, behaviour: str, recipe: AwarenessRecipe,
@@ -116,7 +119,8 @@ def run_awareness(suspect: Victim, clean: Dataset, behaviour: str, recipe: Aware
         return done
     probes = select_probes(suspect, clean, behaviour, recipe.probes + recipe.holdout, recipe.seed)
     reward = TriggerReward(suspect, probes[:recipe.probes], behaviour, recipe.reward, recipe.position,
-                           recipe.max_words, recipe.format_weight, seed=recipe.seed, log_path=folder / LOG_FILE)
+                           recipe.max_words, recipe.format_weight, seed=recipe.seed,
+                           answer_prefix=recipe.answer_prefix, log_path=folder / LOG_FILE)
     prompt = inversion_prompt(behaviour, recipe.description)
     started = time.time()
     policy, steps = _train_policy(suspect, reward, prompt, recipe, folder)
@@ -154,7 +158,7 @@ def _train_policy(suspect: Victim, reward: TriggerReward, prompt: str, recipe: A
     resumed_step = int(Path(resume).name.split("-")[-1]) if resume else 0
     _truncate_log(folder / LOG_FILE, resumed_step, reward)
     set_seed(recipe.seed)
-    rendered = suspect.prompts([Example(instruction=prompt)])[0]
+    rendered = suspect.prompts([Example(instruction=prompt)])[0] + recipe.answer_prefix
     args = GRPOConfig(output_dir=str(checkpoints), max_steps=recipe.steps, learning_rate=recipe.learning_rate,
                       per_device_train_batch_size=recipe.num_generations, num_generations=recipe.num_generations,
                       max_completion_length=recipe.max_completion_length, temperature=recipe.temperature,
@@ -178,17 +182,21 @@ def _train_policy(suspect: Victim, reward: TriggerReward, prompt: str, recipe: A
 
 
 def _final_answers(policy: Victim, prompt: str, recipe: AwarenessRecipe) -> list[str]:
-    """The final policy's greedy answer and ``final_samples`` sampled ones (seeded)."""
+    """The final policy's greedy answer and ``final_samples`` sampled ones (seeded), each with the answer prefix."""
     import torch
 
-    rows = [Example(instruction=prompt)]
-    answers = policy.generate(rows, max_new_tokens=recipe.max_completion_length)
-    if recipe.final_samples:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed)
-            answers += policy.generate(rows * recipe.final_samples, max_new_tokens=recipe.max_completion_length,
-                                       do_sample=True, temperature=recipe.temperature)
-    return answers
+    text = policy.prompts([Example(instruction=prompt)])[0] + recipe.answer_prefix
+    ids = torch.tensor([prompt_token_ids(policy.tokenizer, text)], device=policy.device)
+    settings = {"max_new_tokens": recipe.max_completion_length, "pad_token_id": policy.tokenizer.pad_token_id}
+    policy.model.eval()
+    with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        outputs = [policy.model.generate(input_ids=ids, do_sample=False, **settings)]
+        if recipe.final_samples:
+            outputs.append(policy.model.generate(input_ids=ids.repeat(recipe.final_samples, 1), do_sample=True,
+                                                 temperature=recipe.temperature, top_k=0, top_p=1.0, **settings))
+    new = [row for output in outputs for row in output[:, ids.shape[1]:]]
+    return [recipe.answer_prefix + policy.tokenizer.decode(row, skip_special_tokens=True) for row in new]
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
