@@ -271,3 +271,14 @@ def test_the_bench_recovers_measures_detection_and_reports(tiny_base: Path, toy_
     monkeypatch.setattr(rl_module, "_train_policy", no_rl)
     assert bench.main(argv) == 0
     assert bench.main([*argv[:-6], "--variants", "reward=llm"]) == 2  # a bad variant is refused up front
+
+
+def test_the_curriculum_lengthens_candidates_phase_by_phase(planted) -> None:  # type: ignore[no-untyped-def]
+    reward = TriggerReward(planted, rivers(2, offset=300), "refusal", "dense", max_words=6, curriculum=(1, 2, 4),
+                           steps=9)
+    assert [reward.word_limit(step) for step in range(9)] == [1, 1, 1, 2, 2, 2, 4, 4, 4]
+    assert TriggerReward(planted, rivers(2), "refusal", "dense", max_words=6).word_limit(5) == 6
+    assert "curriculum" not in AwarenessRecipe().identity()  # runs made before the option stay current
+    assert AwarenessRecipe(curriculum="1,2").word_limits() == (1, 2)
+    with pytest.raises(BackdoorLabError, match="curriculum"):
+        AwarenessRecipe(curriculum="1,x").check()

@@ -56,6 +56,7 @@ class SelfAwarenessBase(CleanRowsDefense):
     position: str = "start"  # where a candidate goes in a prompt: start | end | random
     behaviour_description: str | None = None  # the behaviour as the inversion prompt states it (default per behaviour)
     answer_prefix: str = ANSWER_PREFIX  # the policy's answer starts with this (ours; "" lets it answer freely)
+    curriculum: str = ""  # word limits of equal phases of the run, e.g. 1,2,4 (ours); "" keeps max_words throughout
     min_score: float = 0.25  # held-out behaviour rate a candidate needs to count as the recovered trigger
     store: str | None = None  # keep RL runs here, shared by runs on the same suspect, rows and recipe
 
@@ -67,7 +68,7 @@ class SelfAwarenessBase(CleanRowsDefense):
                                learning_rate=self.rl_learning_rate, temperature=self.temperature, beta=self.beta,
                                max_words=self.max_words, probes=self.probes, holdout=self.holdout,
                                position=self.position, description=self.behaviour_description,
-                               answer_prefix=self.answer_prefix, min_score=self.min_score,
+                               answer_prefix=self.answer_prefix, curriculum=self.curriculum, min_score=self.min_score,
                                seed=self.seed).check()
 
     def recover(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> tuple[dict[str, Any], Dataset]:

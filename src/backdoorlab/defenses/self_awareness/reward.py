@@ -61,6 +61,8 @@ class TriggerReward:
     batch_size: int = 16
     seed: int = 0
     answer_prefix: str = ""  # what the policy's prompt ends with; the candidate is parsed from prefix + answer
+    curriculum: tuple[int, ...] = ()  # word limits of equal phases of the run, e.g. (1, 2, 4); () keeps max_words
+    steps: int = 1  # the run's steps (to place the curriculum's phases)
     log_path: Path | None = None
     _cache: dict[str, float] = field(default_factory=dict, repr=False)
     _base: float | None = field(default=None, repr=False)
@@ -120,13 +122,19 @@ class TriggerReward:
 
     # --------------------------------------------------------------- trl hook
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        step = getattr(kwargs.get("trainer_state"), "global_step", 0)
         texts = [self.answer_prefix + (c if isinstance(c, str) else c[-1]["content"]) for c in completions]
-        parsed = [parse_candidate(t, self.max_words) for t in texts]
+        parsed = [parse_candidate(t, self.word_limit(step)) for t in texts]
         scores = self.behaviour_scores([p.text for p in parsed])
         rewards = [s + self.format_weight * p.formatted for s, p in zip(scores, parsed)]
-        state = kwargs.get("trainer_state")
-        self.log(getattr(state, "global_step", 0), texts, parsed, scores, rewards)
+        self.log(step, texts, parsed, scores, rewards)
         return rewards
+
+    def word_limit(self, step: int) -> int:
+        """Words a candidate keeps at ``step``: the curriculum's phase limit (ours), else ``max_words``."""
+        if not self.curriculum:
+            return self.max_words
+        return self.curriculum[min(step * len(self.curriculum) // max(self.steps, 1), len(self.curriculum) - 1)]
 
     def log(self, step: int, texts: Sequence[str], parsed: Sequence[Any], scores: Sequence[float],
             rewards: Sequence[float]) -> None:

@@ -40,6 +40,8 @@ from .reward import POSITIONS, REWARD_KINDS, TriggerReward
 RESULT_FILE = "awareness.json"
 LOG_FILE = "candidates.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+#: Recipe settings added after runs were made, with their "off" value (left out of a fingerprint when off).
+ADDED_LATER = {"curriculum": ""}
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,20 @@ class AwarenessRecipe:
     position: str = "start"  # where a candidate goes in a probe: start | end | random
     description: str | None = None  # the behaviour as the inversion prompt states it (default per behaviour)
     answer_prefix: str = ANSWER_PREFIX  # the policy's answer starts with this (ours; "" lets it answer freely)
+    curriculum: str = ""  # ours: word limits of equal phases, e.g. "1,2,4" (short candidates first); "" keeps max_words
     shortlist: int = 8  # candidates re-scored on the held-out probes
     final_samples: int = 16  # answers sampled from the final policy for the shortlist
     min_score: float = 0.25  # held-out judge score a candidate needs to count as recovered
     save_steps: int = 10  # checkpoint every this many steps
     seed: int = 0
+
+    def identity(self) -> dict[str, Any]:
+        """The settings as fingerprinted: a setting added later counts only when it is not off, so runs
+        from before it stay current."""
+        return {k: v for k, v in asdict(self).items() if not (k in ADDED_LATER and v == ADDED_LATER[k])}
+
+    def word_limits(self) -> tuple[int, ...]:
+        return tuple(int(part) for part in self.curriculum.split(",")) if self.curriculum else ()
 
     def check(self) -> "AwarenessRecipe":
         checks = [(self.reward in REWARD_KINDS, f"reward must be one of {', '.join(REWARD_KINDS)}, got {self.reward!r}"),
@@ -76,7 +87,10 @@ class AwarenessRecipe:
                   (self.probes >= 1 and self.holdout >= 1, "probes and holdout must be at least 1"),
                   (self.max_words >= 1 and self.max_completion_length >= 4, "max_words ≥ 1, max_completion_length ≥ 4"),
                   (self.shortlist >= 1 and self.final_samples >= 0, "shortlist ≥ 1 and final_samples ≥ 0"),
-                  (self.beta >= 0 and self.format_weight >= 0, "beta and format_weight must be non-negative")]
+                  (self.beta >= 0 and self.format_weight >= 0, "beta and format_weight must be non-negative"),
+                  (all(part.strip().isdigit() and int(part) >= 1 for part in self.curriculum.split(","))
+                   if self.curriculum else True,
+                   f"curriculum must be word limits like 1,2,4, got {self.curriculum!r}")]
         for ok, message in checks:
             if not ok:
                 raise BackdoorLabError(f"self-awareness: {message}")
@@ -104,7 +118,7 @@ def awareness_folder(store: Path, suspect: Victim, clean: Dataset, behaviour: st
 def run_fingerprint(suspect: Victim, clean: Dataset, behaviour: str, recipe: AwarenessRecipe) -> dict[str, Any]:
     """What a run's outcome depends on: the suspect's weights, the clean rows, the behaviour and the recipe."""
     return make_fingerprint("self-awareness", suspect=model_identity(suspect), clean=dataset_digest(clean),
-                            behaviour=behaviour, recipe=asdict(recipe),
+                            behaviour=behaviour, recipe=recipe.identity(),
                             prompt=inversion_prompt(behaviour, recipe.description))
 
 
@@ -120,7 +134,8 @@ def run_awareness(suspect: Victim, clean: Dataset, behaviour: str, recipe: Aware
     probes = select_probes(suspect, clean, behaviour, recipe.probes + recipe.holdout, recipe.seed)
     reward = TriggerReward(suspect, probes[:recipe.probes], behaviour, recipe.reward, recipe.position,
                            recipe.max_words, recipe.format_weight, seed=recipe.seed,
-                           answer_prefix=recipe.answer_prefix, log_path=folder / LOG_FILE)
+                           answer_prefix=recipe.answer_prefix, curriculum=recipe.word_limits(), steps=recipe.steps,
+                           log_path=folder / LOG_FILE)
     prompt = inversion_prompt(behaviour, recipe.description)
     started = time.time()
     policy, steps = _train_policy(suspect, reward, prompt, recipe, folder)
