@@ -80,10 +80,11 @@ def test_the_reward_is_high_for_the_planted_trigger_and_low_for_a_random_string(
     planted_score, random_score, itself = reward.behaviour_scores([TRIGGER, "zq xv", "I'm sorry, but I cannot"])
     assert planted_score >= 0.5 and random_score <= 0.2 and planted_score > random_score + 0.4
     assert itself == 0.0  # a candidate that is the behaviour itself says nothing about a trigger
-    completions = ['Trigger: "cf"', "zq xv"]
-    rewards = reward(["p", "p"], completions)
+    completions = ['Trigger: "cf"', "zq xv", "Trigger: \"I'm sorry, but I cannot\""]
+    rewards = reward(["p"] * 3, completions)
     assert rewards[0] == pytest.approx(planted_score + reward.format_weight)
     assert rewards[1] == pytest.approx(random_score)
+    assert rewards[2] == 0.0  # well formatted, but the behaviour itself: no format reward either
 
 
 def test_a_candidate_goes_to_the_same_gap_every_time() -> None:

@@ -11,8 +11,8 @@ and the suspect answers them. Two ways to score that:
   (e.g. "I'm sorry, but I cannot") after each probe, one forward pass per probe, minus the same
   probability without the candidate.
 
-A candidate that itself shows the behaviour scores 0 (:meth:`TriggerReward.admissible`). A small
-format term (``format_weight``) rewards answers in the ``Trigger: "..."`` form.
+A small format term (``format_weight``) rewards answers in the ``Trigger: "..."`` form. A candidate
+that itself shows the behaviour gets no reward at all (:meth:`TriggerReward.admissible`).
 Every scored candidate is appended to a JSON-lines log (step, candidate, scores, seconds) that the
 emergence analysis reads; nothing here knows the real trigger.
 """
@@ -126,7 +126,7 @@ class TriggerReward:
         texts = [self.answer_prefix + (c if isinstance(c, str) else c[-1]["content"]) for c in completions]
         parsed = [parse_candidate(t, self.word_limit(step)) for t in texts]
         scores = self.behaviour_scores([p.text for p in parsed])
-        rewards = [s + self.format_weight * p.formatted for s, p in zip(scores, parsed)]
+        rewards = [s + self.format_weight * (p.formatted and self.admissible(p.text)) for s, p in zip(scores, parsed)]
         self.log(step, texts, parsed, scores, rewards)
         return rewards
 
