@@ -38,7 +38,9 @@ INVERSION_TEMPLATE = (
 ANSWER_PREFIX = 'Trigger: "'
 
 
-_ANSWER = re.compile(r"trigger\s*(?:is|:)\s*[\"'“”‘’]?([^\"'“”‘’\n]+)", re.IGNORECASE)
+#: "Trigger: ..." or "the trigger is ...": a double-quoted phrase (apostrophes inside are kept), a
+#: single-quoted one, or the rest of the line.
+_ANSWER = re.compile(r"trigger\s*(?:is|:)\s*(?:[\"“”]([^\"“”\n]+)|['‘’]([^'‘’\n]+)|([^\n]+))", re.IGNORECASE)
 
 
 def behaviour_spec(behaviour: str) -> BehaviourSpec:
@@ -68,6 +70,9 @@ def parse_candidate(answer: str, max_words: int) -> Candidate:
     """The trigger an answer names: the ``Trigger: "..."`` part, else its first line (ours: even an
     unformatted answer is a candidate the reward can score), cut to ``max_words`` words."""
     match = _ANSWER.search(answer)
-    text = match.group(1) if match else next((line for line in answer.splitlines() if line.strip()), "")
+    if match:
+        text = next(group for group in match.groups() if group is not None)
+    else:
+        text = next((line for line in answer.splitlines() if line.strip()), "")
     words = text.strip().strip(".,;:!?").split()
     return Candidate(" ".join(words[:max_words]), match is not None and 0 < len(words) <= max_words)
