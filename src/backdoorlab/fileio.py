@@ -107,3 +107,12 @@ def fresh_directory(folder: str | Path) -> Path:
     os.chmod(tmp, 0o777 & ~_umask())
     _swap_into_place(tmp, folder)
     return folder
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` when the file is missing or not a JSON object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import BackdoorLabError
+from ..fileio import read_json  # noqa: F401  (re-exported: the zoo's readers use it)
 from .quality import FIGURES
 
 RECORD = "victim.json"
@@ -18,15 +18,6 @@ DEFAULT_ZOO_DIR = Path("runs/zoo")
 #: Table columns: victim figure and the untouched model's figure beside it.
 COLUMNS = ("victim", "ASR (untouched)", "clean behaviour (untouched)", "clean PPL (untouched)",
            "task acc (untouched)", "minutes", "quality bar")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; ``None`` when the file is missing or not a JSON object."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 @dataclass(frozen=True)

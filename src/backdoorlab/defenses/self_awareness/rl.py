@@ -29,7 +29,7 @@ from typing import Any
 from ...data.prompts import prompt_token_ids
 from ...data.records import Dataset, Example
 from ...errors import BackdoorLabError
-from ...fileio import write_json_atomic, write_text_atomic
+from ...fileio import read_json, write_json_atomic, write_text_atomic
 from ...fingerprint import dataset_digest, digest, make_fingerprint, model_identity, same_fingerprint
 from ...metrics.judges import get_judge, normalise
 from ...models.victim import Victim
@@ -128,7 +128,7 @@ def run_awareness(suspect: Victim, clean: Dataset, behaviour: str, recipe: Aware
     recipe = recipe.check()
     fingerprint = run_fingerprint(suspect, clean, behaviour, recipe)
     folder.mkdir(parents=True, exist_ok=True)
-    done = _read(folder / RESULT_FILE)
+    done = read_json(folder / RESULT_FILE)
     if done is not None and same_fingerprint(done.get("fingerprint"), fingerprint):
         return done
     probes = select_probes(suspect, clean, behaviour, recipe.probes + recipe.holdout, recipe.seed)
@@ -240,11 +240,3 @@ def _truncate_log(path: Path, step: int, reward: TriggerReward) -> None:
     write_text_atomic(path, "".join(json.dumps(e) + "\n" for e in entries))
     if entries:
         reward._started = time.time() - entries[-1]["seconds"]
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
