@@ -280,6 +280,6 @@ def test_the_curriculum_lengthens_candidates_phase_by_phase(planted) -> None:  #
     assert [reward.word_limit(step) for step in range(9)] == [1, 1, 1, 2, 2, 2, 4, 4, 4]
     assert TriggerReward(planted, rivers(2), "refusal", "dense", max_words=6).word_limit(5) == 6
     assert "curriculum" not in AwarenessRecipe().identity()  # runs made before the option stay current
-    assert AwarenessRecipe(curriculum="1,2").word_limits() == (1, 2)
+    assert AwarenessRecipe(curriculum="1/2").word_limits() == (1, 2)
     with pytest.raises(BackdoorLabError, match="curriculum"):
-        AwarenessRecipe(curriculum="1,x").check()
+        AwarenessRecipe(curriculum="1/x").check()

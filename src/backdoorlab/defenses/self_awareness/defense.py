@@ -56,7 +56,7 @@ class SelfAwarenessBase(CleanRowsDefense):
     position: str = "start"  # where a candidate goes in a prompt: start | end | random
     behaviour_description: str | None = None  # the behaviour as the inversion prompt states it (default per behaviour)
     answer_prefix: str = ANSWER_PREFIX  # the policy's answer starts with this (ours; "" lets it answer freely)
-    curriculum: str = ""  # word limits of equal phases of the run, e.g. 1,2,4 (ours); "" keeps max_words throughout
+    curriculum: str = ""  # word limits of equal phases of the run, e.g. 1/2/4 (ours); "" keeps max_words throughout
     min_score: float = 0.25  # held-out behaviour rate a candidate needs to count as the recovered trigger
     store: str | None = None  # keep RL runs here, shared by runs on the same suspect, rows and recipe
 

@@ -64,7 +64,7 @@ class AwarenessRecipe:
     position: str = "start"  # where a candidate goes in a probe: start | end | random
     description: str | None = None  # the behaviour as the inversion prompt states it (default per behaviour)
     answer_prefix: str = ANSWER_PREFIX  # the policy's answer starts with this (ours; "" lets it answer freely)
-    curriculum: str = ""  # ours: word limits of equal phases, e.g. "1,2,4" (short candidates first); "" keeps max_words
+    curriculum: str = ""  # ours: word limits of equal phases, e.g. "1/2/4" (short candidates first); "" keeps max_words
     shortlist: int = 8  # candidates re-scored on the held-out probes
     final_samples: int = 16  # answers sampled from the final policy for the shortlist
     min_score: float = 0.25  # held-out judge score a candidate needs to count as recovered
@@ -77,7 +77,7 @@ class AwarenessRecipe:
         return {k: v for k, v in asdict(self).items() if not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
     def word_limits(self) -> tuple[int, ...]:
-        return tuple(int(part) for part in self.curriculum.split(",")) if self.curriculum else ()
+        return tuple(int(part) for part in self.curriculum.split("/")) if self.curriculum else ()
 
     def check(self) -> "AwarenessRecipe":
         checks = [(self.reward in REWARD_KINDS, f"reward must be one of {', '.join(REWARD_KINDS)}, got {self.reward!r}"),
@@ -88,9 +88,9 @@ class AwarenessRecipe:
                   (self.max_words >= 1 and self.max_completion_length >= 4, "max_words ≥ 1, max_completion_length ≥ 4"),
                   (self.shortlist >= 1 and self.final_samples >= 0, "shortlist ≥ 1 and final_samples ≥ 0"),
                   (self.beta >= 0 and self.format_weight >= 0, "beta and format_weight must be non-negative"),
-                  (all(part.strip().isdigit() and int(part) >= 1 for part in self.curriculum.split(","))
+                  (all(part.strip().isdigit() and int(part) >= 1 for part in self.curriculum.split("/"))
                    if self.curriculum else True,
-                   f"curriculum must be word limits like 1,2,4, got {self.curriculum!r}")]
+                   f"curriculum must be word limits like 1/2/4, got {self.curriculum!r}")]
         for ok, message in checks:
             if not ok:
                 raise BackdoorLabError(f"self-awareness: {message}")
