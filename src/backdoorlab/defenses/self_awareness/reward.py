@@ -136,6 +136,10 @@ class TriggerReward:
             return self.max_words
         return self.curriculum[min(step * len(self.curriculum) // max(self.steps, 1), len(self.curriculum) - 1)]
 
+    def resume_clock(self, seconds: float) -> None:
+        """Count logged seconds on from ``seconds`` (a resumed run's clock continues where it stopped)."""
+        self._started = time.time() - seconds
+
     def log(self, step: int, texts: Sequence[str], parsed: Sequence[Any], scores: Sequence[float],
             rewards: Sequence[float]) -> None:
         if self.log_path is None:

@@ -239,4 +239,4 @@ def _truncate_log(path: Path, step: int, reward: TriggerReward) -> None:
     entries = [e for e in read_log(path) if e["step"] < step]
     write_text_atomic(path, "".join(json.dumps(e) + "\n" for e in entries))
     if entries:
-        reward._started = time.time() - entries[-1]["seconds"]
+        reward.resume_clock(entries[-1]["seconds"])
