@@ -122,6 +122,11 @@ def run_fingerprint(suspect: Victim, clean: Dataset, behaviour: str, recipe: Awa
                             prompt=inversion_prompt(behaviour, recipe.description))
 
 
+def holdout_judge(suspect: Victim, holdout: list[Example], behaviour: str, recipe: AwarenessRecipe) -> TriggerReward:
+    """The judge reward on the held-out probes, which picks the recovered trigger among the final candidates."""
+    return TriggerReward(suspect, holdout, behaviour, "judge", recipe.position, recipe.max_words, seed=recipe.seed + 1)
+
+
 def run_awareness(suspect: Victim, clean: Dataset, behaviour: str, recipe: AwarenessRecipe,
                   folder: Path) -> dict[str, Any]:
     """Train (or reuse) the self-awareness run in ``folder``; its record (``awareness.json``)."""
@@ -143,8 +148,7 @@ def run_awareness(suspect: Victim, clean: Dataset, behaviour: str, recipe: Aware
     sampled = _final_answers(policy, prompt, recipe)
     candidates = list(dict.fromkeys([*candidates, *(parse_candidate(a, recipe.max_words).text for a in sampled)]))
     candidates = [c for c in candidates if c]
-    judged = TriggerReward(suspect, probes[recipe.probes:], behaviour, "judge", recipe.position, recipe.max_words,
-                           seed=recipe.seed + 1)
+    judged = holdout_judge(suspect, probes[recipe.probes:], behaviour, recipe)
     scores = dict(zip(candidates, judged.behaviour_scores(candidates))) if candidates else {}
     best = max(scores, key=lambda c: scores[c], default=None)
     recovered = best if best is not None and scores[best] >= recipe.min_score else None
