@@ -100,7 +100,7 @@ class SelfAwarenessUnlearning(SelfAwarenessBase):
                                   "(backdoor self-awareness, defense A); needs the behaviour, not the trigger")
 
     unlearn_epochs: float = 2.0  # epochs of the unlearning fine-tune (LoRA)
-    unlearn_learning_rate: float = 2e-4
+    unlearn_learning_rate: float = 2e-4  # learning rate of the unlearning fine-tune
     answer_tokens: int = 64  # tokens of the suspect's own answers used as unlearning targets
     batch_size: int = 8
 
