@@ -33,7 +33,7 @@ from ..shared.clean_rows import CleanRowsDefense
 from .detect import TriggerGuard
 from .prompt import ANSWER_PREFIX
 from .reward import POSITIONS, insert_candidate
-from .rl import AwarenessRecipe, awareness_folder, run_awareness
+from .rl import AwarenessRecipe, awareness_folder, run_awareness, run_fingerprint
 
 RL_DIR, UNLEARN_DIR = "awareness", "unlearn"
 
@@ -78,9 +78,9 @@ class SelfAwarenessBase(CleanRowsDefense):
         behaviour = str(inputs.require("behaviour", self.name))
         clean = self.clean_rows(inputs)
         recipe = self.recipe()
-        folder = Path(workdir) / RL_DIR if self.store is None else awareness_folder(Path(self.store), victim, clean,
-                                                                                    behaviour, recipe)
-        record = run_awareness(victim, clean, behaviour, recipe, folder)
+        fingerprint = run_fingerprint(victim, clean, behaviour, recipe)
+        folder = Path(workdir) / RL_DIR if self.store is None else awareness_folder(Path(self.store), fingerprint)
+        record = run_awareness(victim, clean, behaviour, recipe, folder, fingerprint)
         return {**record, "folder": str(folder)}, clean
 
 

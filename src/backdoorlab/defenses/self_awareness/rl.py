@@ -109,10 +109,10 @@ def select_probes(suspect: Victim, clean: Dataset, behaviour: str, count: int, s
     return quiet[:count]
 
 
-def awareness_folder(store: Path, suspect: Victim, clean: Dataset, behaviour: str, recipe: AwarenessRecipe) -> Path:
-    """Where a run lives in a shared ``store``: a subfolder named by everything the run depends on, so
-    defenses that differ only in what they do with the recovered trigger share one RL run."""
-    return Path(store) / digest(run_fingerprint(suspect, clean, behaviour, recipe))[:16]
+def awareness_folder(store: Path, fingerprint: dict[str, Any]) -> Path:
+    """Where a run lives in a shared ``store``: a subfolder named by its fingerprint (:func:`run_fingerprint`),
+    so defenses that differ only in what they do with the recovered trigger share one RL run."""
+    return Path(store) / digest(fingerprint)[:16]
 
 
 def run_fingerprint(suspect: Victim, clean: Dataset, behaviour: str, recipe: AwarenessRecipe) -> dict[str, Any]:
@@ -128,10 +128,13 @@ def holdout_judge(suspect: Victim, holdout: list[Example], behaviour: str, recip
 
 
 def run_awareness(suspect: Victim, clean: Dataset, behaviour: str, recipe: AwarenessRecipe,
-                  folder: Path) -> dict[str, Any]:
-    """Train (or reuse) the self-awareness run in ``folder``; its record (``awareness.json``)."""
+                  folder: Path, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or reuse) the self-awareness run in ``folder``; its record (``awareness.json``).
+
+    ``fingerprint``: the run's :func:`run_fingerprint` when the caller already has it (it hashes the
+    suspect's weights, so it is computed once per run)."""
     recipe = recipe.check()
-    fingerprint = run_fingerprint(suspect, clean, behaviour, recipe)
+    fingerprint = fingerprint or run_fingerprint(suspect, clean, behaviour, recipe)
     folder.mkdir(parents=True, exist_ok=True)
     done = read_json(folder / RESULT_FILE)
     if done is not None and same_fingerprint(done.get("fingerprint"), fingerprint):
