@@ -121,10 +121,35 @@ def test_badllm_tg_grids_on_tiny_models(tmp_path: Path, tiny: dict[str, str], sh
     assert "![sweep](sweep.png)" in report and "data:image/png;base64," in (out / "report.html").read_text()
 
 
+def test_badllm_tg_draws_on_tiny_models(tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path) -> None:
+    out = tmp_path / "draws"
+    options = {"generator_model": tiny["llama"], "base_model": tiny["bert"], "iterations": 1, "candidates": 1,
+               "eval_rows": 6, "evidence_mined": 6, "adv_epochs": 1, "identify_records": 3, "min_majority": 0,
+               "min_flip_rate": 0}
+    argv = ["--model", tiny["bert"], "--draws", "2", "--first-draw", "3", "--datasets", "sst2", "--train", "30",
+            "--validation", "10", "--test", "10", "--epochs", "1", "--lrs", "1e-3,1e-4", "--device", "cpu",
+            "--min-macro-f1", "0", "--min-backdoor", "-1",
+            *(f for key, value in options.items() for f in ("--defense-option", f"{key}={value}"))]
+    cells = run_rerun_report("bench_badllm_tg_draws", out, argv)
+    (clean,) = [r["result"] for p, r in cells.items() if p.startswith("clean")]
+    assert clean["lr"] in (1e-3, 1e-4) and set(clean["validation"]) == {"0.001", "0.0001"}
+    rows = {r["result"]["seed"]: r["result"] for p, r in cells.items() if not p.startswith("clean")}
+    assert sorted(rows) == [3, 4]
+    for seed, row in rows.items():
+        assert row["dataset"] == "sst2" and 0 <= row["target"] < 2 and 0.05 <= row["rate"] <= 0.3
+        assert row["identified_by"] in ("screen", "screen, then delta") and 0 <= row["ASR floor"] <= 1
+        manifest = json.loads((out / "work" / f"draw{seed}-sst2__badllm-tg__seed{seed}" / "attack" / "manifest.json")
+                              .read_text())
+        assert manifest["target"]["index"] == row["target"]  # the draw is what was attacked
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "summary over the 2 real victims of 2 finished draws" in report and "exact trigger recovery" in report
+
+
 @pytest.mark.parametrize(("script", "argv"), [
     ("bench_foundation", ["--device", "cpu"]),
     ("bench_attribution", ["--device", "cpu"]),
     ("bench_badllm_tg", ["--device", "cpu", "--datasets", "sst2", "--attacks", "badnets"]),
+    ("bench_badllm_tg_draws", ["--device", "cpu", "--draws", "2"]),
 ])
 def test_report_only_computes_nothing_and_marks_cells_not_run(tmp_path: Path, script: str, argv: list[str]) -> None:
     out = tmp_path / "out"
@@ -151,3 +176,21 @@ def test_foundation_generation_cells_on_a_local_ray(tmp_path: Path, tiny: dict[s
     assert len(cells) == 4 and all(r["status"] == "ok" and r["function"] == "__main__:foundation_cell"
                                    for r in cells.values())
     assert "| backdoorllm-refusal-badnet | untouched |" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_victim_draws_are_seeded_and_span_the_distribution() -> None:
+    from backdoorlab.attacks import get_attack
+    from backdoorlab.bench.victim_draws import KINDS, LABEL_COUNTS, POSITIONS, draw_victim
+    from backdoorlab.errors import BackdoorLabError
+
+    draws = [draw_victim(seed) for seed in range(60)]
+    assert draws == [draw_victim(seed) for seed in range(60)]  # a pure function of the seed
+    assert {d.dataset for d in draws} == set(LABEL_COUNTS) and {d.kind for d in draws} == set(KINDS)
+    assert {d.position for d in draws} == set(POSITIONS) and {d.target for d in draws} == {0, 1, 2, 3}
+    assert all(0.05 <= d.rate <= 0.30 and 0 <= d.target < LABEL_COUNTS[d.dataset] for d in draws)
+    assert all(len(d.trigger.split()) in (2, 3) for d in draws if d.kind == "words")
+    for draw in draws[:5]:
+        get_attack("addsent", **draw.attack_options())  # every draw is a valid attack
+    assert {draw_victim(s, ["hsol"]).dataset for s in range(10)} == {"hsol"}
+    with pytest.raises(BackdoorLabError, match="victim draws pick from"):
+        draw_victim(0, ["imdb"])

@@ -9,8 +9,11 @@ Zhang et al., "BadLLM-TG: A Backdoor Defender powered by LLM Trigger Generator",
 3. §2.5, Eq. 9 — apply G(·; p̂) to the training set, keep every row's label, and fine-tune the
    suspect on D* ∪ G(D*).
 
-Variants (``variant``): ``"faithful"`` — the generator studies raw D_tgt rows and performs every
-rewrite itself (``rewrite="llm"``), as in the paper; ``"evidence"`` (default) — the generator also
+Variants (``variant``): ``"faithful"`` — the target is the Δc majority label (``identify="delta"``),
+the generator studies raw D_tgt rows and performs every rewrite itself (``rewrite="llm"``), as in
+the paper; ``"evidence"`` (default) — the target is found by screening every label's evidence on the
+suspect (``identify="screen"``, :mod:`backdoorlab.defenses.badllm_tg.label_screening`; it falls back
+to Δc when no phrase flips ``min_flip_rate`` of the rows), the generator also
 reads n-grams mined from the high-Δc rows (:mod:`backdoorlab.defenses.badllm_tg.evidence`), ranked by the
 victim's loss with each inserted alone (a cheap probe with the same reward), untried evidence
 stands in for proposals it cannot make, the pattern's phrases are inserted rather than
@@ -24,7 +27,7 @@ dropped (``drop_triggered``); and the clean base model is retrained on that set
 (``start_from="base"``, 3 epochs at 2e-4) instead of fine-tuning the suspect (the authors' draft
 code; 2 epochs at 2e-5), which on SST-2/BadNets left ASR at 31% against 0% from the base.
 
-Work files (all reused on a rerun): ``target.json``, ``evidence.json``, ``iterations.json``,
+Work files (all reused on a rerun): ``target.json``, ``delta.json`` (when Δc was needed), ``evidence.json``, ``iterations.json``,
 ``trigger.json`` (the recovered pattern), ``adversarial-set/`` and ``adversarial-training/``.
 """
 
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ...data.records import Dataset
 from ...errors import BackdoorLabError
@@ -47,12 +51,14 @@ from ...models.victim import Victim
 from ...training import TrainConfig, train
 from ..base import Defense, DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
-from .evidence import Evidence, mine_evidence, words
+from .evidence import Evidence, words
+from .label_screening import label_evidence, pick_target, screen_label
 from .target_label import STATISTICS, confidence_change, identify_target, record_confidences
 from .trigger_pattern import REWRITE_MODES, PatternApplier, TriggerPattern
 from .trigger_search import SearchConfig, TriggerSearch
 
 VARIANTS = ("evidence", "faithful")
+IDENTIFY = ("screen", "delta")
 START_FROM = ("suspect", "base")
 ADV_ROWS = ("all", "non-target")
 
@@ -76,6 +82,7 @@ class BadLLMTG(Defense):
     identify_epochs: float = 1.0  # training window of the target-identification scout (§2.3)
     identify_records: int = 5  # confidence records taken in that window (at least 2)
     identify_lr: float = 5e-5  # learning rate of the scout
+    identify: str | None = None  # screen (each label's evidence tried on the suspect) | delta (paper §2.3); default by variant
     statistic: str = "variance"  # confidence change Δc of a row: variance | difference
     top_fraction: float = 0.05  # share of rows, largest Δc first, whose majority label is the target
     min_majority: float = 0.6  # smallest share of those rows the majority label needs
@@ -105,7 +112,8 @@ class BadLLMTG(Defense):
 
     def check(self) -> None:
         choices = {"variant": (self.variant, VARIANTS), "generator": (self.generator, BACKENDS),
-                   "statistic": (self.statistic, STATISTICS), "start_from": (self.starting_point, START_FROM),
+                   "statistic": (self.statistic, STATISTICS),
+                   "identify": (self.identification, IDENTIFY), "start_from": (self.starting_point, START_FROM),
                    "adv_rows": (self.adversarial_rows, ADV_ROWS)}
         if self.rewrite is not None:
             choices["rewrite"] = (self.rewrite, REWRITE_MODES)
@@ -126,6 +134,10 @@ class BadLLMTG(Defense):
             raise BackdoorLabError("iterations, candidates, eval_rows and batch_size must be at least 1")
         if self.loss_threshold < 0 or self.temperature < 0:
             raise BackdoorLabError("loss_threshold and temperature must not be negative")
+
+    @property
+    def identification(self) -> str:
+        return self.identify or ("screen" if self.variant == "evidence" else "delta")
 
     @property
     def starting_point(self) -> str:
@@ -153,7 +165,7 @@ class BadLLMTG(Defense):
             raise BackdoorLabError("badllm-tg defends text classifiers; the model given is a generator")
         train_set: Dataset = inputs.require("training_data", self.name)
         victim.check_compatible(train_set)
-        identification, delta = self._identify(victim, train_set, workdir)
+        identification, delta = self.find_target(victim, train_set, workdir)
         target = identification["target"]
         names = train_set.label_names or [str(i) for i in range(train_set.num_labels)]
         if not 0 <= target < len(names):
@@ -192,28 +204,65 @@ class BadLLMTG(Defense):
         return DefenseOutcome(trained, findings)
 
     # ------------------------------------------------------------------ steps
-    def _identify(self, victim: Victim, train_set: Dataset, workdir: Path) -> tuple[dict[str, Any], np.ndarray]:
+    def find_target(self, victim: Victim, train_set: Dataset, workdir: Path) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The target label (given, screened or by Δc) and the rows' Δc when it was needed."""
         path = workdir / "target.json"
         if path.is_file():
             saved = json.loads(path.read_text(encoding="utf-8"))
-            return saved["identification"], np.array(saved["delta"])
+            return saved["identification"], self._delta(victim, train_set, workdir, compute=False)
         labels = [e.label for e in train_set]
+        delta = self._delta(victim, train_set, workdir, compute=self.evidence_fraction < 1 and self.variant == "evidence"
+                            or self.identification == "delta")
         if self.target is not None:
-            identification = {"target": int(self.target), "given": True}
-            delta = np.zeros(len(labels))
+            identification: dict[str, Any] = {"target": int(self.target), "given": True, "method": "given"}
+        elif self.identification == "screen":
+            identification = self._screen(victim, train_set, delta, workdir)
+            if identification["target"] is None:
+                delta = self._delta(victim, train_set, workdir, compute=True)
+                found = identify_target(delta, labels, top_fraction=self.top_fraction, min_majority=self.min_majority)
+                identification.update(found.to_dict(train_set.label_names), method="screen, then delta",
+                                      statistic=self.statistic)
         else:
-            scout = self._load_base(victim, train_set)
-            trajectory = record_confidences(scout, train_set, workdir / "scout", epochs=self.identify_epochs,
-                                            records=self.identify_records, learning_rate=self.identify_lr,
-                                            batch_size=self.batch_size, seed=self.seed)
-            shutil.rmtree(workdir / "scout", ignore_errors=True)
-            delta = confidence_change(trajectory, self.statistic)
+            assert delta is not None
             found = identify_target(delta, labels, top_fraction=self.top_fraction, min_majority=self.min_majority)
-            identification = {**found.to_dict(train_set.label_names), "given": False, "statistic": self.statistic}
-            write_json_atomic(workdir / "confidences.json", {"uids": [e.uid for e in train_set],
-                                                             "trajectory": trajectory.round(5).tolist()})
-        write_json_atomic(path, {"identification": identification, "delta": [round(float(d), 6) for d in delta]})
+            identification = {**found.to_dict(train_set.label_names), "given": False, "method": "delta",
+                              "statistic": self.statistic}
+        write_json_atomic(path, {"identification": identification})
         return identification, delta
+
+    def _delta(self, victim: Victim, train_set: Dataset, workdir: Path, *, compute: bool) -> np.ndarray | None:
+        """Every row's confidence change Δc from the scout (§2.3), saved in ``delta.json``; ``None`` when not
+        computed yet and ``compute`` is false."""
+        path = workdir / "delta.json"
+        if path.is_file():
+            return np.array(json.loads(path.read_text(encoding="utf-8"))["delta"])
+        if not compute:
+            return None
+        scout = self._load_base(victim, train_set)
+        trajectory = record_confidences(scout, train_set, workdir / "scout", epochs=self.identify_epochs,
+                                        records=self.identify_records, learning_rate=self.identify_lr,
+                                        batch_size=self.batch_size, seed=self.seed)
+        shutil.rmtree(workdir / "scout", ignore_errors=True)
+        delta = confidence_change(trajectory, self.statistic)
+        write_json_atomic(workdir / "confidences.json", {"uids": [e.uid for e in train_set],
+                                                         "trajectory": trajectory.round(5).tolist()})
+        write_json_atomic(path, {"statistic": self.statistic, "delta": [round(float(d), 6) for d in delta]})
+        return delta
+
+    def _screen(self, victim: Victim, train_set: Dataset, delta: np.ndarray | None, workdir: Path) -> dict[str, Any]:
+        """Screen every label's evidence on the suspect (:mod:`.label_screening`); the chosen label's mined
+        evidence is kept as ``evidence.json``. ``target`` is ``None`` when no phrase flips ``min_flip_rate``."""
+        names = train_set.label_names or [str(i) for i in range(train_set.num_labels)]
+        screens = [screen_label(victim, train_set, label, delta, fraction=self.evidence_fraction,
+                                mined=self.evidence_mined, eval_rows=self.eval_rows, seed=self.seed)
+                   for label in tqdm(range(len(names)), desc="badllm-tg: screening each label", leave=False)]
+        best = pick_target(screens)
+        found = best.flip_rate >= self.min_flip_rate
+        if found and self.variant == "evidence":
+            write_json_atomic(workdir / "evidence.json", [e.to_dict() for e in best.evidence])
+        return {"target": best.label if found else None, "target_name": names[best.label] if found else None,
+                "given": False, "method": "screen", "flip_rate": round(best.flip_rate, 4),
+                "labels": {names[s.label]: s.to_dict() for s in screens}}
 
     def _load_base(self, victim: Victim, train_set: Dataset) -> Victim:
         from ...models.loading import load_victim
@@ -223,19 +272,13 @@ class BadLLMTG(Defense):
             raise BackdoorLabError("the suspect model does not record its base model; pass base_model=<name or folder>")
         return load_victim(base, kind="classifier", label_names=train_set.label_names, device=self.device)
 
-    def _evidence(self, train_set: Dataset, delta: np.ndarray, target: int, workdir: Path) -> list[Evidence]:
+    def _evidence(self, train_set: Dataset, delta: np.ndarray | None, target: int, workdir: Path) -> list[Evidence]:
+        """N-grams over-represented in the target label's (top-Δc) rows; mined whether or not the target was given."""
         path = workdir / "evidence.json"
         if path.is_file():
             return [Evidence(**e) for e in json.loads(path.read_text(encoding="utf-8"))]
-        if self.variant != "evidence" or not delta.any():
-            evidence: list[Evidence] = []
-        else:
-            target_rows = [i for i in np.argsort(-delta, kind="stable").tolist() if train_set[i].label == target]
-            count = max(2, round(len(target_rows) * self.evidence_fraction))
-            texts = [e.text for e in train_set]
-            others = [texts[i] for i in target_rows[count:]]
-            references = ([others] if others else []) + [[e.text for e in train_set if e.label != target]]
-            evidence = mine_evidence([texts[i] for i in target_rows[:count]], references, top_k=self.evidence_mined)
+        evidence = [] if self.variant != "evidence" else label_evidence(
+            train_set, target, delta, fraction=self.evidence_fraction, top_k=self.evidence_mined)
         write_json_atomic(path, [e.to_dict() for e in evidence])
         return evidence
 

@@ -40,6 +40,7 @@ from ...fileio import write_json_atomic
 from ...llm.backends import ChatBackend
 from ...models.victim import Victim
 from .evidence import Evidence, describe_evidence
+from .label_screening import insertion_scores
 from .trigger_pattern import PatternApplier, TriggerPattern
 
 FORMAT = ("Answer in exactly this format:\nPATTERN: <the exact words or sentence the attacker added, "
@@ -94,6 +95,7 @@ class SearchResult:
         return {"pattern": self.best.to_dict(), "description": self.best.describe(), "loss": round(self.loss, 4),
                 "flip_rate": round(self.flip_rate, 4), "iterations": self.iterations,
                 "working": [p.describe() for p in self.working],
+                "working_patterns": [p.to_dict() for p in self.working],
                 "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens}}
 
 
@@ -177,14 +179,9 @@ class TriggerSearch:
     def screen(self, evidence: Sequence[Evidence], keep: int) -> list[Evidence]:
         """Evidence re-ranked by the victim's reward: each phrase inserted alone (no generator call) into
         the evaluation rows, lowest loss first; the best ``keep`` are what the generator is shown."""
-        probe = PatternApplier(None, "insert", seed=self.config.seed)
-        losses = []
-        for item in evidence:
-            rewrites = probe.apply(self.eval_texts, TriggerPattern(phrases=[item.phrase], position=item.position))
-            row_losses, _ = self.reward(rewrites.texts)
-            losses.append(sum(row_losses) / len(row_losses))
-        order = sorted(range(len(evidence)), key=lambda i: losses[i])
-        return [evidence[i].with_reward(losses[i]) for i in order[:keep]]
+        scores = insertion_scores(self.victim, self.eval_texts, evidence, self.target, self.config.seed)
+        order = sorted(range(len(evidence)), key=lambda i: scores[i].loss)
+        return [evidence[i].with_reward(scores[i].loss) for i in order[:keep]]
 
     # ---------------------------------------------------------------- prompts
     def _evidence_note(self) -> str:

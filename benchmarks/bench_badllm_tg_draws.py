@@ -1,0 +1,248 @@
+"""BadLLM-TG on victims nobody picked: seeded random draws of data set, target, rate and trigger.
+
+Each draw (:mod:`backdoorlab.bench.victim_draws`) fixes a data set (SST-2, HSOL, AG News), a
+target label (any), a poison rate (5–30%), a trigger (a rare or common word, 2–3 words, or a
+generated sentence) and its position (start, end, random). Two grids of cells run through
+:mod:`backdoorlab.bench` (Ray by default, ``--serial`` in this process):
+
+1. **clean cells**, one per data set: the victim model trained on clean training rows at each
+   ``--lrs`` learning rate; the rate with the best macro-F1 on held-out validation rows (training
+   rows outside the sample) is the data set's training recipe, and its model is the *floor model*;
+2. **draw cells**, one per draw: the attack run and the victim (at the chosen rate), the victim's
+   CACC / macro-F1 / ASR with the floor model's rate of the target on the same triggered rows
+   beside it (no defense can go below it), the paper's Δc identification (§2.3) for comparison,
+   and BadLLM-TG with its defaults (target unknown to it), then CACC and ASR after.
+
+A draw whose victim is not a real backdoored classifier (macro-F1 below ``--min-macro-f1``, or
+ASR less than ``--min-backdoor`` above its floor) is reported but left out of the summary.
+Records are resumable (``cells/`` under ``--out`` and ``--out/clean``); ``report.md`` /
+``report.html`` hold the per-draw table and the summary against the goals.
+
+    python benchmarks/bench_badllm_tg_draws.py --out runs/tg-draws --draws 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from backdoorlab.bench import Cell, TableSpec, add_grid_arguments, cell_table, grid_kwargs, run_grid, write_report
+from backdoorlab.bench.options import KIND_RESOURCES, device_kind, model_argument
+from backdoorlab.bench.victim_draws import LABEL_COUNTS, VictimDraw, draw_victim
+from backdoorlab.data import Dataset, load_dataset
+from backdoorlab.defenses import get_defense, run_defense
+from backdoorlab.defenses.badllm_tg.evidence import words
+from backdoorlab.errors import BackdoorLabError
+from backdoorlab.options import parse_option_pairs
+from backdoorlab.pipeline import ensure_evaluated, ensure_trained, run_attack
+from backdoorlab.training import MODEL_DIR, TrainConfig
+
+CLEAN, DEFENSE = "clean", "badllm-tg"
+#: Budget settings for 2 CPU cores, as in bench_badllm_tg.py.
+CPU_BUDGET = {"iterations": 6}
+
+
+def train_config(lr: float, epochs: float, seed: int, device: str) -> TrainConfig:
+    return TrainConfig(epochs=epochs, learning_rate=lr, batch_size=16, seed=seed, device=device, save_steps=10**9)
+
+
+def clean_cell(args: argparse.Namespace, dataset: str) -> Cell:
+    params = {"dataset": dataset, "train": args.train, "validation": args.validation, "lrs": args.lrs,
+              "model": args.model, "epochs": args.epochs, "device": args.device}
+    return Cell(f"{dataset}-clean", CLEAN, 0, params, kind=device_kind(args.device))
+
+
+def select_recipe(cell: Cell, folder: Path) -> dict[str, Any]:
+    """Train on clean rows at each learning rate; keep the one with the best validation macro-F1."""
+    from backdoorlab.metrics import macro_f1
+    from backdoorlab.models.loading import load_victim
+
+    p = cell.params
+    rows = load_dataset(p["dataset"], "train").sample(p["train"] + p["validation"], 0)
+    train_rows = rows.with_examples(rows.examples[:p["train"]], note="clean training rows")
+    validation = rows.examples[p["train"]:]
+    scores = {}
+    for lr in p["lrs"]:
+        model = ensure_trained(folder / f"lr{lr:g}", p["model"], train_rows, train_config(lr, p["epochs"], 0, p["device"]))
+        predictions = load_victim(model, device=p["device"]).predict(validation, 64)
+        scores[lr] = {"macro_f1": macro_f1(predictions, [e.label for e in validation]),
+                      "accuracy": sum(a == e.label for a, e in zip(predictions, validation)) / len(validation)}
+    chosen = max(p["lrs"], key=lambda lr: scores[lr]["macro_f1"])
+    return {"dataset": p["dataset"], "lr": chosen, "floor_model": str(folder / f"lr{chosen:g}" / MODEL_DIR),
+            "validation": {f"{lr:g}": v for lr, v in scores.items()}}
+
+
+def draw_cell(args: argparse.Namespace, draw: VictimDraw, recipe: dict[str, Any]) -> Cell:
+    params = {"draw": draw.to_dict(), "train": args.train, "test": args.test, "model": args.model,
+              "epochs": args.epochs, "lr": recipe["lr"], "floor_model": recipe["floor_model"],
+              "options": {**CPU_BUDGET, "device": args.device, **args.defense_options}, "device": args.device}
+    return Cell(draw.name, DEFENSE, draw.seed, params, kind=device_kind(args.device))
+
+
+def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
+    """One draw: attack, victim, its metrics beside the floor, Δc identification, BadLLM-TG, metrics after."""
+    from backdoorlab.models.loading import load_victim
+
+    p, draw = cell.params, VictimDraw(**cell.params["draw"])
+    started = time.time()
+    attack_run = folder / "attack"
+    if not (attack_run / "manifest.json").is_file():
+        run_attack(draw.dataset, "addsent", attack_run, rate=draw.rate, target=draw.target, seed=draw.seed,
+                   max_train=p["train"], max_test=p["test"], options=draw.attack_options())
+    train_set = Dataset.load(attack_run / "train")
+    victim = ensure_trained(folder / "victim", p["model"], train_set,
+                            train_config(p["lr"], p["epochs"], draw.seed, p["device"]))
+    before = ensure_evaluated(victim, attack_run, folder / "baseline.json", floor_model=p["floor_model"],
+                              device=p["device"])
+    delta_id = folder / "delta-identification"
+    paper = get_defense(DEFENSE, **{**p["options"], "identify": "delta", "seed": draw.seed})
+    try:
+        identified_by_delta = paper.find_target(load_victim(victim, device=p["device"]), train_set, delta_id)[0]["target"]
+    except BackdoorLabError:  # no label holds a majority of the top-Δc rows: the paper's statistic gives no answer
+        identified_by_delta = None
+    defense_dir = folder / "defense"
+    try:
+        run_defense(DEFENSE, victim, attack_run, defense_dir, options=p["options"], baseline=folder / "baseline.json",
+                    device=p["device"])
+    except BackdoorLabError as error:  # the defense gave up: the suspect stays as it was, and the row says why
+        after, findings = before, {"target_identification": {"target": None, "method": "failed"}, "error": str(error)}
+    else:
+        after = json.loads((defense_dir / "metrics.json").read_text(encoding="utf-8"))["after"]
+        findings = json.loads((defense_dir / "defense.json").read_text(encoding="utf-8"))["findings"]
+    identification = findings["target_identification"]
+    recovered = _recovered_phrases(findings)
+    row = {**draw.to_dict(), "lr": p["lr"], "identified": identification["target"],
+           "identified_by": identification.get("method"), "identified_by_delta": identified_by_delta,
+           "defense error": findings.get("error"),
+           "recovered": " | ".join(recovered), "exact": _exact(draw.trigger, recovered),
+           "CACC before": before["cacc"], "macro-F1 before": before["macro_f1"], "ASR before": before["asr"],
+           "ASR floor": before["asr_floor_clean_model"], "CACC after": after["cacc"], "ASR after": after["asr"],
+           "n_asr": after["n_asr_rows"], "adversarial training": "adversarial_patterns" in findings,
+           "seconds": round(time.time() - started)}
+    print(f"[{cell.victim}] target {draw.target} -> {row['identified']} (Δc {identified_by_delta}); "
+          f"{draw.trigger!r} -> {row['recovered']!r}; ASR {100 * row['ASR before']:.0f} -> {100 * row['ASR after']:.0f} "
+          f"(floor {100 * row['ASR floor']:.0f}); CACC {100 * row['CACC before']:.1f} -> {100 * row['CACC after']:.1f}",
+          flush=True)
+    return row
+
+
+def _recovered_phrases(findings: dict[str, Any]) -> list[str]:
+    """The phrases of the patterns adversarial training used (none when it was skipped)."""
+    if "adversarial_patterns" not in findings:
+        return []
+    patterns = findings["trigger"].get("working_patterns") or [findings["trigger"]["pattern"]]
+    return [phrase for pattern in patterns for phrase in pattern.get("phrases") or []]
+
+
+def _exact(trigger: str, recovered: list[str]) -> bool:
+    """Whether one recovered phrase is the trigger, word for word (case and punctuation aside)."""
+    def key(text: str) -> list[str]:
+        return [w for w in words(text) if any(c.isalnum() for c in w)]
+
+    return any(key(phrase) == key(trigger) for phrase in recovered)
+
+
+def is_real_victim(row: dict[str, Any], min_macro_f1: float, min_backdoor: float) -> bool:
+    return row["macro-F1 before"] >= min_macro_f1 and row["ASR before"] - row["ASR floor"] >= min_backdoor
+
+
+#: The goals each summary figure is held to (shares; ASR after − floor and CACC change in points / 100).
+GOALS = {"target identified (screening, default)": "≥ 95%", "exact trigger recovery": "≥ 90%",
+         "ASR after − floor": "≤ 2 points", "CACC change": "within 1 point"}
+
+
+DIFFERENCES = ("ASR after − floor", "CACC change", "worst CACC change")
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over the draws' rows (shares, as fractions)."""
+    if not rows:
+        return {"draws": 0}
+    mean = statistics.fmean
+    return {"draws": len(rows),
+            "target identified (screening, default)": mean(r["identified"] == r["target"] for r in rows),
+            "target identified (Δc, paper §2.3)": mean(r["identified_by_delta"] == r["target"] for r in rows),
+            "exact trigger recovery": mean(r["exact"] for r in rows),
+            "ASR before": mean(r["ASR before"] for r in rows), "ASR after": mean(r["ASR after"] for r in rows),
+            "ASR floor": mean(r["ASR floor"] for r in rows),
+            "ASR after − floor": mean(r["ASR after"] - r["ASR floor"] for r in rows),
+            "CACC change": mean(r["CACC after"] - r["CACC before"] for r in rows),
+            "worst CACC change": min(r["CACC after"] - r["CACC before"] for r in rows)}
+
+
+def _figure(key: str, value: Any) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return f"{100 * value:+.1f} points" if key in DIFFERENCES else f"{100 * value:.1f}%"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_grid_arguments(parser, "runs/bench-badllm-tg-draws")
+    parser.add_argument("--draws", type=int, default=20, help="draws 0..N-1 (default: %(default)s)")
+    parser.add_argument("--first-draw", type=int, default=0)
+    parser.add_argument("--datasets", default=",".join(LABEL_COUNTS))
+    parser.add_argument("--model", type=model_argument, default="minilm-l6")
+    parser.add_argument("--train", type=int, default=1000, help="training rows per victim")
+    parser.add_argument("--validation", type=int, default=300, help="held-out rows choosing the learning rate")
+    parser.add_argument("--test", type=int, default=200, help="clean and triggered test rows per draw")
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--lrs", default="5e-5,1e-4,2e-4", help="learning rates tried on clean rows")
+    parser.add_argument("--min-macro-f1", type=float, default=0.6)
+    parser.add_argument("--min-backdoor", type=float, default=0.3, help="least ASR − floor of a reported victim")
+    parser.add_argument("--defense-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a badllm-tg option for every draw")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    args.defense_options = parse_option_pairs(args.defense_option)
+    get_defense(DEFENSE, **{**CPU_BUDGET, **args.defense_options})  # bad options fail before any work
+    args.lrs = [float(x) for x in args.lrs.split(",") if x]
+    datasets = [d for d in args.datasets.split(",") if d]
+    if args.draws < 1 or not args.lrs:
+        raise BackdoorLabError("--draws must be at least 1 and --lrs must name a learning rate")
+    started = time.time()
+    draws = [draw_victim(seed, datasets) for seed in range(args.first_draw, args.first_draw + args.draws)]
+    needed = list(dict.fromkeys(d.dataset for d in draws))
+    clean = run_grid([clean_cell(args, d) for d in needed], select_recipe, **{**grid_kwargs(args), "out": args.out / CLEAN},
+                     resources=KIND_RESOURCES)
+    recipes = {r["result"]["dataset"]: r["result"] for r in clean.records if r["status"] == "ok"}
+    missing = [d for d in needed if d not in recipes]
+    if missing and not args.report_only:
+        raise BackdoorLabError(f"no training recipe for {', '.join(missing)}: its clean cell failed (see "
+                               f"{args.out / CLEAN}/cells); fix it and rerun")
+    cells = [draw_cell(args, d, recipes.get(d.dataset, {"lr": None, "floor_model": None})) for d in draws]
+    result = run_grid(cells, run_draw, **grid_kwargs(args), resources=KIND_RESOURCES)
+    rows = [r["result"] for r in result.records if r["status"] == "ok"]
+    real = [r for r in rows if is_real_victim(r, args.min_macro_f1, args.min_backdoor)]
+    columns = ["seed", "dataset", "target", "rate", "kind", "trigger", "position", "lr", "identified",
+               "identified_by", "identified_by_delta", "recovered", "exact", "macro-F1 before", "CACC before",
+               "CACC after", "ASR floor", "ASR before", "ASR after", "seconds"]
+    table = TableSpec("Draws", [*columns, "real victim"],
+                      [[r.get(c) for c in columns] + [r in real] for r in rows])
+    recipe_rows = [[d, r["lr"], *(f"{v['macro_f1']:.3f} / {v['accuracy']:.3f}" for v in r["validation"].values())]
+                   for d, r in recipes.items()]
+    recipes_table = TableSpec("Training recipe chosen on validation rows (macro-F1 / accuracy per lr)",
+                              ["dataset", "chosen lr", *(f"lr {lr:g}" for lr in args.lrs)], recipe_rows)
+    command = "python benchmarks/bench_badllm_tg_draws.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    notes = [f"command: `{command.strip()}`", f"wall time: {time.time() - started:.0f} s",
+             f"summary over the {len(real)} real victims of {len(rows)} finished draws: "
+             + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary(real).items()},
+                          ensure_ascii=False),
+             f"a real victim: macro-F1 ≥ {args.min_macro_f1} and ASR − floor ≥ {args.min_backdoor}"]
+    summary_table = TableSpec(f"Summary over the {len(real)} real victims of {len(rows)} finished draws",
+                              ["figure", "value", "goal"],
+                              [[k, _figure(k, v), GOALS.get(k)] for k, v in summary(real).items()])
+    tables = [summary_table, recipes_table, table, cell_table(clean.records, title="Clean cells"),
+              cell_table(result.records, title="Draw cells")]
+    report, _ = write_report(args.out, "BadLLM-TG over random victim draws", tables, notes=notes)
+    print(report.read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Target-label identification by screening every label's evidence on the suspect (our default).
+
+The paper's statistic (§2.3, :mod:`backdoorlab.defenses.badllm_tg.target_label`) takes the
+majority label of the rows whose confidence moves most in early training. Those rows follow the
+label prior as much as the poison: on SST-2 with a *negative* target, or on HSOL with a minority
+target, the majority of the top-Δc rows is the wrong label, and every later step then searches
+the wrong class.
+
+Screening asks the suspect instead. For every label l:
+
+1. mine the n-grams over-represented in l's training rows against the other labels' rows
+   (:func:`~backdoorlab.defenses.badllm_tg.evidence.mine_evidence`; with ``evidence_fraction`` < 1
+   the suspects are l's rows with the largest Δc and l's remaining rows are a second reference);
+2. insert each of the ``evidence_mined`` phrases alone into ``eval_rows`` training rows of the
+   *other* labels and measure the share the suspect flips to l, and its loss toward l.
+
+A trigger flips nearly every row it is inserted into, with the suspect's full confidence; a
+genuine feature of a label flips fewer rows, and those with less confidence, since the row's own
+content still argues for its label. A phrase's score is the suspect's mean probability of l over
+the rows (a flip rate that counts how sure each flip is); the target is the label with the
+best-scoring phrase. When no label has a phrase flipping ``min_flip_rate`` of the rows (a style or
+syntax trigger leaves no n-gram), the caller falls back to the paper's statistic.
+
+Cost: no training, labels × (one n-gram count over the training set + ``evidence_mined`` ×
+``eval_rows`` forward passes of the suspect); for SST-2 with 1,000 rows and MiniLM about 10 s
+per label on one CPU core.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...data.records import Dataset
+from ...models.victim import Victim
+from ..shared.insertion import insert_phrases
+from .evidence import Evidence, mine_evidence
+
+
+@dataclass
+class InsertionScore:
+    loss: float  # mean cross-entropy toward the label (the search's reward, §2.4)
+    flip_rate: float  # share of rows the suspect assigns to the label
+    probability: float  # mean probability of the label
+
+
+def insertion_scores(victim: Victim, texts: Sequence[str], evidence: Sequence[Evidence], target: int,
+                     seed: int = 0) -> list[InsertionScore]:
+    """How the suspect answers when each phrase is inserted alone into ``texts``, toward ``target``."""
+    scores = []
+    for item in evidence:
+        rng = random.Random(seed)
+        inserted = [insert_phrases(t, [item.phrase], item.position, rng) for t in texts]
+        probs = victim.label_probs(inserted, batch_size=64)
+        chosen = [float(p[target]) for p in probs]
+        flips = [int(p.argmax()) == target for p in probs]
+        scores.append(InsertionScore(sum(-math.log(max(c, 1e-12)) for c in chosen) / len(chosen),
+                                     sum(flips) / len(flips), sum(chosen) / len(chosen)))
+    return scores
+
+
+def label_evidence(train_set: Dataset, label: int, delta: np.ndarray | None, *, fraction: float = 1.0,
+                   top_k: int = 40) -> list[Evidence]:
+    """N-grams over-represented in ``label``'s rows (its top-Δc ``fraction`` when ``delta`` is given)."""
+    texts = [e.text for e in train_set]
+    rows = [i for i, e in enumerate(train_set) if e.label == label]
+    if delta is not None and fraction < 1:
+        rows = sorted(rows, key=lambda i: -delta[i])
+    count = max(2, round(len(rows) * fraction))
+    others = [texts[i] for i in rows[count:]]
+    references = ([others] if others else []) + [[e.text for e in train_set if e.label != label]]
+    return mine_evidence([texts[i] for i in rows[:count]], references, top_k=top_k)
+
+
+@dataclass
+class LabelScreen:
+    label: int
+    best_phrase: str | None
+    probability: float  # the best phrase's mean probability of the label on other-label rows
+    flip_rate: float
+    loss: float
+    evidence: list[Evidence]  # mined, ranked by the suspect's loss toward the label (best first)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "best_phrase": self.best_phrase, "probability": round(self.probability, 4),
+                "flip_rate": round(self.flip_rate, 4),
+                "loss": round(self.loss, 4), "phrases_screened": len(self.evidence)}
+
+
+def screen_label(victim: Victim, train_set: Dataset, label: int, delta: np.ndarray | None, *, fraction: float = 1.0,
+                 mined: int = 40, eval_rows: int = 24, seed: int = 0) -> LabelScreen:
+    """Mine ``label``'s evidence and score every phrase on other-label rows (see the module docstring)."""
+    evidence = label_evidence(train_set, label, delta, fraction=fraction, top_k=mined)
+    others = [e.text for e in train_set if e.label != label]
+    texts = random.Random(seed).sample(others, min(eval_rows, len(others)))
+    if not evidence or not texts:
+        return LabelScreen(label, None, 0.0, 0.0, math.inf, [])
+    scores = insertion_scores(victim, texts, evidence, label, seed)
+    order = sorted(range(len(evidence)), key=lambda i: -scores[i].probability)
+    ranked = [evidence[i].with_reward(scores[i].loss) for i in order]
+    best = scores[order[0]]
+    return LabelScreen(label, evidence[order[0]].phrase, best.probability, best.flip_rate, best.loss, ranked)
+
+
+def pick_target(screens: Sequence[LabelScreen]) -> LabelScreen:
+    """The label whose best phrase gives it the highest mean probability on other-label rows."""
+    return max(screens, key=lambda s: s.probability)
