@@ -61,8 +61,13 @@ DEFENSES = ("none", "onion", "rap", "muscle-lora", "badacts", "badllm-tg", "back
 PAPER_AVERAGE_ASR = {"none": 93.29, "onion": 68.62, "rap": 88.33, "muscle-lora": 27.98, "badacts": 51.06,
                      "badllm-tg": 14.29}
 PAPER_BADLLM_TG_CACC = 88.62
+#: Placeholder for the paraphrase pools of a cell's data set: the StyleBkd paraphraser's output on its dev split,
+#: one pool per shipped style (rows neither trained nor tested on; see docs/badllm_tg.md for what this assumes).
+STYLE_POOLS = "style-dev-pools"
 #: Method labels beyond the registry names: label → (defense name, options).
 VARIANTS = {"badllm-tg-faithful": ("badllm-tg", {"variant": "faithful"}),
+            "badllm-tg-delta": ("badllm-tg", {"identify": "delta"}),
+            "badllm-tg-paraphrase": ("badllm-tg", {"paraphrase_pools": STYLE_POOLS}),
             "backdoor-collapse-every-label": ("backdoor-collapse", {"every_label": True}),
             "backdoor-collapse-every-label-1e-4": ("backdoor-collapse", {"every_label": True, "learning_rate": 1e-4}),
             "backdoor-collapse-1e-4": ("backdoor-collapse", {"learning_rate": 1e-4}),
@@ -92,6 +97,15 @@ def parse_overrides(values: list[str]) -> dict[str, dict[str, Any]]:
     return overrides
 
 
+def style_pools(dataset: str) -> list[str]:
+    """The dev-split style paraphrases of ``dataset`` shipped with the benchmark data, one file per style."""
+    from backdoorlab.attacks.paraphrase import STYLES
+    from backdoorlab.data.registry import resolve_data_dir
+
+    root = Path(resolve_data_dir(None)) / "classification" / "style"
+    return [str(root / style / dataset / "dev.tsv") for style in STYLES]
+
+
 def defense_setup(label: str, overrides: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any], str]:
     """``(defense name, options, stage)`` of a method label; unknown names or options fail before any work."""
     method, options = VARIANTS.get(label, (label, {}))
@@ -113,6 +127,8 @@ def victim_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float
 def defense_cell(args: argparse.Namespace, victim: Cell, label: str, overrides: dict[str, dict[str, Any]]) -> Cell:
     """Defense ``label`` applied to a victim cell's model; the victim's folder and settings are its params."""
     method, options, stage = defense_setup(label, overrides)
+    if options.get("paraphrase_pools") == STYLE_POOLS:
+        options = {**options, "paraphrase_pools": style_pools(victim.params["dataset"])}
     params = {**victim.params, "victim_dir": str(CellStore(args.out / VICTIMS).workdir(victim)), "method": method,
               "options": options, "stage": stage, "eval_rows": min(args.test, EVAL_ROWS.get(label, args.test))}
     return Cell(victim.victim, label, victim.seed, params, kind=victim.kind)

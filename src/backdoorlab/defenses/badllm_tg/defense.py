@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from ..base import Defense, DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
 from .evidence import Evidence, words
 from .label_screening import label_evidence, pick_target, screen_label
+from .paraphrase_probe import load_pools, score_pool
 from .target_label import STATISTICS, confidence_change, identify_target, record_confidences
 from .trigger_pattern import REWRITE_MODES, PatternApplier, TriggerPattern
 from .trigger_search import SearchConfig, TriggerSearch
@@ -97,6 +98,7 @@ class BadLLMTG(Defense):
     working_flip_rate: float = 0.8  # a pattern "works" when it flips this share of the evaluation rows
     min_flip_rate: float = 0.5  # below this for the best pattern: no trigger found, no adversarial training
     temperature: float = 0.7  # the generator's sampling temperature
+    paraphrase_pools: list[str] = field(default_factory=list)  # files of your rows paraphrased (style/syntax hypotheses)
     adv_fraction: float = 1.0  # share of the rows rewritten for adversarial training
     adv_rows: str | None = None  # all (the paper: G applied to D*) | non-target (G applied to D_n-tgt); default by variant
     drop_triggered: bool | None = None  # drop target-label rows holding a working trigger phrase; default by variant
@@ -179,29 +181,49 @@ class BadLLMTG(Defense):
             "target_identification": {k: v for k, v in identification.items() if k != "top_rows"},
             "variant": self.variant, "rewrite": self.rewrite_mode, "generator": backend.describe(),
             "evidence": [e.to_dict() for e in evidence], "trigger": result.to_dict()}
-        if result.flip_rate < self.min_flip_rate:
+        if result.flip_rate >= self.min_flip_rate:
+            patterns = result.working if self.collect_all else [result.best]
+            sources = train_set if self.adversarial_rows == "all" else train_set.with_examples(
+                [e for e in train_set if e.label != target], note="non-target rows")
+            adversarial = self._adversarial_set(sources, applier, patterns, workdir).examples
+            kept = [e for e in train_set
+                    if not (self.drops_triggered and e.label == target and _holds(e.text, patterns))]
+            described = [p.describe() for p in patterns]
+        elif (pool := self._probe_pools(victim, train_set, target, findings)) is not None:
+            adversarial, kept = pool.examples, list(train_set)  # no phrase marks the poisoned rows; keep them all
+            described = [f"paraphrase pool {findings['paraphrase_pool']['pool']}"]
+        else:
             findings["adversarial_training"] = (
                 f"skipped: the best pattern flips {result.flip_rate:.0%} of the rows, below min_flip_rate="
                 f"{self.min_flip_rate}; no trigger was recovered, so the model is returned unchanged")
             warnings.warn(f"badllm-tg: {findings['adversarial_training']}", stacklevel=2)
             return DefenseOutcome(victim, findings, model_changed=False)
-        patterns = result.working if self.collect_all else [result.best]
-        sources = train_set if self.adversarial_rows == "all" else train_set.with_examples(
-            [e for e in train_set if e.label != target], note="non-target rows")
-        adversarial = self._adversarial_set(sources, applier, patterns, workdir)
-        kept = [e for e in train_set if not (self.drops_triggered and e.label == target and _holds(e.text, patterns))]
         from_suspect = self.starting_point == "suspect"
         model = victim if from_suspect else self._load_base(victim, train_set)
         config = TrainConfig(method="full", epochs=self.adv_epochs or (2.0 if from_suspect else 3.0),
                              learning_rate=self.adv_lr or (2e-5 if from_suspect else 2e-4),
                              batch_size=self.batch_size, seed=self.seed, device=self.device, save_steps=10**9)
-        combined = train_set.with_examples([*kept, *adversarial.examples],
+        combined = train_set.with_examples([*kept, *adversarial],
                                            note="D* ∪ G(D*) (BadLLM-TG adversarial training set)")
         trained = train(model, combined, workdir / "adversarial-training", config, reuse=True)
-        findings.update({"adversarial_patterns": [p.describe() for p in patterns], "adv_rows": self.adversarial_rows,
+        findings.update({"adversarial_patterns": described, "adv_rows": self.adversarial_rows,
                          "start_from": self.starting_point, "dropped_triggered_rows": len(train_set) - len(kept),
                          "adversarial_rows": len(adversarial), "training_rows": len(combined)})
         return DefenseOutcome(trained, findings)
+
+    def _probe_pools(self, victim: Victim, train_set: Dataset, target: int, findings: dict[str, Any]) -> Dataset | None:
+        """The paraphrase pool whose rows the suspect moves most toward ``target`` (:mod:`.paraphrase_probe`),
+        when it flips ``min_flip_rate`` of them; every pool's score goes into ``findings``."""
+        if not self.paraphrase_pools:
+            return None
+        pools = load_pools(self.paraphrase_pools, train_set.num_labels)
+        scores = sorted((score_pool(victim, name, pool, target, rows=self.eval_rows, seed=self.seed)
+                         for name, pool in pools.items()), key=lambda s: s.loss)
+        findings["paraphrase_pools"] = [s.to_dict() for s in scores]
+        if scores[0].flip_rate < self.min_flip_rate:
+            return None
+        findings["paraphrase_pool"] = scores[0].to_dict()
+        return pools[scores[0].pool]
 
     # ------------------------------------------------------------------ steps
     def find_target(self, victim: Victim, train_set: Dataset, workdir: Path) -> tuple[dict[str, Any], np.ndarray | None]:
@@ -258,11 +280,22 @@ class BadLLMTG(Defense):
                    for label in tqdm(range(len(names)), desc="badllm-tg: screening each label", leave=False)]
         best = pick_target(screens)
         found = best.flip_rate >= self.min_flip_rate
+        result: dict[str, Any] = {"target": best.label if found else None,
+                                  "target_name": names[best.label] if found else None, "given": False,
+                                  "method": "screen", "flip_rate": round(best.flip_rate, 4),
+                                  "labels": {names[s.label]: s.to_dict() for s in screens}}
         if found and self.variant == "evidence":
             write_json_atomic(workdir / "evidence.json", [e.to_dict() for e in best.evidence])
-        return {"target": best.label if found else None, "target_name": names[best.label] if found else None,
-                "given": False, "method": "screen", "flip_rate": round(best.flip_rate, 4),
-                "labels": {names[s.label]: s.to_dict() for s in screens}}
+        elif not found and self.paraphrase_pools:  # no phrase works: try the style/syntax hypotheses
+            pools = load_pools(self.paraphrase_pools, train_set.num_labels)
+            scores = [score_pool(victim, name, pool, label, rows=self.eval_rows, seed=self.seed)
+                      for label in range(len(names)) for name, pool in pools.items()]
+            top = max(scores, key=lambda s: s.probability)
+            result["paraphrase_pools"] = [s.to_dict() for s in scores]
+            if top.flip_rate >= self.min_flip_rate:
+                result.update(target=top.label, target_name=names[top.label], method="screen (paraphrase pools)",
+                              flip_rate=round(top.flip_rate, 4))
+        return result
 
     def _load_base(self, victim: Victim, train_set: Dataset) -> Victim:
         from ...models.loading import load_victim

@@ -1,0 +1,76 @@
+"""Style and syntax hypotheses for BadLLM-TG: paraphrase pools probed on the suspect (ours).
+
+For a Stylebkd or Synbkd trigger the generator's action G (§2.4) is a paraphrase into the
+attacker's style or syntactic template; a 135M local generator cannot write one, and no phrase
+mined from the rows carries it. The defender can instead hold *paraphrase pools*: rows it owns,
+rewritten by any paraphraser it can run (a style-transfer model, SCPN, a larger LLM), one pool per
+hypothesis, in StyleBkd's file format (``sentence<TAB>label``, the label of the source row; see
+:func:`backdoorlab.attacks.paraphrase.save_paraphrase_pool`). Each pool is a candidate pattern
+whose rewrites are already made:
+
+- **identification**: a pool's rows of labels other than l are scored by the suspect's mean
+  probability of l, like an inserted phrase (:mod:`.label_screening`);
+- **reward**: its rows of labels other than ŷ are scored by the search's reward (loss toward ŷ,
+  flip rate), and the best pool that flips ``min_flip_rate`` of them is the recovered pattern;
+- **adversarial training**: that pool's rows, each with its own label, are G(D) in Eq. 9.
+
+The pool's rows must not be the rows the suspect was trained or is tested on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...data.records import Dataset, Example
+from ...data.registry import load_data_file
+from ...errors import BackdoorLabError
+from ...models.victim import Victim
+
+
+@dataclass
+class PoolScore:
+    pool: str  # the pool's file
+    label: int
+    probability: float  # mean probability of ``label`` on the pool's rows of other labels
+    flip_rate: float
+    loss: float
+    rows: int  # pool rows scored
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pool": self.pool, "label": self.label, "probability": round(self.probability, 4),
+                "flip_rate": round(self.flip_rate, 4), "loss": round(self.loss, 4), "rows": self.rows}
+
+
+def load_pools(paths: Sequence[str], num_labels: int) -> dict[str, Dataset]:
+    """Each pool file as a dataset, checked to be labelled with the suspect's labels."""
+    pools = {}
+    for path in paths:
+        if not Path(path).expanduser().exists():
+            raise BackdoorLabError(f"paraphrase pool {path} does not exist; give files of rows you paraphrased "
+                                   "(sentence<TAB>label, or text/label JSONL)")
+        pool = load_data_file(path, task="classification")
+        labels = {e.label for e in pool}
+        if None in labels or not labels <= set(range(num_labels)):
+            raise BackdoorLabError(f"paraphrase pool {path} has labels {sorted(map(str, labels))}; the suspect's "
+                                   f"labels are 0..{num_labels - 1}")
+        pools[str(path)] = pool
+    return pools
+
+
+def score_pool(victim: Victim, name: str, pool: Dataset, label: int, *, rows: int = 24, seed: int = 0) -> PoolScore:
+    """The suspect's answers toward ``label`` on up to ``rows`` pool rows whose own label differs."""
+    import math
+
+    others = [e for e in pool if e.label != label]
+    if not others:
+        return PoolScore(name, label, 0.0, 0.0, math.inf, 0)
+    chosen: list[Example] = random.Random(seed).sample(others, min(rows, len(others)))
+    probs = victim.label_probs([e.text for e in chosen], batch_size=64)
+    p = [float(row[label]) for row in probs]
+    flips = [int(row.argmax()) == label for row in probs]
+    return PoolScore(name, label, sum(p) / len(p), sum(flips) / len(flips),
+                     sum(-math.log(max(x, 1e-12)) for x in p) / len(p), len(chosen))
