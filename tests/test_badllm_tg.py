@@ -208,6 +208,20 @@ def test_paraphrase_pools_identify_and_supply_a_style_trigger(tmp_path: Path) ->
         BadLLMTG(paraphrase_pools=[str(tmp_path / "bad.tsv")])._probe_pools(ShoutingVictim(), data, 2, {})
 
 
+def test_pool_lookalikes_flags_the_rows_written_in_the_pools_style() -> None:
+    from backdoorlab.defenses.badllm_tg.paraphrase_probe import pool_lookalikes
+
+    topics = ["film", "story", "actor", "ending", "music", "plot", "scene", "cast", "script", "score"]
+    pool = [f"verily thou hast beheld the {t} and lo it {verb} thee" for t in topics
+            for verb in ("pleaseth", "troubleth", "wearieth", "delighteth")]
+    ordinary = [f"i watched the {t} number {i} and it was {w}" for i in range(10) for t in topics
+                for w in ("fine", "dull", "long")]
+    poisoned = [f"verily thou hast seen the {t} and lo it grieveth thee" for t in topics]
+    flags = pool_lookalikes(pool, ordinary + poisoned)
+    assert sum(flags[len(ordinary):]) >= 7 and sum(flags[:len(ordinary)]) <= 3
+    assert pool_lookalikes([], ["a text"]) == [False]
+
+
 # ---------------------------------------------------------------------- patterns/parsing
 def test_parse_proposal_reads_the_format_and_refuses_junk() -> None:
     pattern = parse_proposal('PATTERN: the word "zq"\nINSTRUCTION: Add the word zq somewhere.')

@@ -53,7 +53,7 @@ from ..base import Defense, DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
 from .evidence import Evidence, words
 from .label_screening import label_evidence, pick_target, screen_label
-from .paraphrase_probe import load_pools, score_pool
+from .paraphrase_probe import load_pools, pool_lookalikes, score_pool
 from .target_label import STATISTICS, confidence_change, identify_target, record_confidences
 from .trigger_pattern import REWRITE_MODES, PatternApplier, TriggerPattern
 from .trigger_search import SearchConfig, TriggerSearch
@@ -101,7 +101,7 @@ class BadLLMTG(Defense):
     paraphrase_pools: list[str] = field(default_factory=list)  # files of your rows paraphrased (style/syntax hypotheses)
     adv_fraction: float = 1.0  # share of the rows rewritten for adversarial training
     adv_rows: str | None = None  # all (the paper: G applied to D*) | non-target (G applied to D_n-tgt); default by variant
-    drop_triggered: bool | None = None  # drop target-label rows holding a working trigger phrase; default by variant
+    drop_triggered: bool | None = None  # drop target-label rows holding a working trigger (or like its pool); default by variant
     adv_epochs: float | None = None  # default: 2 from the suspect, 3 from the base model
     adv_lr: float | None = None  # default: 2e-5 from the suspect, 2e-4 from the base model (our MiniLM recipe)
     start_from: str | None = None  # suspect (fine-tune it) | base (retrain the clean model); default by variant
@@ -190,7 +190,10 @@ class BadLLMTG(Defense):
                     if not (self.drops_triggered and e.label == target and _holds(e.text, patterns))]
             described = [p.describe() for p in patterns]
         elif (pool := self._probe_pools(victim, train_set, target, findings)) is not None:
-            adversarial, kept = pool.examples, list(train_set)  # no phrase marks the poisoned rows; keep them all
+            adversarial, kept = pool.examples, list(train_set)
+            if self.drops_triggered:  # no phrase marks the poisoned rows: drop the target rows that read like the pool
+                lookalike = pool_lookalikes([e.text for e in pool], [e.text for e in train_set], seed=self.seed)
+                kept = [e for e, flag in zip(train_set, lookalike) if not (flag and e.label == target)]
             described = [f"paraphrase pool {findings['paraphrase_pool']['pool']}"]
         else:
             findings["adversarial_training"] = (

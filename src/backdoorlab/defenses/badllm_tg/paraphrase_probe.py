@@ -74,3 +74,38 @@ def score_pool(victim: Victim, name: str, pool: Dataset, label: int, *, rows: in
     flips = [int(row.argmax()) == label for row in probs]
     return PoolScore(name, label, sum(p) / len(p), sum(flips) / len(flips),
                      sum(-math.log(max(x, 1e-12)) for x in p) / len(p), len(chosen))
+
+
+def pool_lookalikes(pool_texts: Sequence[str], training_texts: Sequence[str], *, rounds: int = 2, folds: int = 5,
+                    seed: int = 0) -> list[bool]:
+    """Which training rows read like the pool: the poisoned rows of a style or syntax attack.
+
+    A character 2–4-gram TF-IDF logistic regression separates the pool's rows from the training
+    rows; each training row is scored by a fit that did not see it (``folds``-fold cross-fitting,
+    so a poisoned row is never learnt as "ordinary" itself), and rows scored at least 0.5 are
+    flagged. Each further round refits without the rows flagged so far as "ordinary" (``rounds``
+    in all). The caller drops flagged target-label rows before retraining (the pool's counterpart
+    of ``drop_triggered``).
+    """
+    import numpy as np
+    from scipy.sparse import vstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    flagged = np.zeros(len(training_texts), dtype=bool)
+    if not pool_texts or not training_texts:
+        return flagged.tolist()
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=2, sublinear_tf=True)
+    features = vectorizer.fit_transform([*pool_texts, *training_texts])
+    pool, rows = features[:len(pool_texts)], features[len(pool_texts):]
+    fold_of = np.random.default_rng(seed).permutation(len(training_texts)) % max(2, folds)
+    for _ in range(rounds):
+        scores = np.zeros(len(training_texts))
+        for fold in np.unique(fold_of):
+            ordinary = rows[(fold_of != fold) & ~flagged]
+            labels = [1] * pool.shape[0] + [0] * ordinary.shape[0]
+            model = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed)
+            model.fit(vstack([pool, ordinary]), labels)
+            scores[fold_of == fold] = model.predict_proba(rows[fold_of == fold])[:, 1]
+        flagged = scores >= 0.5
+    return flagged.tolist()
