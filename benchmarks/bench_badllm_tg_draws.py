@@ -98,7 +98,7 @@ def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
     victim = ensure_trained(folder / "victim", p["model"], train_set,
                             train_config(p["lr"], p["epochs"], draw.seed, p["device"]))
     before = ensure_evaluated(victim, attack_run, folder / "baseline.json", floor_model=p["floor_model"],
-                              device=p["device"])
+                              device=p["device"], max_rows=p["test"])
     delta_id = folder / "delta-identification"
     paper = get_defense(DEFENSE, **{**p["options"], "identify": "delta", "seed": draw.seed})
     try:
@@ -108,7 +108,7 @@ def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
     defense_dir = folder / "defense"
     try:
         run_defense(DEFENSE, victim, attack_run, defense_dir, options=p["options"], baseline=folder / "baseline.json",
-                    device=p["device"])
+                    max_eval_rows=p["test"], device=p["device"])
     except BackdoorLabError as error:  # the defense gave up: the suspect stays as it was, and the row says why
         after, findings = before, {"target_identification": {"target": None, "method": "failed"}, "error": str(error)}
     else:
