@@ -181,7 +181,11 @@ class BadLLMTG(Defense):
             "target_identification": {k: v for k, v in identification.items() if k != "top_rows"},
             "variant": self.variant, "rewrite": self.rewrite_mode, "generator": backend.describe(),
             "evidence": [e.to_dict() for e in evidence], "trigger": result.to_dict()}
-        if result.flip_rate >= self.min_flip_rate:
+        pool = self._probe_pools(victim, train_set, target, findings)
+        if pool is not None and findings["paraphrase_pool"]["flip_rate"] <= result.flip_rate:
+            findings["paraphrase_pool_not_used"] = "the phrase pattern flips at least as many rows"
+            pool = None
+        if pool is None and result.flip_rate >= self.min_flip_rate:
             patterns = result.working if self.collect_all else [result.best]
             sources = train_set if self.adversarial_rows == "all" else train_set.with_examples(
                 [e for e in train_set if e.label != target], note="non-target rows")
@@ -189,7 +193,7 @@ class BadLLMTG(Defense):
             kept = [e for e in train_set
                     if not (self.drops_triggered and e.label == target and _holds(e.text, patterns))]
             described = [p.describe() for p in patterns]
-        elif (pool := self._probe_pools(victim, train_set, target, findings)) is not None:
+        elif pool is not None:
             adversarial, kept = pool.examples, list(train_set)
             if self.drops_triggered:  # no phrase marks the poisoned rows: drop the target rows that read like the pool
                 lookalike = pool_lookalikes([e.text for e in pool], [e.text for e in train_set], seed=self.seed)
@@ -216,7 +220,9 @@ class BadLLMTG(Defense):
 
     def _probe_pools(self, victim: Victim, train_set: Dataset, target: int, findings: dict[str, Any]) -> Dataset | None:
         """The paraphrase pool whose rows the suspect moves most toward ``target`` (:mod:`.paraphrase_probe`),
-        when it flips ``min_flip_rate`` of them; every pool's score goes into ``findings``."""
+        when it flips ``min_flip_rate`` of them; every pool's score goes into ``findings``. The caller uses it
+        when it flips more rows than the best phrase pattern (a weak victim flips some rows for a label's own
+        words, e.g. "good" on SST-2, so a phrase can pass ``min_flip_rate`` without being the trigger)."""
         if not self.paraphrase_pools:
             return None
         pools = load_pools(self.paraphrase_pools, train_set.num_labels)
