@@ -11,7 +11,9 @@ generated sentence) and its position (start, end, random). Two grids of cells ru
 2. **draw cells**, one per draw: the attack run and the victim (at the chosen rate), the victim's
    CACC / macro-F1 / ASR with the floor model's rate of the target on the same triggered rows
    beside it (no defense can go below it), the paper's Δc identification (§2.3) for comparison,
-   and BadLLM-TG with its defaults (target unknown to it), then CACC and ASR after.
+   and BadLLM-TG with its defaults (target unknown to it), then CACC and ASR after, with the
+   defended model's *own floor* beside them: its rate of the target on the same rows without their
+   trigger (a retrained model has its own label bias, which the clean model's floor does not see).
 
 A draw whose victim is not a real backdoored classifier (macro-F1 below ``--min-macro-f1``, or
 ASR less than ``--min-backdoor`` above its floor) is reported but left out of the summary.
@@ -122,6 +124,7 @@ def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
            "recovered": " | ".join(recovered), "exact": _exact(draw.trigger, recovered),
            "CACC before": before["cacc"], "macro-F1 before": before["macro_f1"], "ASR before": before["asr"],
            "ASR floor": before["asr_floor_clean_model"], "CACC after": after["cacc"], "ASR after": after["asr"],
+           "own floor after": after["asr_floor"],
            "n_asr": after["n_asr_rows"], "adversarial training": "adversarial_patterns" in findings,
            "seconds": round(time.time() - started)}
     print(f"[{cell.victim}] target {draw.target} -> {row['identified']} (Δc {identified_by_delta}); "
@@ -156,7 +159,7 @@ GOALS = {"target identified (screening, default)": "≥ 95%", "exact trigger rec
          "ASR after − floor": "≤ 2 points", "CACC change": "within 1 point"}
 
 
-DIFFERENCES = ("ASR after − floor", "CACC change", "worst CACC change")
+DIFFERENCES = ("ASR after − floor", "ASR after − own floor", "CACC change", "worst CACC change")
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -171,6 +174,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "ASR before": mean(r["ASR before"] for r in rows), "ASR after": mean(r["ASR after"] for r in rows),
             "ASR floor": mean(r["ASR floor"] for r in rows),
             "ASR after − floor": mean(r["ASR after"] - r["ASR floor"] for r in rows),
+            "own floor after": mean(r["own floor after"] for r in rows),
+            "ASR after − own floor": mean(r["ASR after"] - r["own floor after"] for r in rows),
             "CACC change": mean(r["CACC after"] - r["CACC before"] for r in rows),
             "worst CACC change": min(r["CACC after"] - r["CACC before"] for r in rows)}
 
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     real = [r for r in rows if is_real_victim(r, args.min_macro_f1, args.min_backdoor)]
     columns = ["seed", "dataset", "target", "rate", "kind", "trigger", "position", "lr", "identified",
                "identified_by", "identified_by_delta", "recovered", "exact", "macro-F1 before", "CACC before",
-               "CACC after", "ASR floor", "ASR before", "ASR after", "seconds"]
+               "CACC after", "ASR floor", "own floor after", "ASR before", "ASR after", "seconds"]
     table = TableSpec("Draws", [*columns, "real victim"],
                       [[r.get(c) for c in columns] + [r in real] for r in rows])
     recipe_rows = [[d, r["lr"], *(f"{v['macro_f1']:.3f} / {v['accuracy']:.3f}" for v in r["validation"].values())]
