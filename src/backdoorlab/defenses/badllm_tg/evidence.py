@@ -38,8 +38,10 @@ class Evidence:
     score: float
     victim_loss: float | None = None  # the victim's loss toward the target with the phrase inserted (screening)
 
-    def with_reward(self, loss: float) -> "Evidence":
-        return Evidence(self.phrase, self.position, self.suspect_share, self.reference_share, self.score, loss)
+    def with_reward(self, loss: float, position: str | None = None) -> "Evidence":
+        """This evidence with the victim's loss, at ``position`` when screening found a better place for it."""
+        return Evidence(self.phrase, position or self.position, self.suspect_share, self.reference_share, self.score,
+                        loss)
 
     def to_dict(self) -> dict[str, object]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}

@@ -22,8 +22,8 @@ best-scoring phrase. When no label has a phrase flipping ``min_flip_rate`` of th
 syntax trigger leaves no n-gram), the caller falls back to the paper's statistic.
 
 Cost: no training, labels × (one n-gram count over the training set + ``evidence_mined`` ×
-``eval_rows`` forward passes of the suspect); for SST-2 with 1,000 rows and MiniLM about 10 s
-per label on one CPU core.
+``eval_rows`` × 3 positions forward passes of the suspect); for SST-2 with 1,000 rows and
+MiniLM about 20 s per label on one CPU core.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 from ...data.records import Dataset
 from ...models.victim import Victim
 from ..shared.insertion import insert_phrases
-from .evidence import Evidence, mine_evidence
+from .evidence import POSITIONS, Evidence, mine_evidence
 
 
 @dataclass
@@ -47,20 +47,29 @@ class InsertionScore:
     loss: float  # mean cross-entropy toward the label (the search's reward, §2.4)
     flip_rate: float  # share of rows the suspect assigns to the label
     probability: float  # mean probability of the label
+    position: str  # where the phrase was inserted: start | end | random
 
 
 def insertion_scores(victim: Victim, texts: Sequence[str], evidence: Sequence[Evidence], target: int,
                      seed: int = 0) -> list[InsertionScore]:
-    """How the suspect answers when each phrase is inserted alone into ``texts``, toward ``target``."""
+    """How the suspect answers when each phrase is inserted alone into ``texts``, toward ``target``.
+
+    Each phrase is tried at the start, the end and a random word gap, and its best place (lowest
+    loss) is kept: a trigger the attacker always put first may do little elsewhere, and a phrase
+    that also occurs naturally mid-sentence looks "random" in the mined rows.
+    """
     scores = []
     for item in evidence:
-        rng = random.Random(seed)
-        inserted = [insert_phrases(t, [item.phrase], item.position, rng) for t in texts]
-        probs = victim.label_probs(inserted, batch_size=64)
-        chosen = [float(p[target]) for p in probs]
-        flips = [int(p.argmax()) == target for p in probs]
-        scores.append(InsertionScore(sum(-math.log(max(c, 1e-12)) for c in chosen) / len(chosen),
-                                     sum(flips) / len(flips), sum(chosen) / len(chosen)))
+        tried = []
+        for position in (item.position, *(p for p in POSITIONS if p != item.position)):
+            rng = random.Random(seed)
+            inserted = [insert_phrases(t, [item.phrase], position, rng) for t in texts]
+            probs = victim.label_probs(inserted, batch_size=64)
+            chosen = [float(p[target]) for p in probs]
+            flips = [int(p.argmax()) == target for p in probs]
+            tried.append(InsertionScore(sum(-math.log(max(c, 1e-12)) for c in chosen) / len(chosen),
+                                        sum(flips) / len(flips), sum(chosen) / len(chosen), position))
+        scores.append(min(tried, key=lambda score: score.loss))
     return scores
 
 
@@ -102,7 +111,7 @@ def screen_label(victim: Victim, train_set: Dataset, label: int, delta: np.ndarr
         return LabelScreen(label, None, 0.0, 0.0, math.inf, [])
     scores = insertion_scores(victim, texts, evidence, label, seed)
     order = sorted(range(len(evidence)), key=lambda i: -scores[i].probability)
-    ranked = [evidence[i].with_reward(scores[i].loss) for i in order]
+    ranked = [evidence[i].with_reward(scores[i].loss, scores[i].position) for i in order]
     best = scores[order[0]]
     return LabelScreen(label, evidence[order[0]].phrase, best.probability, best.flip_rate, best.loss, ranked)
 

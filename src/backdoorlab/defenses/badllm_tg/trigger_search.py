@@ -178,10 +178,11 @@ class TriggerSearch:
 
     def screen(self, evidence: Sequence[Evidence], keep: int) -> list[Evidence]:
         """Evidence re-ranked by the victim's reward: each phrase inserted alone (no generator call) into
-        the evaluation rows, lowest loss first; the best ``keep`` are what the generator is shown."""
+        the evaluation rows at its best position, lowest loss first; the best ``keep`` are what the
+        generator is shown."""
         scores = insertion_scores(self.victim, self.eval_texts, evidence, self.target, self.config.seed)
         order = sorted(range(len(evidence)), key=lambda i: scores[i].loss)
-        return [evidence[i].with_reward(scores[i].loss) for i in order[:keep]]
+        return [evidence[i].with_reward(scores[i].loss, scores[i].position) for i in order[:keep]]
 
     # ---------------------------------------------------------------- prompts
     def _evidence_note(self) -> str:
