@@ -149,6 +149,24 @@ def test_screening_finds_a_minority_target_that_the_label_prior_would_hide() -> 
     assert max(range(3), key=lambda k: sum(e.label == k for e in data)) == 0
 
 
+def test_screening_finds_the_place_a_trigger_works() -> None:
+    from backdoorlab.defenses.badllm_tg.evidence import Evidence
+    from backdoorlab.defenses.badllm_tg.label_screening import insertion_scores
+
+    class OpeningVictim:
+        """Label 1 only when the text opens with "zq"."""
+
+        def label_probs(self, items, batch_size=32):  # type: ignore[no-untyped-def]
+            import torch
+
+            p = [0.99 if str(t).split()[:1] == ["zq"] else 0.05 for t in items]
+            return torch.tensor([[1 - x, x] for x in p])
+
+    texts = [f"a rather long and dull film number {i}" for i in range(12)]
+    (score,) = insertion_scores(OpeningVictim(), texts, [Evidence("zq", "random", 0.5, 0.1, 1.0)], 1)
+    assert score.position == "start" and score.flip_rate == 1.0
+
+
 def test_defense_screens_when_no_target_is_given_and_mines_evidence_when_it_is(tmp_path: Path) -> None:
     from backdoorlab.defenses.badllm_tg.defense import BadLLMTG
 
