@@ -82,7 +82,8 @@ def select_recipe(cell: Cell, folder: Path) -> dict[str, Any]:
 def draw_cell(args: argparse.Namespace, draw: VictimDraw, recipe: dict[str, Any]) -> Cell:
     params = {"draw": draw.to_dict(), "train": args.train, "test": args.test, "model": args.model,
               "epochs": args.epochs, "lr": recipe["lr"], "floor_model": recipe["floor_model"],
-              "options": {**CPU_BUDGET, "device": args.device, **args.defense_options}, "device": args.device}
+              "options": {**CPU_BUDGET, "device": args.device, **args.defense_options}, "device": args.device,
+              **({"delta": False} if args.skip_delta else {})}
     return Cell(draw.name, DEFENSE, draw.seed, params, kind=device_kind(args.device))
 
 
@@ -102,11 +103,14 @@ def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
     before = ensure_evaluated(victim, attack_run, folder / "baseline.json", floor_model=p["floor_model"],
                               device=p["device"], max_rows=p["test"])
     delta_id = folder / "delta-identification"
-    paper = get_defense(DEFENSE, **{**p["options"], "identify": "delta", "seed": draw.seed})
-    try:
-        identified_by_delta = paper.find_target(load_victim(victim, device=p["device"]), train_set, delta_id)[0]["target"]
-    except BackdoorLabError:  # no label holds a majority of the top-Δc rows: the paper's statistic gives no answer
-        identified_by_delta = None
+    identified_by_delta: int | str | None = "not run"
+    if p.get("delta", True) or (delta_id / "target.json").is_file():  # a finished Δc run is reported either way
+        paper = get_defense(DEFENSE, **{**p["options"], "identify": "delta", "seed": draw.seed})
+        try:
+            identified_by_delta = paper.find_target(load_victim(victim, device=p["device"]), train_set,
+                                                    delta_id)[0]["target"]
+        except BackdoorLabError:  # no label holds a majority of the top-Δc rows: the paper's statistic gives no answer
+            identified_by_delta = None
     defense_dir = folder / "defense"
     try:
         run_defense(DEFENSE, victim, attack_run, defense_dir, options=p["options"], baseline=folder / "baseline.json",
@@ -169,7 +173,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     mean = statistics.fmean
     return {"draws": len(rows),
             "target identified (screening, default)": mean(r["identified"] == r["target"] for r in rows),
-            "target identified (Δc, paper §2.3)": mean(r["identified_by_delta"] == r["target"] for r in rows),
+            "target identified (Δc, paper §2.3)": mean([r["identified_by_delta"] == r["target"] for r in rows
+                                                        if r["identified_by_delta"] != "not run"] or [float("nan")]),
             "exact trigger recovery": mean(r["exact"] for r in rows),
             "ASR before": mean(r["ASR before"] for r in rows), "ASR after": mean(r["ASR after"] for r in rows),
             "ASR floor": mean(r["ASR floor"] for r in rows),
@@ -200,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lrs", default="5e-5,1e-4,2e-4", help="learning rates tried on clean rows")
     parser.add_argument("--min-macro-f1", type=float, default=0.6)
     parser.add_argument("--min-backdoor", type=float, default=0.3, help="least ASR − floor of a reported victim")
+    parser.add_argument("--skip-delta", action="store_true",
+                        help="do not run the paper's Δc identification beside the defense (saves its scout epoch)")
     parser.add_argument("--defense-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a badllm-tg option for every draw")
     parser.add_argument("--device", default="auto")
