@@ -82,9 +82,10 @@ def select_recipe(cell: Cell, folder: Path) -> dict[str, Any]:
 def draw_cell(args: argparse.Namespace, draw: VictimDraw, recipe: dict[str, Any]) -> Cell:
     params = {"draw": draw.to_dict(), "train": args.train, "test": args.test, "model": args.model,
               "epochs": args.epochs, "lr": recipe["lr"], "floor_model": recipe["floor_model"],
-              "options": {**CPU_BUDGET, "device": args.device, **args.defense_options}, "device": args.device,
-              **({"delta": False} if args.skip_delta else {})}
-    return Cell(draw.name, DEFENSE, draw.seed, params, kind=device_kind(args.device))
+              "options": {**CPU_BUDGET, "device": args.device, **args.defense_options}, "device": args.device}
+    # skipping the comparison changes no figure of the defense, so it is a run option, not part of the cell's identity
+    return Cell(draw.name, DEFENSE, draw.seed, params, kind=device_kind(args.device),
+                run_options={"delta": not args.skip_delta})
 
 
 def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
                               device=p["device"], max_rows=p["test"])
     delta_id = folder / "delta-identification"
     identified_by_delta: int | str | None = "not run"
-    if p.get("delta", True) or (delta_id / "target.json").is_file():  # a finished Δc run is reported either way
+    if cell.run_options.get("delta", True) or (delta_id / "target.json").is_file():  # a finished Δc run is reported either way
         paper = get_defense(DEFENSE, **{**p["options"], "identify": "delta", "seed": draw.seed})
         try:
             identified_by_delta = paper.find_target(load_victim(victim, device=p["device"]), train_set,
