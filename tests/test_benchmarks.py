@@ -143,6 +143,14 @@ def test_badllm_tg_draws_on_tiny_models(tmp_path: Path, tiny: dict[str, str], sh
         assert manifest["target"]["index"] == row["target"]  # the draw is what was attacked
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "summary over the 2 real victims of 2 finished draws" in report and "exact trigger recovery" in report
+    # --skip-delta leaves out the paper's statistic on new draws and does not make finished ones stale
+    before = records(out)
+    main = load_script("bench_badllm_tg_draws").main
+    assert main([*[a if a != "2" else "3" for a in argv], "--skip-delta", "--out", str(out), "--serial"]) == 0
+    after = records(out)
+    assert all(after[path] == text for path, text in before.items())
+    (new,) = [json.loads(text)["result"] for path, text in after.items() if path not in before]
+    assert new["seed"] == 5 and new["identified_by_delta"] == "not run"
 
 
 @pytest.mark.parametrize(("script", "argv"), [
