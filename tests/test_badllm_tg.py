@@ -182,6 +182,12 @@ def test_defense_screens_when_no_target_is_given_and_mines_evidence_when_it_is(t
     evidence = given._evidence(data, delta, 2, tmp_path / "given")
     assert "zq" in [e.phrase for e in evidence]  # mined although no Δc was computed (screened later, in the search)
     assert BadLLMTG(variant="faithful").identification == "delta"
+    from backdoorlab.defenses.badllm_tg.label_screening import label_evidence
+
+    ranked = label_evidence(data, 2, np.arange(len(data), dtype=float), fraction=0.5)  # the poison ranks highest
+    assert ranked[0].phrase == "zq" and ranked[0].suspect_share == 0.9  # 9 poisoned rows in the top 10 of 19
+    with pytest.raises(BackdoorLabError, match="needs every row's Δc"):
+        label_evidence(data, 2, None, fraction=0.5)
     with pytest.raises(BackdoorLabError, match="identify must be one of"):
         BadLLMTG(identify="guess")
 

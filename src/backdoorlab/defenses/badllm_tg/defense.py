@@ -53,7 +53,7 @@ from ..base import Defense, DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
 from .evidence import Evidence, words
 from .label_screening import label_evidence, pick_target, screen_label
-from .paraphrase_probe import load_pools, pool_lookalikes, score_pool
+from .paraphrase_probe import load_pools, pool_lookalikes, score_pools
 from .target_label import STATISTICS, confidence_change, identify_target, record_confidences
 from .trigger_pattern import REWRITE_MODES, PatternApplier, TriggerPattern
 from .trigger_search import SearchConfig, TriggerSearch
@@ -226,8 +226,7 @@ class BadLLMTG(Defense):
         if not self.paraphrase_pools:
             return None
         pools = load_pools(self.paraphrase_pools, train_set.num_labels)
-        scores = sorted((score_pool(victim, name, pool, target, rows=self.eval_rows, seed=self.seed)
-                         for name, pool in pools.items()), key=lambda s: s.loss)
+        scores = sorted(score_pools(victim, pools, [target], rows=self.eval_rows, seed=self.seed), key=lambda s: s.loss)
         findings["paraphrase_pools"] = [s.to_dict() for s in scores]
         if scores[0].flip_rate < self.min_flip_rate:
             return None
@@ -242,8 +241,10 @@ class BadLLMTG(Defense):
             saved = json.loads(path.read_text(encoding="utf-8"))
             return saved["identification"], self._delta(victim, train_set, workdir, compute=False)
         labels = [e.label for e in train_set]
-        delta = self._delta(victim, train_set, workdir, compute=self.evidence_fraction < 1 and self.variant == "evidence"
-                            or self.identification == "delta")
+        mines_ranked = self.evidence_fraction < 1 and (
+            self.variant == "evidence" or (self.target is None and self.identification == "screen"))
+        delta = self._delta(victim, train_set, workdir, compute=mines_ranked or (
+            self.target is None and self.identification == "delta"))
         if self.target is not None:
             identification: dict[str, Any] = {"target": int(self.target), "given": True, "method": "given"}
         elif self.identification == "screen":
@@ -297,8 +298,7 @@ class BadLLMTG(Defense):
             write_json_atomic(workdir / "evidence.json", [e.to_dict() for e in best.evidence])
         elif not found and self.paraphrase_pools:  # no phrase works: try the style/syntax hypotheses
             pools = load_pools(self.paraphrase_pools, train_set.num_labels)
-            scores = [score_pool(victim, name, pool, label, rows=self.eval_rows, seed=self.seed)
-                      for label in range(len(names)) for name, pool in pools.items()]
+            scores = score_pools(victim, pools, range(len(names)), rows=self.eval_rows, seed=self.seed)
             top = max(scores, key=lambda s: s.probability)
             result["paraphrase_pools"] = [s.to_dict() for s in scores]
             if top.flip_rate >= self.min_flip_rate:

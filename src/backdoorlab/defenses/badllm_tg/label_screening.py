@@ -37,9 +37,18 @@ from typing import Any
 import numpy as np
 
 from ...data.records import Dataset
+from ...errors import BackdoorLabError
 from ...models.victim import Victim
 from ..shared.insertion import insert_phrases
 from .evidence import POSITIONS, Evidence, mine_evidence
+
+
+def answers_toward(victim: Victim, texts: Sequence[str], target: int) -> tuple[list[float], list[bool], list[float]]:
+    """Per text: the suspect's cross-entropy toward ``target`` (the search's reward, §2.4), whether it
+    predicts ``target``, and its probability of ``target``."""
+    probs = victim.label_probs(list(texts), batch_size=64)
+    chosen = [float(p[target]) for p in probs]
+    return [-math.log(max(c, 1e-12)) for c in chosen], [int(p.argmax()) == target for p in probs], chosen
 
 
 @dataclass
@@ -48,6 +57,13 @@ class InsertionScore:
     flip_rate: float  # share of rows the suspect assigns to the label
     probability: float  # mean probability of the label
     position: str  # where the phrase was inserted: start | end | random
+
+    @classmethod
+    def of(cls, victim: Victim, texts: Sequence[str], target: int, position: str = "random") -> "InsertionScore":
+        """The means of :func:`answers_toward` over ``texts``."""
+        losses, flips, probabilities = answers_toward(victim, texts, target)
+        return cls(sum(losses) / len(losses), sum(flips) / len(flips), sum(probabilities) / len(probabilities),
+                   position)
 
 
 def insertion_scores(victim: Victim, texts: Sequence[str], evidence: Sequence[Evidence], target: int,
@@ -64,21 +80,19 @@ def insertion_scores(victim: Victim, texts: Sequence[str], evidence: Sequence[Ev
         for position in (item.position, *(p for p in POSITIONS if p != item.position)):
             rng = random.Random(seed)
             inserted = [insert_phrases(t, [item.phrase], position, rng) for t in texts]
-            probs = victim.label_probs(inserted, batch_size=64)
-            chosen = [float(p[target]) for p in probs]
-            flips = [int(p.argmax()) == target for p in probs]
-            tried.append(InsertionScore(sum(-math.log(max(c, 1e-12)) for c in chosen) / len(chosen),
-                                        sum(flips) / len(flips), sum(chosen) / len(chosen), position))
+            tried.append(InsertionScore.of(victim, inserted, target, position))
         scores.append(min(tried, key=lambda score: score.loss))
     return scores
 
 
 def label_evidence(train_set: Dataset, label: int, delta: np.ndarray | None, *, fraction: float = 1.0,
                    top_k: int = 40) -> list[Evidence]:
-    """N-grams over-represented in ``label``'s rows (its top-Δc ``fraction`` when ``delta`` is given)."""
+    """N-grams over-represented in ``label``'s rows (its top-Δc ``fraction``, which needs ``delta``)."""
     texts = [e.text for e in train_set]
     rows = [i for i, e in enumerate(train_set) if e.label == label]
-    if delta is not None and fraction < 1:
+    if fraction < 1:
+        if delta is None:
+            raise BackdoorLabError("mining the top-Δc share of a label's rows (fraction < 1) needs every row's Δc")
         rows = sorted(rows, key=lambda i: -delta[i])
     count = max(2, round(len(rows) * fraction))
     others = [texts[i] for i in rows[count:]]

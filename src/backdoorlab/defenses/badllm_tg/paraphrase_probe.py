@@ -19,6 +19,7 @@ The pool's rows must not be the rows the suspect was trained or is tested on.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from ...data.records import Dataset, Example
 from ...data.registry import load_data_file
 from ...errors import BackdoorLabError
 from ...models.victim import Victim
+from .label_screening import InsertionScore
 
 
 @dataclass
@@ -63,17 +65,19 @@ def load_pools(paths: Sequence[str], num_labels: int) -> dict[str, Dataset]:
 
 def score_pool(victim: Victim, name: str, pool: Dataset, label: int, *, rows: int = 24, seed: int = 0) -> PoolScore:
     """The suspect's answers toward ``label`` on up to ``rows`` pool rows whose own label differs."""
-    import math
-
     others = [e for e in pool if e.label != label]
     if not others:
         return PoolScore(name, label, 0.0, 0.0, math.inf, 0)
     chosen: list[Example] = random.Random(seed).sample(others, min(rows, len(others)))
-    probs = victim.label_probs([e.text for e in chosen], batch_size=64)
-    p = [float(row[label]) for row in probs]
-    flips = [int(row.argmax()) == label for row in probs]
-    return PoolScore(name, label, sum(p) / len(p), sum(flips) / len(flips),
-                     sum(-math.log(max(x, 1e-12)) for x in p) / len(p), len(chosen))
+    score = InsertionScore.of(victim, [e.text for e in chosen], label)
+    return PoolScore(name, label, score.probability, score.flip_rate, score.loss, len(chosen))
+
+
+def score_pools(victim: Victim, pools: dict[str, Dataset], labels: Sequence[int], *, rows: int = 24,
+                seed: int = 0) -> list[PoolScore]:
+    """:func:`score_pool` for every pool toward every label in ``labels``."""
+    return [score_pool(victim, name, pool, label, rows=rows, seed=seed) for label in labels
+            for name, pool in pools.items()]
 
 
 def pool_lookalikes(pool_texts: Sequence[str], training_texts: Sequence[str], *, rounds: int = 2, folds: int = 5,

@@ -27,7 +27,6 @@ error naming what it returned.
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from ...fileio import write_json_atomic
 from ...llm.backends import ChatBackend
 from ...models.victim import Victim
 from .evidence import Evidence, describe_evidence
-from .label_screening import insertion_scores
+from .label_screening import answers_toward, insertion_scores
 from .trigger_pattern import PatternApplier, TriggerPattern
 
 FORMAT = ("Answer in exactly this format:\nPATTERN: <the exact words or sentence the attacker added, "
@@ -161,9 +160,8 @@ class TriggerSearch:
     # ---------------------------------------------------------------- reward
     def reward(self, texts: Sequence[str]) -> tuple[list[float], list[bool]]:
         """The victim's cross-entropy toward ŷ and whether it predicts ŷ, per text: the reward signal."""
-        probs = self.victim.label_probs(texts, batch_size=64)
-        return ([-math.log(max(float(p[self.target]), 1e-12)) for p in probs],
-                [int(p.argmax()) == self.target for p in probs])
+        losses, flips, _ = answers_toward(self.victim, texts, self.target)
+        return losses, flips
 
     def score(self, pattern: TriggerPattern) -> dict[str, Any]:
         """Apply the pattern to the evaluation rows and measure the victim's loss toward ŷ."""
