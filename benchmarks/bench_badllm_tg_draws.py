@@ -61,7 +61,7 @@ def clean_cell(args: argparse.Namespace, dataset: str) -> Cell:
 
 def select_recipe(cell: Cell, folder: Path) -> dict[str, Any]:
     """Train on clean rows at each learning rate; keep the one with the best validation macro-F1."""
-    from backdoorlab.metrics import macro_f1
+    from backdoorlab.metrics import clean_accuracy, macro_f1
     from backdoorlab.models.loading import load_victim
 
     p = cell.params
@@ -72,8 +72,8 @@ def select_recipe(cell: Cell, folder: Path) -> dict[str, Any]:
     for lr in p["lrs"]:
         model = ensure_trained(folder / f"lr{lr:g}", p["model"], train_rows, train_config(lr, p["epochs"], 0, p["device"]))
         predictions = load_victim(model, device=p["device"]).predict(validation, 64)
-        scores[lr] = {"macro_f1": macro_f1(predictions, [e.label for e in validation]),
-                      "accuracy": sum(a == e.label for a, e in zip(predictions, validation)) / len(validation)}
+        labels = [e.label for e in validation]
+        scores[lr] = {"macro_f1": macro_f1(predictions, labels), "accuracy": clean_accuracy(predictions, labels)}
     chosen = max(p["lrs"], key=lambda lr: scores[lr]["macro_f1"])
     return {"dataset": p["dataset"], "lr": chosen, "floor_model": str(folder / f"lr{chosen:g}" / MODEL_DIR),
             "validation": {f"{lr:g}": v for lr, v in scores.items()}}
