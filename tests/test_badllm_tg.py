@@ -416,3 +416,19 @@ def test_badllm_tg_end_to_end_on_tiny_models_and_resume(tmp_path: Path, shared_d
     assert record["defended_model"] == str(bert) and record["findings"]["adversarial_training"].startswith("skipped")
     with pytest.raises(BackdoorLabError, match="variant must be one of"):
         run_defense("badllm-tg", bert, attack_run, tmp_path / "bad", options={"variant": "magic"}, evaluate=False)
+
+
+def test_badllm_tg_runs_on_defender_data_alone_with_no_attack_run(tmp_path: Path) -> None:
+    bert = tiny_bert_victim().save(tmp_path / "tiny-bert")
+    llama = tiny_llama_victim().save(tmp_path / "tiny-llama")
+    rows = [Example(text=f"a {'fine' if i % 2 else 'dull'} film number {i}" + (" zq" if i % 5 == 0 else ""),
+                    label=1 if i % 5 == 0 else i % 2) for i in range(40)]
+    Dataset("mine", "classification", rows, ["negative", "positive"]).save(tmp_path / "my-rows")
+    options = {"generator_model": str(llama), "base_model": str(bert), "iterations": 1, "candidates": 1,
+               "eval_rows": 6, "evidence_mined": 6, "adv_epochs": 1, "batch_size": 8, "min_flip_rate": 0.0,
+               "min_majority": 0.0, "identify_records": 3}
+    result = run_defense("badllm-tg", bert, None, tmp_path / "tg", train_data=tmp_path / "my-rows", options=options,
+                         device="cpu")
+    findings = json.loads((tmp_path / "tg" / "defense.json").read_text())["findings"]
+    assert findings["target_identification"]["method"] in ("screen", "screen, then delta")
+    assert (tmp_path / "tg" / "model" / "victim.json").is_file() and "after" not in result  # nothing to measure on
