@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,12 @@ from backdoorlab.data.records import Dataset, Example
 from backdoorlab.defenses.crow.loss import CrowObjective, consistency_loss
 from backdoorlab.defenses.runner import run_defense
 from backdoorlab.errors import BackdoorLabError
-from backdoorlab.fingerprint import FOLDER_FINGERPRINT, dataset_digest, make_fingerprint, model_identity
+from backdoorlab.fingerprint import FOLDER_FINGERPRINT, model_identity
 from backdoorlab.models.loading import load_victim
 from backdoorlab.models.tokenization import pad_batch, tokenize_pair
 from backdoorlab.training import (
     CHECKPOINT_DIR,
     MODEL_DIR,
-    NOT_FINGERPRINTED,
     TRAIN_FILE,
     TrainConfig,
     train,
@@ -140,15 +138,18 @@ def test_the_perturbed_pass_sends_gradient_to_the_lora_weights_and_the_total_is_
 
 
 # ------------------------------------------------------------------------------------------ train(objective=...)
-def test_train_without_an_objective_keeps_the_old_fingerprint() -> None:
+def test_an_objective_adds_one_field_to_the_fingerprint_and_changes_no_other() -> None:
+    """Runs trained before objectives existed stay current: without an objective the fingerprint has no
+    ``objective`` field, and giving one adds that field and changes nothing else.
+
+    Catches the mutation that folds the objective into another field (e.g. ``settings["objective"] =
+    objective.name`` in ``train_fingerprint``), or that records ``"objective": None`` without one."""
     victim, data, config = tiny_llama_victim(), instructions(), TrainConfig(**LORA, epochs=1)
     model_id = model_identity(victim)
-    settings = {k: v for k, v in asdict(config.resolved("generator")).items()
-                if k not in NOT_FINGERPRINTED and k != "keep_adapter"}
-    old_way = make_fingerprint("train", model=model_id, kind="generator", dataset=dataset_digest(data), config=settings)
-    fingerprint = train_fingerprint(model_id, "generator", data, config)
-    assert fingerprint == old_way and "objective" not in fingerprint
+    plain = train_fingerprint(model_id, "generator", data, config)
     with_objective = train_fingerprint(model_id, "generator", data, config, CrowObjective(alpha=11.0))
+    assert "objective" not in plain
+    assert {k: v for k, v in with_objective.items() if k != "objective"} == plain
     assert with_objective["objective"] == {"name": "crow", "settings": CrowObjective(alpha=11.0).settings()}
     assert with_objective != train_fingerprint(model_id, "generator", data, config, CrowObjective(alpha=5.5))
 
@@ -208,22 +209,30 @@ def suspect_and_clean_rows(tmp_path: Path) -> tuple[Path, Path]:
     return suspect, clean
 
 
-def test_crow_fine_tunes_the_suspect_with_its_objective(tmp_path: Path, suspect_and_clean_rows) -> None:
+def test_crow_fine_tunes_the_suspect_with_the_objective_and_lora_settings_it_is_given(
+        tmp_path: Path, suspect_and_clean_rows) -> None:  # type: ignore[no-untyped-def]
+    """Every option other than its default reaches the training run that produces the model.
+
+    Catches the mutation that builds ``CrowObjective()`` without the defense's ``epsilon``/``alpha``,
+    or a ``TrainConfig`` that drops ``lora_r``, ``lora_alpha`` or ``learning_rate``."""
     suspect, clean = suspect_and_clean_rows
-    result = run_defense("crow", suspect, None, tmp_path / "crow", clean_data=clean,
-                         options={"epochs": 1, "batch_size": 4}, device="cpu")
+    options = {"epsilon": 0.05, "alpha": 2.0, "epochs": 1, "batch_size": 4, "learning_rate": 2e-3, "lora_r": 2,
+               "lora_alpha": 4}
+    result = run_defense("crow", suspect, None, tmp_path / "crow", clean_data=clean, options=options, device="cpu")
     assert result["model"] == str(tmp_path / "crow" / "model")
     before, after = weights(load_victim(suspect, device="cpu").model), weights(load_victim(result["model"]).model)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    train_record = json.loads((tmp_path / "crow" / "crow" / TRAIN_FILE).read_text())
+    objective = train_record["fingerprint"]["objective"]
+    assert objective["name"] == "crow" and objective["settings"]["epsilon"] == 0.05
+    assert objective["settings"]["alpha"] == 2.0
+    config = train_record["config"]
+    assert (config["lora_r"], config["lora_alpha"], config["learning_rate"]) == (2, 4, 2e-3)
+    assert config["max_length"] == 48 and config["method"] == "lora" and train_record["steps"] == 2
     findings = json.loads((tmp_path / "crow" / "defense.json").read_text())["findings"]
-    assert findings["clean_rows"] == 8 and findings["consistency_pairs"] == 1
-    assert findings["settings"] == {"epsilon": 0.1, "alpha": 5.5, "epochs": 1.0, "learning_rate": 1e-3, "batch_size": 4,
-                                    "lora_r": 8, "lora_alpha": 16, "max_length": 48}
+    assert findings["clean_rows"] == 8 and findings["consistency_pairs"] == 1  # 2 blocks: one consecutive pair
     assert set(findings["final_epoch"]) == {"lm", "consistency", "perturbed_consistency"}
     assert findings["clean_rows_after"]["lm"] < findings["clean_rows_before"]["lm"]
-    train_record = json.loads((tmp_path / "crow" / "crow" / TRAIN_FILE).read_text())
-    assert train_record["fingerprint"]["objective"]["name"] == "crow" and train_record["steps"] == 2
-    assert train_record["config"]["lora_r"] == 8 and train_record["config"]["max_length"] == 48
 
 
 @pytest.mark.parametrize("options, message", [({"epsilon": -0.1}, "epsilon"), ({"alpha": -1}, "alpha"),
