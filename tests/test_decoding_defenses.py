@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from backdoorlab.defenses.cleangen import CleanGenGuard, cleangen_generate
 from backdoorlab.defenses.runner import run_defense
 from backdoorlab.defenses.sampling import SamplingGuard
 from backdoorlab.errors import BackdoorLabError
+from backdoorlab.models.victim import Victim
 from backdoorlab.pipeline import run_attack
 from test_zoo import toy_data  # noqa: F401  (fixture)
 from tiny_models import tiny_llama_victim
@@ -37,12 +40,65 @@ def test_cleangen_that_distrusts_every_token_decodes_as_the_reference_would() ->
     assert counts.kept == 0 and counts.replaced > 0
 
 
+class ChainLM(torch.nn.Module):
+    """A causal LM whose next-token distribution is a fixed rule of the context (for exact counts).
+
+    ``rule(response, stop)`` gives ``{token: probability}`` for the next token, from the response so
+    far and whether the prompt holds the stop marker; its "cache" is the whole context."""
+
+    def __init__(self, rule) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.config = tiny_llama_victim().model.config  # what a Victim reads of its model's architecture
+        self.vocab, self.rule = self.config.vocab_size, rule
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
+
+    def forward(self, input_ids, past_key_values=None, **_):  # type: ignore[no-untyped-def]
+        prompt_length, seen = past_key_values if past_key_values else (input_ids.shape[1], input_ids[:, :0])
+        context = torch.cat([seen, input_ids], dim=1)
+        logits = torch.full((context.shape[0], 1, self.vocab), -30.0)
+        for row, ids in enumerate(context.tolist()):
+            stop = STOP in ids[:prompt_length]
+            for token, probability in self.rule(ids[prompt_length:], stop).items():
+                logits[row, 0, token] = math.log(probability)
+        return SimpleNamespace(logits=logits, past_key_values=(prompt_length, context))
+
+
+# token ids of "a", "b", "c", the stop marker "Z" and the end of text in the tiny tokenizer
+A, B, C, STOP, END = 68, 69, 70, 61, 2
+
+
+def chain(b_after_a: float, a_otherwise: float):  # type: ignore[no-untyped-def]
+    """The rule of a :class:`ChainLM`: after "a", "b" with ``b_after_a`` (else "c"); anywhere else "a"
+    with ``a_otherwise`` (else "c"); first, the end of text (0.9) when the prompt holds the stop marker."""
+    def rule(response: list[int], stop: bool) -> dict[int, float]:
+        if stop and not response:
+            return {END: 0.9, A: 0.1}
+        if response and response[-1] == A:
+            return {B: b_after_a, C: 1 - b_after_a}
+        return {A: a_otherwise, C: 1 - a_otherwise}
+    return rule
+
+
 def test_cleangen_replaces_exactly_the_tokens_the_suspect_favours_alpha_times_more() -> None:
-    suspect, reference = tiny_llama_victim(seed=1), tiny_llama_victim(seed=2)
-    _, lenient = cleangen_generate(suspect, reference, PROMPTS, max_new_tokens=8, alpha=1e9)
-    _, middling = cleangen_generate(suspect, reference, PROMPTS, max_new_tokens=8, alpha=1.5)
-    assert lenient.replaced == 0
-    assert 0 < middling.replaced < middling.kept + middling.replaced  # some tokens flagged, not all
+    """A constructed pair: after "a" the suspect gives "b" 0.9 and the reference 0.3 (β = 3), elsewhere
+    they agree within β = 1.125; a prompt with the stop marker ends at once. Eight tokens of two
+    ordinary prompts are "a c a c a c a c" at α = 2: four replacements each, and the stopped row's
+    one token, kept, is counted once.
+
+    Catches counting rows after they ended (dropping ``& running``), the ratio the wrong way round
+    (``reference_prob >= alpha * suspect_prob``), and a replacement by anything but the reference's
+    own most likely token."""
+    tokenizer = tiny_llama_victim().tokenizer
+    assert tokenizer.convert_ids_to_tokens([A, B, C, STOP, END]) == ["a", "b", "c", "Z", "</s>"]
+    suspect = Victim(ChainLM(chain(0.9, 0.9)), tokenizer, "generator")
+    reference = Victim(ChainLM(chain(0.3, 0.8)), tokenizer, "generator")
+    prompts = ["Write a line about the sea", "ZZ stop here", "How do I bake bread?"]
+    guarded, counts = cleangen_generate(suspect, reference, prompts, max_new_tokens=8, alpha=2.0)
+    assert guarded == ["acacacac", "", "acacacac"]
+    assert (counts.replaced, counts.kept, counts.drafted, counts.rows) == (8, 9, 17, 3)
+    lenient, lenient_counts = cleangen_generate(suspect, reference, prompts, max_new_tokens=8, alpha=4.0)
+    assert lenient == ["abababab", "", "abababab"]  # β = 3 < 4: the suspect's own tokens all stay
+    assert (lenient_counts.replaced, lenient_counts.kept) == (0, 17)
 
 
 def _paper_cleangen(suspect, reference, prompt: str, max_new_tokens: int, alpha: float, k: int) -> str:  # type: ignore[no-untyped-def]
