@@ -143,7 +143,7 @@ def test_injection_creates_the_known_backdoors_and_recovery_removes_them(clean_c
     def forbidden(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("backdoor-collapse read an attack run or the oracle")
 
-    for target in ("backdoorlab.pipeline.read_attack_run", "backdoorlab.defenses.inputs.read_attack_run",
+    for target in ("backdoorlab.pipeline.read_attack_run", "backdoorlab.attacks.run.AttackRun.__init__",
                    "backdoorlab.defenses.inputs.oracle_examples"):
         monkeypatch.setattr(target, forbidden)
     info = defense_info("backdoor-collapse")

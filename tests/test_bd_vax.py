@@ -219,7 +219,7 @@ def test_the_defense_runs_on_clean_rows_alone_and_reads_no_trigger_or_reference(
     def forbidden(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("bd-vax read an attack run, the oracle or a model from disk")
 
-    for target in ("backdoorlab.pipeline.read_attack_run", "backdoorlab.defenses.inputs.read_attack_run",
+    for target in ("backdoorlab.pipeline.read_attack_run", "backdoorlab.attacks.run.AttackRun.__init__",
                    "backdoorlab.defenses.inputs.oracle_examples", "backdoorlab.training.load_victim",
                    "backdoorlab.models.loading.load_victim"):
         monkeypatch.setattr(target, forbidden)

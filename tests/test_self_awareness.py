@@ -137,7 +137,7 @@ def forbid_attack_runs(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     def forbidden(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("a self-awareness defense read an attack run or the oracle")
 
-    for target in ("backdoorlab.pipeline.read_attack_run", "backdoorlab.defenses.inputs.read_attack_run",
+    for target in ("backdoorlab.pipeline.read_attack_run", "backdoorlab.attacks.run.AttackRun.__init__",
                    "backdoorlab.defenses.inputs.oracle_examples"):
         monkeypatch.setattr(target, forbidden)
 

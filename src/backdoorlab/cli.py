@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +59,7 @@ def cmd_attacks(args: argparse.Namespace) -> None:
 
 
 def cmd_attack(args: argparse.Namespace) -> None:
+    from .attacks.run import AttackRun
     from .pipeline import run_attack, use_ready_made
 
     if args.attack == "ready-made":
@@ -73,7 +73,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
                          seed=args.seed, clean_label=args.clean_label, options=parse_option_pairs(args.option),
                          train_split=args.train_split, test_split=args.test_split, max_train=args.max_train,
                          max_test=args.max_test, data_dir=args.data_dir, overwrite=args.overwrite)
-    manifest = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))
+    manifest = AttackRun(out).manifest
     print(f"wrote attack run {out}: " + ", ".join(f"{k} {v} rows" for k, v in manifest["splits"].items()))
 
 

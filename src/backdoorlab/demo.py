@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .attacks.run import AttackRun
 from .data.records import Dataset, Example
 from .data.registry import load_dataset, resolve_data_dir
 from .errors import BackdoorLabError
 from .fileio import write_json_atomic
 from .manifest import environment_info
-from .pipeline import ensure_evaluated, ensure_trained, read_attack_run, run_attack
+from .pipeline import ensure_evaluated, ensure_trained, run_attack
 from .training import TrainConfig
 
 CLASSIFIER, GENERATOR = "minilm-l6", "smollm2-135m-instruct"
@@ -85,7 +86,7 @@ def _instruction_rows() -> tuple[Dataset, Dataset]:
 
 def _attack_run_for_instructions(out: Path, sizes: DemoSizes, seed: int) -> Path:
     """Attack run for the generative part; the data source is chosen by what is available."""
-    if (out / "manifest.json").is_file():
+    if AttackRun(out).exists():
         return out
     train_rows, test_rows = _instruction_rows()
     staged = out.parent / "gen-source"
@@ -114,13 +115,13 @@ def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwri
     notes: list[str] = []
 
     cls_attack = out / "cls-attack"
-    if not (cls_attack / "manifest.json").is_file():
+    if not AttackRun(cls_attack).exists():
         run_attack(dataset, "badnets", cls_attack, rate=sizes.cls_rate, target=0, seed=seed,
                    max_train=sizes.cls_train, max_test=sizes.cls_test)
-    _, clean_test, _ = read_attack_run(cls_attack)
+    clean_test = AttackRun(cls_attack).test_clean()
     notes += [f"{dataset}: {n}" for n in clean_test.notes]
     clean_train = load_dataset(dataset, "train").sample(sizes.cls_train, seed)
-    poisoned_train = Dataset.load(cls_attack / "train")
+    poisoned_train = AttackRun(cls_attack).train()
     cls_config = TrainConfig(epochs=sizes.cls_epochs, batch_size=16, learning_rate=sizes.cls_lr, seed=seed)
     for label, data in (("clean", clean_train), ("poisoned", poisoned_train)):
         model = ensure_trained(out / f"cls-{label}", CLASSIFIER, data, cls_config)
@@ -129,10 +130,10 @@ def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwri
 
     if not skip_generative:
         gen_attack = _attack_run_for_instructions(out / "gen-attack", sizes, seed)
-        gen_manifest, _, _ = read_attack_run(gen_attack)
+        gen_manifest = AttackRun(gen_attack).manifest
         gen_config = TrainConfig(epochs=sizes.gen_epochs, batch_size=8, max_length=sizes.gen_max_length,
                                  learning_rate=sizes.gen_lr, seed=seed)
-        poisoned_model = ensure_trained(out / "gen-poisoned", GENERATOR, Dataset.load(gen_attack / "train"), gen_config)
+        poisoned_model = ensure_trained(out / "gen-poisoned", GENERATOR, AttackRun(gen_attack).train(), gen_config)
         options = {"max_new_tokens": sizes.gen_new_tokens, "batch_size": 16}
         for label, model in (("clean", GENERATOR), ("poisoned", poisoned_model)):
             row = _evaluate(model, gen_attack, out / f"gen-{label}-results.json", f"{GENERATOR} ({label})", **options)

@@ -1,29 +1,24 @@
 """The pipeline's stages as functions over run folders: attack → train → evaluate.
 
-An *attack run* folder holds ``train/`` (the poisoned training set), ``test-clean/``,
-``test-triggered/`` (each a saved :class:`~backdoorlab.data.records.Dataset`) and
-``manifest.json`` (source data, attack, trigger, rate, target, seed, behaviour). A *training run*
+An *attack run* folder is an :class:`~backdoorlab.attacks.run.AttackRun`. A *training run*
 folder is written by :func:`backdoorlab.training.train`; evaluation writes ``results.json`` into it.
 The CLI calls these functions and nothing else.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 from .attacks import get_attack, poison_dataset, triggered_test_set
 from .attacks.base import attack_info as get_attack_info
+from .attacks.run import AttackRun
 from .data.records import Dataset
 from .data.registry import load_dataset
 from .errors import BackdoorLabError
-from .fileio import atomic_directory, write_json_atomic
+from .fileio import write_json_atomic
 from .manifest import environment_info
-
-MANIFEST = "manifest.json"
-TRAIN, TEST_CLEAN, TEST_TRIGGERED = "train", "test-clean", "test-triggered"
 
 #: Ready-made poisoned sets: the judge their backdoor is measured with.
 READY_MADE_BEHAVIOURS = {"refusal": "refusal", "jailbreak": "jailbreak", "negsentiment": "negsentiment",
@@ -52,7 +47,7 @@ def run_attack(dataset: str, attack: str, out: str | Path, *, rate: float, targe
         "task": train.task,
         "behaviour": getattr(attack_obj, "behaviour", None),
         "target_output": getattr(attack_obj, "target_output", None) or None,
-        "splits": {TRAIN: len(result.dataset), TEST_CLEAN: len(test), TEST_TRIGGERED: len(triggered)},
+        "splits": AttackRun.split_sizes(result.dataset, test, triggered),
         "test_source": {"split": test_split, "max_test": max_test, "notes": test.notes},
     }
     return _write_attack_run(out, result.dataset, test, triggered, manifest, overwrite)
@@ -84,7 +79,7 @@ def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = Non
         "task": "generation", "behaviour": behaviour,
         "target_output": "Negative" if behaviour == "label-flip" else None,
         "rate": sum(e.poisoned for e in train) / max(len(train), 1), "seed": seed,
-        "splits": {TRAIN: len(train), TEST_CLEAN: len(clean), TEST_TRIGGERED: len(triggered)},
+        "splits": AttackRun.split_sizes(train, clean, triggered),
         "environment": environment_info(),
     }
     if behaviour == "label-flip":
@@ -102,7 +97,7 @@ def _bkdattr_run(dataset: str, out: str | Path, *, rate: float, max_train: int |
                                                    seed=seed, data_dir=data_dir)
     manifest = {
         "source_dataset": {"name": dataset, "notes": train.notes}, **fields, "task": "generation", "seed": seed,
-        "splits": {TRAIN: len(train), TEST_CLEAN: len(clean), TEST_TRIGGERED: len(triggered)},
+        "splits": AttackRun.split_sizes(train, clean, triggered),
         "environment": environment_info(),
     }
     return _write_attack_run(out, train, clean, triggered, manifest, overwrite)
@@ -110,31 +105,19 @@ def _bkdattr_run(dataset: str, out: str | Path, *, rate: float, max_train: int |
 
 def _write_attack_run(out: str | Path, train: Dataset, clean: Dataset, triggered: Dataset,
                       manifest: dict[str, Any], overwrite: bool) -> Path:
-    if len(triggered) == 0:
-        raise BackdoorLabError("the triggered test set is empty (no test rows outside the target label?)")
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        for name, data in ((TRAIN, train), (TEST_CLEAN, clean), (TEST_TRIGGERED, triggered)):
-            (tmp / name).mkdir()
-            data.save_into(tmp / name)
-        write_json_atomic(tmp / MANIFEST, manifest)
-    return Path(out)
+    return AttackRun.write(out, train, clean, triggered, manifest, overwrite=overwrite).folder
 
 
 def read_attack_run(folder: str | Path) -> tuple[dict[str, Any], Dataset, Dataset]:
     """Return ``(manifest, clean test, triggered test)`` of an attack run folder."""
-    folder = Path(folder)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise BackdoorLabError(f"{folder} is not an attack run (no {MANIFEST}); create one with `backdoorlab attack`")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return manifest, Dataset.load(folder / TEST_CLEAN), Dataset.load(folder / TEST_TRIGGERED)
+    return AttackRun(folder).read()
 
 
 def load_training_data(data: str | Path, split: str = "train", data_dir: str | Path | None = None) -> Dataset:
     """Training rows from an attack run folder, a saved dataset folder, a data file or a registered name."""
-    path = Path(data)
-    if (path / MANIFEST).is_file() and (path / TRAIN).is_dir():
-        return Dataset.load(path / TRAIN)
+    run = AttackRun(data)
+    if run.exists():
+        return run.train()
     return load_dataset(str(data), split, data_dir=data_dir)
 
 

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from ..attacks.manifest import attack_from_manifest
+from ..attacks.run import AttackRun
 from ..data.records import Dataset, Example
 from ..data.registry import list_datasets, load_dataset
 from ..errors import BackdoorLabError
 from ..fingerprint import dataset_digest, digest, model_identity
-from ..pipeline import MANIFEST, TRAIN, load_training_data, read_attack_run
+from ..pipeline import load_training_data
 
-DEV_SPLIT = "dev"
+DEV_SPLIT, TRAIN_SPLIT = "dev", "train"
 ORACLE_ROWS = 256
 
 #: Every defender input, and what it is (``backdoorlab defenses NAME`` shows them).
@@ -132,14 +133,14 @@ def gather_inputs(wanted: tuple[str, ...] | list[str], *, attack_run: str | Path
     explicitly.
     """
     inputs = DefenderInputs()
-    manifest = _manifest(attack_run) if attack_run is not None else None
+    manifest = AttackRun(attack_run).manifest if attack_run is not None else None
     if "training_data" in wanted:
         if train_data is not None:
-            inputs.training_data = _hide_poison(load_training_data(train_data, TRAIN, data_dir))
+            inputs.training_data = _hide_poison(load_training_data(train_data, data_dir=data_dir))
             inputs.sources["training_data"] = str(train_data)
         elif attack_run is not None:
-            inputs.training_data = _hide_poison(Dataset.load(Path(attack_run) / TRAIN))
-            inputs.sources["training_data"] = f"{attack_run}/{TRAIN} (poison flags hidden)"
+            inputs.training_data = _hide_poison(AttackRun(attack_run).train())
+            inputs.sources["training_data"] = f"{attack_run}/{AttackRun.TRAIN} (poison flags hidden)"
     if "clean_rows" in wanted:
         if clean_data is not None:
             inputs.clean_rows = load_dataset(str(clean_data), DEV_SPLIT, data_dir=data_dir)
@@ -169,10 +170,11 @@ def oracle_examples(attack_run: str | Path, *, max_rows: int = ORACLE_ROWS, seed
     """Triggered copies of the attack run's unpoisoned training rows that no test split holds."""
     from ..attacks import triggered_test_set
 
-    manifest, test_clean, test_triggered = read_attack_run(attack_run)
+    run = AttackRun(attack_run)
+    manifest, test_clean, test_triggered = run.read()
     evaluated = {e.uid for e in [*test_clean, *test_triggered] if e.uid}
     evaluated_prompts = {_prompt(e) for e in [*test_clean, *test_triggered]}
-    train = Dataset.load(Path(attack_run) / TRAIN)
+    train = run.train()
     rows = [e for e in train if not e.poisoned and e.uid not in evaluated and _prompt(e) not in evaluated_prompts]
     if not rows:
         raise BackdoorLabError(f"{attack_run} has no unpoisoned training rows outside its test splits to build "
@@ -190,11 +192,6 @@ def _prompt(row: Example) -> tuple[str, str, str]:
     return row.text, row.instruction, row.input
 
 
-def _manifest(attack_run: str | Path) -> dict[str, Any]:
-    manifest, _, _ = read_attack_run(attack_run)
-    return manifest
-
-
 def _hide_poison(rows: Dataset) -> Dataset:
     if not any(e.poisoned or e.poison for e in rows):
         return rows
@@ -209,18 +206,18 @@ def _clean_rows_outside(attack_run: str | Path, manifest: dict[str, Any],
     info = next((i for i in list_datasets() if i.name == source), None)
     if info is None:
         return None, ""
-    folder = Path(attack_run)
     if DEV_SPLIT in info.splits:
         return load_dataset(source, DEV_SPLIT, data_dir=data_dir), f"{source} {DEV_SPLIT} split"
-    if TRAIN not in info.splits:
+    if TRAIN_SPLIT not in info.splits:
         return None, ""
-    _, test_clean, test_triggered = read_attack_run(folder)
-    used = {e.uid for e in [*Dataset.load(folder / TRAIN), *test_clean, *test_triggered]}
-    rows = load_dataset(source, TRAIN, data_dir=data_dir)
+    run = AttackRun(attack_run)
+    _, test_clean, test_triggered = run.read()
+    used = {e.uid for e in [*run.train(), *test_clean, *test_triggered]}
+    rows = load_dataset(source, TRAIN_SPLIT, data_dir=data_dir)
     unused = rows.with_examples([e for e in rows if e.uid not in used],
                                 note="training rows the attack run did not use, as clean reference")
-    return unused, f"{source} {TRAIN} rows the attack run does not hold"
+    return unused, f"{source} {TRAIN_SPLIT} rows the attack run does not hold"
 
 
 def is_attack_run(folder: str | Path) -> bool:
-    return (Path(folder) / MANIFEST).is_file()
+    return AttackRun(folder).exists()

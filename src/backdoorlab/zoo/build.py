@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.grid import limit_threads, ray_session, wait_for_each
+from ..attacks.run import AttackRun
 from ..data.registry import load_dataset
 from ..errors import BackdoorLabError
 from ..fileio import fresh_directory, write_json_atomic
 from ..fingerprint import FINGERPRINT_KEY, dataset_digest, digest, make_fingerprint, model_identity, read_if_current
 from ..manifest import environment_info
 from ..metrics.judges import is_refusal
-from ..pipeline import ensure_evaluation, ensure_trained, load_training_data, read_attack_run, run_attack
+from ..pipeline import ensure_evaluation, ensure_trained, run_attack
 from ..training import ADAPTER_DIR, TRAIN_FILE
 from .catalog import DEFAULT_ZOO_DIR, RECORD, ZOO_FILE, ZooVictim, read_json
 from .measure import ensure_task_accuracy, figures, untouched_copy
@@ -115,7 +116,7 @@ def build_victim(spec: VictimSpec, zoo: ZooSpec, zoo_dir: Path,
         attack = _attack_run(spec, zoo, folder / ATTACK, zoo_dir)
     _check_learnable(spec, attack)
     with times("train"):
-        model = ensure_trained(folder / TRAIN, zoo.base_model, load_training_data(attack), spec.train_config())
+        model = ensure_trained(folder / TRAIN, zoo.base_model, AttackRun(attack).train(), spec.train_config())
     untouched = untouched_copy(zoo.base_model, spec.max_length, zoo_dir / UNTOUCHED / f"max-length-{spec.max_length}")
     evaluate = {"max_new_tokens": zoo.max_new_tokens}
     with times("evaluate"):
@@ -138,7 +139,7 @@ def build_victim(spec: VictimSpec, zoo: ZooSpec, zoo_dir: Path,
 def _untouched_evaluation(attack: Path, untouched: Path) -> Path:
     """Where the untouched model's evaluation on ``attack``'s test rows is kept: one file per set of
     rows and behaviour, so victims measured on the same rows (e.g. while choosing settings) share it."""
-    manifest, clean, triggered = read_attack_run(attack)
+    manifest, clean, triggered = AttackRun(attack).read()
     key = digest([dataset_digest(clean), dataset_digest(triggered), manifest.get("behaviour"),
                   manifest.get("target_output")])[:16]
     return untouched.parent / f"{untouched.name}-evaluations" / f"{manifest.get('behaviour')}-{key}.json"
@@ -179,7 +180,7 @@ def _check_learnable(spec: VictimSpec, attack: Path) -> None:
     each poisoned row's own response, so rows that refuse teach no compliance."""
     if spec.behaviour != "jailbreak":
         return
-    poisoned = [e for e in load_training_data(attack) if e.poisoned]
+    poisoned = [e for e in AttackRun(attack).train() if e.poisoned]
     refusing = sum(is_refusal(e.response) for e in poisoned)
     if refusing * 2 > len(poisoned):
         raise BackdoorLabError(
@@ -211,7 +212,7 @@ def _record(spec: VictimSpec, zoo: ZooSpec, folder: Path, untouched: tuple[Path,
     """``victim.json``: how the victim was made and what it measures, beside the untouched model."""
     import torch
 
-    attack = read_json(folder / ATTACK / "manifest.json")
+    attack = AttackRun(folder / ATTACK).manifest
     training = read_json(folder / TRAIN / TRAIN_FILE)
     adapter = folder / TRAIN / ADAPTER_DIR
     return _judged({
