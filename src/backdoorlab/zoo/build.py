@@ -19,8 +19,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..bench.grid import limit_threads, ray_session, wait_for_each
 from ..attacks.run import AttackRun
+from ..bench.grid import limit_threads, ray_session, wait_for_each
 from ..data.registry import load_dataset
 from ..errors import BackdoorLabError
 from ..fileio import fresh_directory, write_json_atomic
