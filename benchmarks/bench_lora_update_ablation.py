@@ -152,7 +152,7 @@ def plan_victim(name: str, zoo_dir: Path, max_rows: int, ks: Sequence[int]) -> P
 
 
 def fingerprint(plan: Plan, config: Configuration, removed: list[str]) -> dict[str, Any]:
-    return make_fingerprint("lora-update-ablation", victim=plan.victim.record.get(FINGERPRINT_KEY),
+    return make_fingerprint("lora-update-ablation", code=[Path(__file__)], victim=plan.victim.record.get(FINGERPRINT_KEY),
                             configuration=asdict(config), removed=removed, clean=dataset_digest(plan.clean),
                             triggered=dataset_digest(plan.triggered), max_new_tokens=plan.max_new_tokens,
                             batch_size=BATCH_SIZE)

@@ -26,7 +26,6 @@ from backdoorlab.bench import (
 )
 from backdoorlab.bench.store import NOT_RUN, OK, STALE
 from backdoorlab.errors import BackdoorLabError
-from backdoorlab.fingerprint import package_version
 
 TESTS = Path(__file__).resolve().parent
 
@@ -63,7 +62,7 @@ def buggy_cell(cell: Cell, workdir: Path) -> dict:
 
 
 def calls(out: Path, cell: Cell) -> int:
-    path = CellStore(out).workdir(cell) / "calls"
+    path = CellStore(out, toy_cell).workdir(cell) / "calls"
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
@@ -74,7 +73,7 @@ def grid_cells(**params: dict) -> list[Cell]:
 
 
 def stored(out: Path, cell: Cell) -> dict:
-    return json.loads(CellStore(out).path(cell).read_text())
+    return json.loads(CellStore(out, toy_cell).path(cell).read_text())
 
 
 # --------------------------------------------------------------------------------- cells
@@ -121,7 +120,8 @@ def test_grid_stores_every_cell_and_a_rerun_skips_them(tmp_path: Path) -> None:
         assert record["params"] == cell.params and record["seed"] == cell.seed
         assert record["result"]["score"] == 10 * cell.seed + cell.params.get("bonus", 0)
         assert record["seconds"] >= 0 and record["function"].endswith(":toy_cell")
-        assert record["fingerprint"]["backdoorlab"] == package_version()
+        assert len(record["fingerprint"]["code"]) == 64 and record["cpus"] == os.cpu_count()
+        assert record["minutes"] == round(record["seconds"] / 60, 2)
         assert record["fingerprint"]["params"] == cell.params
         assert calls(tmp_path, cell) == 1
     assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == sorted(f"{c.id}.json" for c in cells)
@@ -136,14 +136,14 @@ def test_killed_grid_resumes_with_only_the_missing_cells(tmp_path: Path) -> None
     cells = grid_cells()
     with pytest.raises(KeyboardInterrupt):
         run_grid(cells, interrupted_on_third_call, tmp_path, serial=True, progress=False)
-    assert [CellStore(tmp_path).path(c).is_file() for c in cells] == [True, True, False, False]
+    assert [CellStore(tmp_path, toy_cell).path(c).is_file() for c in cells] == [True, True, False, False]
     assert not [p for p in (tmp_path / "cells").iterdir() if p.name.startswith(".")]  # no half-written file
 
     resumed = run_grid(cells, toy_cell, tmp_path, serial=True, progress=False)
     assert (resumed.computed, resumed.skipped) == (2, 2)
     assert [calls(tmp_path, c) for c in cells] == [1, 1, 1, 1]
 
-    CellStore(tmp_path).path(cells[1]).unlink()  # as if the process died before storing it
+    CellStore(tmp_path, toy_cell).path(cells[1]).unlink()  # as if the process died before storing it
     assert run_grid(cells, toy_cell, tmp_path, serial=True, progress=False).computed == 1
     assert [calls(tmp_path, c) for c in cells] == [1, 2, 1, 1]
 
@@ -152,7 +152,7 @@ def test_changed_params_recompute_only_that_cell(tmp_path: Path) -> None:
     cells = grid_cells()
     run_grid(cells, toy_cell, tmp_path, serial=True, progress=False)
     changed = [*cells[:3], Cell(cells[3].victim, cells[3].defense, cells[3].seed, {"bonus": 7})]
-    assert CellStore(tmp_path).lookup(changed[3])["status"] == STALE
+    assert CellStore(tmp_path, toy_cell).lookup(changed[3])["status"] == STALE
     result = run_grid(changed, toy_cell, tmp_path, serial=True, progress=False)
     assert (result.computed, result.skipped) == (1, 3)
     assert [calls(tmp_path, c) for c in cells] == [1, 1, 1, 1]  # the changed cell's work folder started empty
@@ -260,9 +260,14 @@ def _parser() -> argparse.ArgumentParser:
 def test_grid_arguments() -> None:
     args = _parser().parse_args(["--seeds", "0,2", "--serial", "--out", "o"])
     assert args.seeds == [0, 2]
-    assert grid_kwargs(args) == {"out": Path("o"), "serial": True, "ray_address": None, "report_only": False}
-    args = _parser().parse_args(["--ray-address", "auto", "--report-only"])
-    assert grid_kwargs(args) == {"out": Path("runs/x"), "serial": False, "ray_address": "auto", "report_only": True}
+    kwargs = grid_kwargs(args)
+    assert kwargs.pop("command").startswith("python ")
+    assert kwargs == {"out": Path("o"), "results": None, "serial": True, "ray_address": None, "report_only": False}
+    args = _parser().parse_args(["--ray-address", "auto", "--report-only", "--results", "ledger"])
+    kwargs = grid_kwargs(args)
+    del kwargs["command"]
+    assert kwargs == {"out": Path("runs/x"), "results": Path("ledger"), "serial": False, "ray_address": "auto",
+                      "report_only": True}
     assert args.seeds == [0]
     for bad in (["--serial", "--ray-address", "auto"], ["--seeds", "1,x"], ["--seeds", "1,1"], ["--seeds", ","]):
         with pytest.raises(SystemExit):
@@ -295,7 +300,7 @@ def test_grid_on_local_ray_stores_errors_and_resumes(tmp_path: Path, local_ray) 
     assert stored(tmp_path, cells[2])["error"] == "toy failure in sst2-addsent"
     assert local_ray.is_initialized()  # a session it did not start is left running
 
-    CellStore(tmp_path).path(cells[0]).unlink()
+    CellStore(tmp_path, toy_cell).path(cells[0]).unlink()
     fixed = [*cells[:2], *grid_cells()[2:]]
     resumed = run_grid(fixed, toy_cell, tmp_path, progress=False)
     assert (resumed.computed, resumed.skipped) == (3, 1)
@@ -320,7 +325,7 @@ def test_ray_cells_use_as_many_threads_as_cores_they_reserve(tmp_path: Path, loc
 
 def test_a_recomputed_cell_never_resumes_work_of_other_params(tmp_path: Path) -> None:
     cell = Cell("v", "d", 0, {"bonus": 1})
-    store = CellStore(tmp_path)
+    store = CellStore(tmp_path, toy_cell)
     run_grid([cell], toy_cell, tmp_path, serial=True, progress=False)
     (store.workdir(cell) / "half-done.txt").write_text("work of bonus=1")
     same = store.claim_workdir(cell)  # the same cell again (e.g. after an interruption): its work is kept

@@ -3,7 +3,9 @@
 Every result a stage keeps on disk to reuse later (an evaluation, a defense's findings, an
 analysis step, a training run) carries a fingerprint: the stage, the method, its options, the
 identity of the model it ran on, hashes of its input data, the ids of the rows it evaluated and
-the package version. A cached result is reused only when its fingerprint equals the one the
+a digest of the source code that computes it (:mod:`backdoorlab.codeversion`: the modules named and
+what they import), so that a result computed by other code is never taken for a current one. Every
+option is stored as the value it had. A cached result is reused only when its fingerprint equals the one the
 current call would write; otherwise it is recomputed, or, where recomputing would discard
 expensive work, the caller stops with a clear error (:func:`check_folder_fingerprint`).
 """
@@ -17,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .codeversion import code_digest
 from .errors import BackdoorLabError
 from .fileio import write_json_atomic
 
@@ -25,13 +28,6 @@ FINGERPRINT_KEY = "fingerprint"
 _MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".bin", ".pt", ".pth", ".model", ".txt")
 _CHUNK = 1 << 22
 _hash_cache: dict[tuple[str, int, int], str] = {}
-
-
-def package_version() -> str:
-    try:
-        return metadata.version("backdoorlab")
-    except metadata.PackageNotFoundError:  # running from a source tree without installing
-        return "unknown"
 
 
 def canonical(value: Any) -> Any:
@@ -126,9 +122,12 @@ def folder_digest(folder: str | Path, patterns: Iterable[str] = ("**/*.json", "*
     return digest({str(p.relative_to(folder)): file_digest(p) for p in files})
 
 
-def make_fingerprint(stage: str, **parts: Any) -> dict[str, Any]:
-    """A fingerprint dict: ``stage``, the given ``parts`` (canonical) and the package version."""
-    return canonical({"stage": stage, **parts, "backdoorlab": package_version()})
+def make_fingerprint(stage: str, *, code: Iterable[str | Path], methods: Iterable[str] | None = (),
+                     **parts: Any) -> dict[str, Any]:
+    """A fingerprint dict: ``stage``, the given ``parts`` (canonical) and ``code``, the digest of the
+    source the result depends on: the modules (or script paths) named, with what they import
+    (:func:`~backdoorlab.codeversion.code_digest`; ``methods`` as there)."""
+    return canonical({"stage": stage, **parts, "code": code_digest(code, methods)})
 
 
 def same_fingerprint(stored: Any, expected: Mapping[str, Any]) -> bool:

@@ -160,7 +160,7 @@ def evaluation_fingerprint(model: str | Path, manifest: dict[str, Any], clean: D
         guard_file = Path(guard) / "guard.json" if Path(guard).is_dir() else Path(guard)
         guard_id = file_digest(guard_file) if guard_file.is_file() else str(guard)
     measured = {key: manifest.get(key) for key in ("task", "target", "behaviour", "target_output")}
-    return make_fingerprint("evaluate", model=model_identity(model), measured=measured,
+    return make_fingerprint("evaluate", code=["backdoorlab.evaluation", __name__], model=model_identity(model), measured=measured,
                             clean=dataset_digest(clean), triggered=dataset_digest(triggered),
                             max_new_tokens=max_new_tokens if manifest.get("task") != "classification" else None,
                             guard=guard_id, floor_model=None if floor_model is None else model_identity(floor_model),
@@ -266,7 +266,7 @@ def ensure_evaluation(model: str | Path, attack_run: str | Path, out: str | Path
     """The results of evaluating ``model`` on ``attack_run``, kept in ``out`` (a JSON file).
 
     A kept result is reused only when its fingerprint (model identity, evaluated rows, judge
-    settings, guard, package version) equals this call's; otherwise the model is evaluated again.
+    settings, guard, evaluation code) equals this call's; otherwise the model is evaluated again.
     """
     from .fingerprint import read_if_current
 

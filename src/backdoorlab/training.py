@@ -284,13 +284,13 @@ def train_fingerprint(model_id: str, kind: str, dataset: Dataset, config: TrainC
                       objective: TrainingObjective | None = None) -> dict[str, Any]:
     """What a run's final weights depend on: the base model's identity (:func:`model_identity`), its
     kind, the data's digest and the settings (``config`` resolved for ``kind``) except
-    :data:`NOT_FINGERPRINTED`, plus the package version. ``keep_adapter`` counts only when on, and the
+    :data:`NOT_FINGERPRINTED`, plus the digest of the training code. ``keep_adapter`` counts only when on, and the
     ``objective`` (name and settings) only when given, so runs from before either stay current."""
     settings = {k: v for k, v in asdict(config.resolved(kind)).items() if k not in NOT_FINGERPRINTED}
     if not settings["keep_adapter"]:
         del settings["keep_adapter"]
     extra = {} if objective is None else {"objective": {"name": objective.name, "settings": objective.settings()}}
-    return make_fingerprint("train", model=model_id, kind=kind, dataset=dataset_digest(dataset), config=settings,
+    return make_fingerprint("train", code=[__name__], model=model_id, kind=kind, dataset=dataset_digest(dataset), config=settings,
                             **extra)
 
 

@@ -131,7 +131,7 @@ class Analysis:
         if self._model_id is None:
             self._model_id = model_identity(self.victim)
         settings = {name: getattr(self.config, name) for name in STEP_SETTINGS[step]}
-        return make_fingerprint("analysis", step=step, model=self._model_id, pairs=self._pairs_id, settings=settings)
+        return make_fingerprint("analysis", code=[__name__], step=step, model=self._model_id, pairs=self._pairs_id, settings=settings)
 
     # ----------------------------------------------------------------- helpers
     @property

@@ -22,7 +22,13 @@ class Cell:
     The id (``victim__defense__seedN``, unsafe characters replaced) names the cell's result file,
     so it depends only on victim, defense and seed: changing ``params`` recomputes the same cell.
     ``kind`` picks the cell's task resources (see :class:`Resources`) and ``run_options`` how it is
-    run without changing its result (e.g. keeping intermediate files); neither is part of its identity.
+    run without changing its result (e.g. keeping intermediate files, or where another cell's files
+    are on this machine); neither is part of its identity, so params hold no machine's paths.
+
+    ``code`` names the ``backdoorlab`` modules, beyond the cell function's own script and what it
+    imports, whose source the result depends on (e.g. the defense it applies), and ``methods`` the
+    defense method packages it runs (``None``: any of them). Both feed the fingerprint's code digest
+    (:mod:`backdoorlab.codeversion`), so editing a method makes stale only the cells that ran it.
     """
 
     victim: str
@@ -31,6 +37,8 @@ class Cell:
     params: Mapping[str, Any] = field(default_factory=dict, hash=False)
     kind: str = field(default=DEFAULT_KIND, compare=False)
     run_options: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    code: tuple[str, ...] = field(default=(), hash=False, compare=False)
+    methods: tuple[str, ...] | None = field(default=None, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("victim", "defense", "kind"):
@@ -44,6 +52,9 @@ class Cell:
         except (TypeError, ValueError) as error:
             raise BackdoorLabError(f"cell {self.victim}/{self.defense}: params must be JSON values ({error})") from None
         object.__setattr__(self, "params", params)  # a private copy: later edits to the caller's dict don't leak in
+        object.__setattr__(self, "code", tuple(self.code))
+        if self.methods is not None:
+            object.__setattr__(self, "methods", tuple(self.methods))
 
     @property
     def id(self) -> str:

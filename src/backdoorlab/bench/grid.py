@@ -2,8 +2,9 @@
 
 Each cell runs as a Ray task (a local Ray started with this machine's cores by default, or the
 cluster at ``ray_address``) that reserves its kind's :class:`~backdoorlab.bench.cell.Resources`.
-Finished cells are stored one JSON each (:mod:`backdoorlab.bench.store`) as they complete, and a
-finished cell with a current fingerprint is skipped, so a killed grid resumes where it stopped.
+Finished cells are stored one JSON each (:mod:`backdoorlab.bench.store`) as they complete, in the
+ledger folder when one is given, and a finished cell with a current fingerprint is skipped, so a
+killed grid resumes where it stopped, on this machine or on any other with the committed ledger.
 A :class:`~backdoorlab.errors.BackdoorLabError` in a cell is recorded as that cell's error; any
 other exception is a bug and stops the grid with its traceback (cells finished so far are kept).
 """
@@ -11,7 +12,6 @@ other exception is a bug and stops the grid with its traceback (cells finished s
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -64,7 +64,7 @@ def compute_cell(cell: Cell, fn: CellFunction, workdir: str | Path, threads: int
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    outcome: dict[str, Any] = {"function": function_name(fn), "host": socket.gethostname()}
+    outcome: dict[str, Any] = {"function": function_name(fn)}
     try:
         result = fn(cell, workdir)
     except BackdoorLabError as error:
@@ -81,11 +81,22 @@ def describe(record: Mapping[str, Any]) -> str:
     return f"{line}: {record['error']}" if record["status"] == ERROR else line
 
 
-def run_grid(cells: Sequence[Cell], fn: CellFunction, out: str | Path, *, serial: bool = False,
+def unfinished(cells: Sequence[Cell], fn: CellFunction, out: str | Path,
+               results: str | Path | None = None) -> list[Cell]:
+    """The cells a :func:`run_grid` with these arguments would compute (no current ``ok`` record)."""
+    store = CellStore(out, fn, results)
+    return [c for c in cells if store.finished(c) is None]
+
+
+def run_grid(cells: Sequence[Cell], fn: CellFunction, out: str | Path, *, results: str | Path | None = None,
+             command: str | None = None, serial: bool = False,
              ray_address: str | None = None, report_only: bool = False,
              resources: Mapping[str, Resources] | None = None, num_cpus: int | None = None,
              progress: bool = True) -> GridResult:
-    """Compute the cells not yet finished in ``out`` and return every cell's record.
+    """Compute the cells not yet finished and return every cell's record.
+
+    Records go to the ledger folder ``results`` (default ``<out>/cells``), each with ``command``
+    (how the grid was started); each cell's scratch files go to ``<out>/work/<cell id>``.
 
     ``serial`` runs cells one after another in this process (no Ray); ``report_only`` computes
     nothing and returns what the store holds (``not run`` / ``stale`` placeholders for the rest).
@@ -98,7 +109,7 @@ def run_grid(cells: Sequence[Cell], fn: CellFunction, out: str | Path, *, serial
     _check_unique(cells)
     if serial and ray_address:
         raise BackdoorLabError("--serial runs the cells in this process; it cannot be combined with --ray-address")
-    store = CellStore(out)
+    store = CellStore(out, fn, results)
     if report_only:
         return GridResult([store.lookup(c) for c in cells], computed=0, skipped=0)
     records = {c.id: store.finished(c) for c in cells}
@@ -106,10 +117,10 @@ def run_grid(cells: Sequence[Cell], fn: CellFunction, out: str | Path, *, serial
     skipped = len(cells) - len(pending)
     with tqdm(total=len(cells), initial=skipped, desc="grid", unit="cell", disable=not progress) as bar:
         if skipped:
-            bar.write(f"{skipped} of {len(cells)} cells already finished in {store.out}; computing {len(pending)}")
+            bar.write(f"{skipped} of {len(cells)} cells already finished in {store.results}; computing {len(pending)}")
 
         def done(cell: Cell, outcome: dict[str, Any]) -> None:
-            records[cell.id] = store.save(cell, outcome)
+            records[cell.id] = store.save(cell, outcome, command)
             bar.update(1)
             bar.write(describe(records[cell.id]))
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +27,23 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def add_grid_arguments(parser: argparse.ArgumentParser, default_out: str | Path) -> None:
-    """Add ``--out``, ``--seeds``, ``--report-only`` and the exclusive ``--serial`` / ``--ray-address``."""
+def ledger_folder(script: str | Path, name: str) -> Path:
+    """The committed ledger of the benchmark ``name`` whose script is ``script``: ``results/<name>``
+    at the repository root (the scripts live in ``benchmarks/``)."""
+    return Path(script).resolve().parents[1] / "results" / name
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser, default_out: str | Path,
+                       default_results: str | Path | None = None) -> None:
+    """Add ``--out``, ``--results``, ``--seeds``, ``--report-only`` and the exclusive ``--serial`` /
+    ``--ray-address``. ``default_results`` is the benchmark's ledger (:func:`ledger_folder`);
+    without one, records go to ``<out>/cells``."""
     group = parser.add_argument_group("grid")
-    group.add_argument("--out", type=Path, default=Path(default_out), help="output folder (default: %(default)s)")
+    group.add_argument("--out", type=Path, default=Path(default_out),
+                       help="folder of the cells' work files and the report (default: %(default)s)")
+    group.add_argument("--results", type=Path, default=None if default_results is None else Path(default_results),
+                       help="ledger folder of the cell records, committed with the code so that a grid continues "
+                            "on any machine (default: %(default)s)")
     group.add_argument("--seeds", type=parse_seeds, default=[0], help="comma-separated seeds (default: 0)")
     group.add_argument("--report-only", action="store_true",
                        help="compute nothing; report the finished cells and mark the others 'not run'")
@@ -40,7 +56,19 @@ def add_grid_arguments(parser: argparse.ArgumentParser, default_out: str | Path)
 
 def grid_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of :func:`~backdoorlab.bench.grid.run_grid` given by the shared options."""
-    return {"out": args.out, "serial": args.serial, "ray_address": args.ray_address, "report_only": args.report_only}
+    return {"out": args.out, "results": args.results, "serial": args.serial, "ray_address": args.ray_address,
+            "report_only": args.report_only, "command": command_line()}
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that started this process, as a user would type it (script path relative to the
+    current folder when it is inside it)."""
+    args = list(sys.argv if argv is None else argv)
+    if args:
+        script = Path(args[0])
+        with contextlib.suppress(ValueError):
+            args[0] = script.resolve().relative_to(Path.cwd()).as_posix()
+    return " ".join(["python", *(shlex.quote(a) for a in args)])
 
 
 def model_argument(text: str) -> str:

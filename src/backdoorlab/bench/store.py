@@ -1,36 +1,60 @@
-"""The results store of a grid: one JSON record per cell in ``<out>/cells/<cell id>.json``.
+"""The results store of a grid: one small JSON record per cell, and a scratch folder per cell.
 
-A record holds the cell (victim, defense, seed, params), ``status`` (``ok`` or ``error``), the
-error message, the cell function's ``result``, ``seconds``, the host that ran it and a fingerprint
-of the cell's identity and the package version. A cell counts as finished only when its record
-says ``ok`` and its fingerprint is current; error records are retried by the next run.
+Records live in the *ledger* folder (``results/<benchmark>/<cell id>.json`` in the repository for
+the shipped benchmarks, ``<out>/cells/`` when no ledger is given) and scratch work under
+``<out>/work/<cell id>/``. A record holds the cell (victim, defense, seed, params), ``status``
+(``ok`` or ``error``), the error message, the cell function's ``result``, ``seconds`` and
+``minutes``, the command and the core count of the machine that ran it, and the fingerprint: the
+cell's identity plus the digest of the code it runs (:mod:`backdoorlab.codeversion`). A cell counts
+as finished only when its record says ``ok`` and its fingerprint is current, so a grid started on a
+fresh clone computes exactly the cells the committed ledger lacks or that a code change made stale.
+Models, checkpoints and generations stay in the scratch folder: a record over
+:data:`MAX_RECORD_BYTES` is refused.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..errors import BackdoorLabError
 from ..fileio import fresh_directory, write_json_atomic
 from ..fingerprint import FINGERPRINT_KEY, make_fingerprint, read_if_current
-from .cell import Cell
+from .cell import Cell, CellFunction
 
 OK, ERROR, NOT_RUN, STALE = "ok", "error", "not run", "stale"
 CELLS_FOLDER, WORK_FOLDER = "cells", "work"
 WORK_MARKER = ".cell-fingerprint.json"
 STAGE = "bench-cell"
+#: The largest record the ledger takes (results are figures, not artifacts).
+MAX_RECORD_BYTES = 64 * 1024
+
+
+def function_file(fn: CellFunction) -> Path:
+    """The source file that defines a cell function (its code is part of every cell's fingerprint)."""
+    try:
+        source = inspect.getsourcefile(fn)  # type: ignore[arg-type]
+    except TypeError:
+        source = None
+    if source is None:
+        raise BackdoorLabError(f"cannot find the source file of cell function {fn!r}; define it in a module or script")
+    return Path(source).resolve()
 
 
 class CellStore:
-    """Reads and writes the per-cell records under one output folder."""
+    """Reads and writes the records of one grid (in ``results``) and the cells' scratch folders (in ``out``)."""
 
-    def __init__(self, out: str | Path) -> None:
+    def __init__(self, out: str | Path, fn: CellFunction, results: str | Path | None = None) -> None:
         self.out = Path(out).expanduser().resolve()  # absolute, so Ray workers find it whatever their folder
+        self.results = Path(results).expanduser().resolve() if results is not None else self.out / CELLS_FOLDER
+        self.script = function_file(fn)
 
     def path(self, cell: Cell) -> Path:
-        return self.out / CELLS_FOLDER / f"{cell.id}.json"
+        return self.results / f"{cell.id}.json"
 
     def workdir(self, cell: Cell) -> Path:
         """The cell's own scratch folder (``<out>/work/<cell id>``)."""
@@ -38,8 +62,8 @@ class CellStore:
 
     def claim_workdir(self, cell: Cell) -> Path:
         """The cell's scratch folder, emptied first when it holds work of the same cell id computed
-        with other params or another package version (so nothing stale is resumed), and marked with
-        the cell's fingerprint; work of the same fingerprint (an interrupted cell) is kept."""
+        with other params or other code (so nothing stale is resumed), and marked with the cell's
+        fingerprint; work of the same fingerprint (an interrupted cell) is kept."""
         folder = self.workdir(cell)
         marker = folder / WORK_MARKER
         expected = self.fingerprint(cell)
@@ -49,9 +73,10 @@ class CellStore:
             write_json_atomic(marker, {FINGERPRINT_KEY: expected})
         return folder
 
-    @staticmethod
-    def fingerprint(cell: Cell) -> dict[str, Any]:
-        return make_fingerprint(STAGE, **cell.identity())
+    def fingerprint(self, cell: Cell) -> dict[str, Any]:
+        """The cell's identity and the digest of its code: the cell function's script, the modules
+        it names and what they import (:mod:`backdoorlab.codeversion`)."""
+        return make_fingerprint(STAGE, code=[self.script, *cell.code], methods=cell.methods, **cell.identity())
 
     def current(self, cell: Cell) -> dict[str, Any] | None:
         """The cell's record if it was computed with the current fingerprint, else ``None``."""
@@ -64,18 +89,26 @@ class CellStore:
 
     def lookup(self, cell: Cell) -> dict[str, Any]:
         """What the store knows of a cell: its current record, or a placeholder whose status is
-        ``not run`` (no record) or ``stale`` (a record computed with other params or version)."""
+        ``not run`` (no record) or ``stale`` (a record computed with other params or code)."""
         record = self.current(cell)
         if record is not None:
             return record
         status = STALE if self.path(cell).is_file() else NOT_RUN
         return new_record(cell, status=status)
 
-    def save(self, cell: Cell, outcome: dict[str, Any]) -> dict[str, Any]:
+    def save(self, cell: Cell, outcome: dict[str, Any], command: str | None = None) -> dict[str, Any]:
         """Write a cell's outcome (from :func:`~backdoorlab.bench.grid.compute_cell`) atomically."""
         record = new_record(cell, **outcome)
-        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        seconds = record.get("seconds")
+        record.update(minutes=None if seconds is None else round(seconds / 60, 2), command=command,
+                      cpus=os.cpu_count(),
+                      finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         record[FINGERPRINT_KEY] = self.fingerprint(cell)
+        text = json.dumps(record, indent=2, sort_keys=False, default=str)
+        if len(text.encode("utf-8")) > MAX_RECORD_BYTES:
+            raise BackdoorLabError(f"cell {cell.id}'s record is {len(text.encode('utf-8')) // 1024} KB, over the "
+                                   f"ledger's {MAX_RECORD_BYTES // 1024} KB: return figures from the cell function "
+                                   "and keep models, generations and other large outputs in its work folder")
         write_json_atomic(self.path(cell), record)
         return json.loads(json.dumps(record, default=str))  # as a later read would return it
 

@@ -72,7 +72,7 @@ def run_defense(method: str, model: str | Path, attack_run: str | Path | None, o
     if baseline and not Path(baseline).is_file():
         raise BackdoorLabError(f"baseline {baseline} does not exist; it must be an evaluation of the undefended "
                                "victim on the same attack run (`backdoorlab evaluate --out FILE`)")
-    fingerprint = make_fingerprint("defense", method=method, options=defense.options(), model=model_identity(model),
+    fingerprint = make_fingerprint("defense", code=[type(defense).__module__, __name__], method=method, options=defense.options(), model=model_identity(model),
                                    inputs=inputs.identity())
     if overwrite:
         fresh_directory(out)

@@ -216,7 +216,7 @@ def inject_dpo(model: str | Path | Victim, dataset: Dataset, out: str | Path, co
     from trl import DPOConfig
 
     config = (config or DPOInjectionConfig()).check()
-    fingerprint = make_fingerprint("inject", method=METHOD, model=model_identity(model),
+    fingerprint = make_fingerprint("inject", code=[__name__], method=METHOD, model=model_identity(model),
                                    data=dataset_digest(dataset), options=asdict(config))
     pairs, counts = preference_pairs(dataset, config.seed)
     set_seed(config.seed)  # before the model is built and trl creates the LoRA adapter

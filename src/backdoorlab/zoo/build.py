@@ -3,7 +3,7 @@
 Each victim gets a folder ``<zoo>/<name>/`` holding its attack run (``attack/``), its training run
 (``train/``: ``model/``, with LoRA also ``adapter/``, resumable ``checkpoints/``), its evaluations
 and ``victim.json``, the record written last. A victim whose record carries the fingerprint of its
-spec (victim settings, measurement settings, base model identity, source rows, package version)
+spec (victim settings, measurement settings, base model identity, source rows, the code that builds it)
 is skipped; a folder claimed by another spec is emptied and built again. Every stage reuses
 finished work, so an interrupted build resumes: finished victims are kept, training continues from
 its last checkpoint and finished evaluations are read back.
@@ -147,10 +147,10 @@ def _untouched_evaluation(attack: Path, untouched: Path) -> Path:
 
 def victim_fingerprint(spec: VictimSpec, zoo: ZooSpec) -> dict[str, Any]:
     """What a victim and its figures depend on: its spec, the measurement settings, the base model's
-    identity, the digest of its source rows and the package version."""
+    identity, the digest of its source rows and of the code that builds it."""
     sources = {"train": dataset_digest(load_dataset(spec.dataset, "train", data_dir=zoo.data_dir)),
                "test": dataset_digest(load_dataset(spec.test_data or spec.dataset, "test", data_dir=zoo.data_dir))}
-    return make_fingerprint("zoo-victim", victim=spec.identity(), measurement=zoo.measurement(),
+    return make_fingerprint("zoo-victim", code=[__name__], victim=spec.identity(), measurement=zoo.measurement(),
                             base=model_identity(zoo.base_model), sources=sources)
 
 

@@ -50,7 +50,7 @@ def ensure_task_accuracy(model: str | Path, tasks: tuple[str, ...], rows: int, o
     ``tasks``, kept in ``out`` and reused while its fingerprint is current; ``None`` without tasks."""
     if not tasks:
         return None
-    expected = make_fingerprint("zoo-utility", model=model_identity(model), tasks=list(tasks), max_rows=rows,
+    expected = make_fingerprint("zoo-utility", code=[__name__], model=model_identity(model), tasks=list(tasks), max_rows=rows,
                                 seed=UTILITY_SEED, files=_utility_files(tasks, data_dir))
     cached = read_if_current(out, expected)
     if cached is not None:

@@ -117,7 +117,7 @@ def awareness_folder(store: Path, fingerprint: dict[str, Any]) -> Path:
 
 def run_fingerprint(suspect: Victim, clean: Dataset, behaviour: str, recipe: AwarenessRecipe) -> dict[str, Any]:
     """What a run's outcome depends on: the suspect's weights, the clean rows, the behaviour and the recipe."""
-    return make_fingerprint("self-awareness", suspect=model_identity(suspect), clean=dataset_digest(clean),
+    return make_fingerprint("self-awareness", code=["backdoorlab.defenses.self_awareness"], suspect=model_identity(suspect), clean=dataset_digest(clean),
                             behaviour=behaviour, recipe=recipe.identity(),
                             prompt=inversion_prompt(behaviour, recipe.description))
 

@@ -1,0 +1,165 @@
+"""The version of the code behind a cached result: a hash of the source it runs.
+
+A result is current only if the code that computed it is unchanged, so every fingerprint carries
+:func:`code_digest` of the modules its result depends on. The digest covers each named module and,
+transitively, every ``backdoorlab`` module it imports (function-local imports included), read
+statically from the source. Comments and blank lines do not count; any other edit does.
+
+Defense methods are kept apart: each package under ``backdoorlab/defenses/`` other than
+``shared`` is one method, and the framework modules that import them all (``defenses/__init__``
+registers every method) do not pull a method into a digest. A method's code counts only where a
+root lies in its package, where ``methods`` names it (code that picks a method at run time, such as
+a benchmark cell, names the ones it runs), or where another counted method imports it;
+``methods=None`` counts every method. Editing one defense therefore makes stale exactly the
+results that ran it.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import io
+import tokenize
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import BackdoorLabError
+
+PACKAGE = "backdoorlab"
+PACKAGE_ROOT = Path(__file__).resolve().parent
+_METHODS_PARENT = "defenses"
+_NOT_METHODS = frozenset({"shared"})
+
+
+def method_packages(root: Path = PACKAGE_ROOT) -> frozenset[str]:
+    """The module names of the defense method packages (``backdoorlab.defenses.<method>``)."""
+    parent = root / _METHODS_PARENT
+    return frozenset(f"{PACKAGE}.{_METHODS_PARENT}.{p.name}" for p in parent.iterdir()
+                     if (p / "__init__.py").is_file() and p.name not in _NOT_METHODS)
+
+
+def method_of(module: str, methods: Iterable[str]) -> str | None:
+    """The method package ``module`` belongs to, if any."""
+    return next((m for m in methods if module == m or module.startswith(m + ".")), None)
+
+
+def module_file(module: str, root: Path = PACKAGE_ROOT) -> Path | None:
+    """The source file of ``backdoorlab.x.y`` (a module or a package's ``__init__``), if it exists."""
+    if module != PACKAGE and not module.startswith(PACKAGE + "."):
+        return None
+    parts = module.split(".")[1:]
+    base = root.joinpath(*parts) if parts else root
+    for candidate in (base.with_suffix(".py") if parts else None, base / "__init__.py"):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path, module: str | None, root: Path = PACKAGE_ROOT) -> set[str]:
+    """The ``backdoorlab`` modules that the source at ``path`` imports anywhere in its body.
+
+    ``module`` is the file's own module name (needed to resolve relative imports; ``None`` for a
+    script outside the package). ``from pkg import name`` counts ``pkg.name`` when that is a module
+    and ``pkg`` otherwise."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, module, is_package)
+            if base is None:
+                continue
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                found.add(submodule if module_file(submodule, root) is not None else base)
+    return {name for name in found if module_file(name, root) is not None}
+
+
+def _absolute(node: ast.ImportFrom, module: str | None, is_package: bool) -> str | None:
+    if node.level == 0:
+        return node.module
+    if module is None:
+        return None
+    parts = module.split(".")
+    package = parts if is_package else parts[:-1]
+    if node.level - 1 > len(package):
+        return None
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def source_text(path: Path) -> str:
+    """The file's tokens without comments and blank lines (what its behaviour depends on)."""
+    skip = {tokenize.COMMENT, tokenize.NL}
+    tokens = tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline)
+    return " ".join(tok.string for tok in tokens if tok.type not in skip)
+
+
+def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None = (),
+                     root: Path = PACKAGE_ROOT) -> dict[str, Path]:
+    """Every source file the ``roots`` and the method packages ``methods`` (names such as ``onion``;
+    ``None``: all) depend on, by module name (scripts by their file name).
+
+    A root is a module name (``backdoorlab.defenses.onion``) or the path of a script that imports
+    the package. See the module docstring for how method packages are counted."""
+    all_methods = method_packages(root)
+    allowed = set(all_methods) if methods is None else {_method_name(m, all_methods) for m in methods}
+    queue: list[tuple[str | None, Path]] = [(m, module_file(m, root)) for m in sorted(allowed)]  # type: ignore[misc]
+    for item in roots:
+        if isinstance(item, Path) or str(item).endswith(".py"):
+            path = Path(item).resolve()
+            if not path.is_file():
+                raise BackdoorLabError(f"cannot hash the code of {path}: no such file")
+            queue.append((None, path))
+            continue
+        path = module_file(str(item), root)
+        if path is None:
+            raise BackdoorLabError(f"cannot hash the code of {item!r}: no such backdoorlab module")
+        owner = method_of(str(item), all_methods)
+        if owner is not None:
+            allowed.add(owner)
+        queue.append((str(item), path))
+    files: dict[str, Path] = {}
+    while queue:
+        module, path = queue.pop()
+        key = module or path.name
+        if key in files:
+            continue
+        files[key] = path
+        inside = module is not None and method_of(module, all_methods) is not None
+        for name in imported_modules(path, module, root):
+            owner = method_of(name, all_methods)
+            if owner is not None and owner not in allowed:
+                if not inside:
+                    continue  # a framework module reaching every method: not this result's code
+                allowed.add(owner)  # one method builds on another: that one counts too
+            if name not in files:
+                queue.append((name, module_file(name, root)))  # type: ignore[arg-type]
+    return files
+
+
+def _method_name(name: str, all_methods: frozenset[str]) -> str:
+    full = name if name.startswith(PACKAGE + ".") else f"{PACKAGE}.{_METHODS_PARENT}.{name}"
+    if full not in all_methods:
+        raise BackdoorLabError(f"{name!r} is not a defense method package; expected one of "
+                               f"{', '.join(sorted(m.rsplit('.', 1)[1] for m in all_methods))}")
+    return full
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_hash(path: Path, size: int, mtime: int) -> str:
+    return hashlib.sha256(source_text(path).encode("utf-8")).hexdigest()
+
+
+def code_digest(roots: Iterable[str | Path], methods: Iterable[str] | None = (),
+                root: Path = PACKAGE_ROOT) -> str:
+    """SHA-256 over the source of every file the ``roots`` depend on (see :func:`dependency_files`)."""
+    files = dependency_files(roots, methods, root)
+    sha = hashlib.sha256()
+    for key in sorted(files):
+        stat = files[key].stat()
+        sha.update(f"{key}:{_file_hash(files[key], stat.st_size, stat.st_mtime_ns)}\n".encode())
+    return sha.hexdigest()

@@ -1,0 +1,176 @@
+"""The results ledger: records that travel with the repository, and fingerprints that see code changes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from backdoorlab.bench import Cell, CellStore, run_grid, unfinished
+from backdoorlab.bench.store import MAX_RECORD_BYTES, STALE
+from backdoorlab.codeversion import PACKAGE_ROOT, code_digest, dependency_files, method_packages
+from backdoorlab.errors import BackdoorLabError
+
+REPO = Path(__file__).resolve().parents[1]
+LEDGER = REPO / "results"
+
+
+def counting_cell(cell: Cell, workdir: Path) -> dict:
+    """Counts its calls in a file beside the work folders (which a fresh machine does not have)."""
+    log = Path(cell.run_options["log"])
+    with log.open("a") as handle:
+        handle.write(cell.id + "\n")
+    if cell.params.get("huge"):
+        return {"generations": ["x" * 1000] * 100}
+    return {"score": cell.seed}
+
+
+def computed(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.is_file() else []
+
+
+def _cells(log: Path, code: dict[str, str] | None = None) -> list[Cell]:
+    code = code or {}
+    return [Cell(victim, "d", seed, {}, run_options={"log": str(log)},
+                 code=(code[victim],) if victim in code else ())
+            for victim in ("a", "b") for seed in (0, 1)]
+
+
+def test_a_grid_continues_on_another_machine_from_the_committed_ledger(tmp_path: Path) -> None:
+    log = tmp_path / "calls"
+    cells = _cells(log)
+    first = run_grid(cells[:3], counting_cell, tmp_path / "machine1" / "runs",
+                     results=tmp_path / "machine1" / "repo" / "results", serial=True, progress=False,
+                     command="python bench.py")
+    assert first.computed == 3 and len(computed(log)) == 3
+    record = json.loads((tmp_path / "machine1/repo/results" / f"{cells[0].id}.json").read_text())
+    assert record["command"] == "python bench.py" and record["result"] == {"score": 0}
+    assert not (tmp_path / "machine1/runs/cells").exists()  # records live in the ledger only
+
+    # a fresh clone on another machine: the ledger came with the repository, runs/ did not
+    shutil.copytree(tmp_path / "machine1/repo", tmp_path / "machine2/repo")
+    shutil.rmtree(tmp_path / "machine1")
+    ledger, runs = tmp_path / "machine2/repo/results", tmp_path / "machine2/runs"
+    assert unfinished(cells, counting_cell, runs, ledger) == [cells[3]]
+    second = run_grid(cells, counting_cell, runs, results=ledger, serial=True, progress=False)
+    assert (second.computed, second.skipped) == (1, 3)
+    assert computed(log) == [c.id for c in cells]  # nothing computed twice
+    again = run_grid(cells, counting_cell, runs, results=ledger, serial=True, progress=False)
+    assert again.computed == 0
+
+
+def test_editing_one_cells_code_recomputes_only_that_cell(tmp_path: Path) -> None:
+    log = tmp_path / "calls"
+    impl_a, impl_b = tmp_path / "method_a.py", tmp_path / "method_b.py"
+    impl_a.write_text("RATE = 1\n")
+    impl_b.write_text("RATE = 2\n")
+    cells = _cells(log, {"a": str(impl_a), "b": str(impl_b)})
+    kwargs = {"results": tmp_path / "ledger", "serial": True, "progress": False}
+    run_grid(cells, counting_cell, tmp_path / "runs", **kwargs)
+
+    impl_a.write_text("RATE = 1  # a comment changes nothing\n\n")
+    assert run_grid(cells, counting_cell, tmp_path / "runs", **kwargs).computed == 0
+
+    impl_a.write_text("RATE = 3\n")
+    store = CellStore(tmp_path / "runs", counting_cell, tmp_path / "ledger")
+    assert [store.lookup(c)["status"] for c in cells] == [STALE, STALE, "ok", "ok"]
+    report = run_grid(cells, counting_cell, tmp_path / "runs", report_only=True, **kwargs)
+    assert [r["status"] for r in report.records] == [STALE, STALE, "ok", "ok"]
+    rerun = run_grid(cells, counting_cell, tmp_path / "runs", **kwargs)
+    assert (rerun.computed, rerun.skipped) == (2, 2)
+    assert computed(log)[4:] == [cells[0].id, cells[1].id]
+
+
+def test_a_record_too_large_for_the_ledger_is_refused(tmp_path: Path) -> None:
+    log = tmp_path / "calls"
+    cell = Cell("a", "d", 0, {"huge": True}, run_options={"log": str(log)})
+    with pytest.raises(BackdoorLabError, match="work folder"):
+        run_grid([cell], counting_cell, tmp_path / "runs", results=tmp_path / "ledger", serial=True, progress=False)
+    assert not (tmp_path / "ledger" / f"{cell.id}.json").exists()
+
+
+# ------------------------------------------------------------------------ code digests
+@pytest.fixture(scope="module")
+def source_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the package's source to edit."""
+    root = tmp_path_factory.mktemp("src") / "backdoorlab"
+    shutil.copytree(PACKAGE_ROOT, root, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def _digests(root: Path) -> dict[str, str]:
+    stages = ["backdoorlab.training", "backdoorlab.evaluation", "backdoorlab.analysis.runner"]
+    return {name: code_digest([name], root=root) for name in sorted(method_packages(root)) + stages}
+
+
+def test_editing_one_defense_stales_its_own_results_and_no_other_defenses(source_copy: Path) -> None:
+    before = _digests(source_copy)
+    target = source_copy / "defenses" / "onion" / "defense.py"
+    original = target.read_text()
+    try:
+        target.write_text(original + "\nONION_EDITED = True\n")
+        after = _digests(source_copy)
+    finally:
+        target.write_text(original)
+    changed = sorted(name for name in before if before[name] != after[name])
+    assert changed == ["backdoorlab.defenses.onion"]
+    assert _digests(source_copy) == before
+
+
+def test_a_method_built_on_another_counts_that_ones_code(source_copy: Path) -> None:
+    files = dependency_files(["backdoorlab.defenses.bd_vax"], root=source_copy)
+    assert "backdoorlab.defenses.fine_tune.defense" in files  # BD-VAX repairs with the fine-tuning defense
+    assert "backdoorlab.defenses.onion.defense" not in files
+    target = source_copy / "defenses" / "fine_tune" / "defense.py"
+    original = target.read_text()
+    before = code_digest(["backdoorlab.defenses.bd_vax"], root=source_copy)
+    try:
+        target.write_text(original + "\nEDITED = 1\n")
+        assert code_digest(["backdoorlab.defenses.bd_vax"], root=source_copy) != before
+    finally:
+        target.write_text(original)
+
+
+def test_editing_shared_code_stales_every_result_that_imports_it(source_copy: Path) -> None:
+    before = _digests(source_copy)
+    target = source_copy / "models" / "victim.py"
+    original = target.read_text()
+    try:
+        target.write_text(original + "\nEDITED = 1\n")
+        after = _digests(source_copy)
+    finally:
+        target.write_text(original)
+    assert all(before[name] != after[name] for name in before)
+
+
+def test_framework_code_that_picks_a_method_at_run_time_counts_every_method_by_default(source_copy: Path) -> None:
+    own = dependency_files(["backdoorlab.defenses.runner"], root=source_copy)
+    every = dependency_files(["backdoorlab.defenses.runner"], methods=None, root=source_copy)
+    named = dependency_files(["backdoorlab.defenses.runner"], methods=["rap"], root=source_copy)
+    assert not any(".onion" in name or ".rap" in name for name in own)  # the runner itself imports no method
+    assert "backdoorlab.defenses.onion.defense" in every and "backdoorlab.defenses.rap.defense" in every
+    assert "backdoorlab.defenses.rap.defense" in named and "backdoorlab.defenses.onion.defense" not in named
+    with pytest.raises(BackdoorLabError, match="not a defense method"):
+        dependency_files(["backdoorlab.training"], methods=["teleport"], root=source_copy)
+    with pytest.raises(BackdoorLabError, match="no such backdoorlab module"):
+        code_digest(["backdoorlab.nothing_here"], root=source_copy)
+
+
+# ------------------------------------------------------------------- the committed ledger
+def _ledger_records() -> list[Path]:
+    return sorted(LEDGER.rglob("*.json")) if LEDGER.is_dir() else []
+
+
+@pytest.mark.parametrize("path", _ledger_records(), ids=lambda p: str(p.relative_to(LEDGER)))
+def test_committed_records_are_small_portable_and_complete(path: Path) -> None:
+    assert path.stat().st_size <= MAX_RECORD_BYTES
+    record = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("id", "victim", "defense", "seed", "params", "status", "result", "minutes", "command", "cpus",
+                "fingerprint"):
+        assert key in record, f"{path} lacks {key}"
+    assert len(record["fingerprint"]["code"]) == 64
+    text = json.dumps(record["params"])
+    assert str(REPO) not in text and "/tmp/" not in text and "/home/" not in text, \
+        f"{path}: params hold a machine's path; pass it through run_options"
