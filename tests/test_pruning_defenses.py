@@ -13,6 +13,7 @@ import backdoorlab.defenses.fine_pruning  # noqa: F401  (registers fine-pruning)
 import backdoorlab.defenses.pruning  # noqa: F401  (registers wanda and magnitude-pruning)
 from backdoorlab.data.records import Dataset, Example
 from backdoorlab.defenses.base import get_defense
+from backdoorlab.defenses.fine_pruning.channels import mean_abs_activation, mlp_channels, most_dormant
 from backdoorlab.defenses.inputs import DefenderInputs
 from backdoorlab.defenses.pruning.calibration import BlockInputs, input_sq_norms
 from backdoorlab.defenses.pruning.scores import block_linears
@@ -216,6 +217,59 @@ def test_pruning_defenses_run_end_to_end_and_save_the_pruned_model(tmp_path: Pat
     assert abs(findings["sparsity"] - sparsity) < 0.01
     if method == "wanda":
         assert findings["calibration_rows"] == 6 and findings["calibration_tokens"] > 6
+
+
+def test_most_dormant_takes_the_least_active_channels_of_each_block_ties_by_index() -> None:
+    """Catches pruning the most active channels (``argsort(descending=True)``) and a share rounded up
+    instead of down."""
+    activity = [torch.tensor([0.5, 0.1, 0.9, 0.1, 0.0]), torch.tensor([0.3, 0.2, 0.1, 0.4, 0.5])]
+    assert [t.tolist() for t in most_dormant(activity, 0.4)] == [[4, 1], [2, 1]]
+    assert [t.tolist() for t in most_dormant(activity, 0.6)] == [[4, 1, 3], [2, 1, 0]]
+    assert [t.tolist() for t in most_dormant(activity, 0.5)] == [[4, 1], [2, 1]]  # floor(2.5)
+    assert [t.tolist() for t in most_dormant(activity, 0.0)] == [[], []]
+
+
+def test_mean_abs_activation_is_the_channels_mean_absolute_input_to_down_proj_over_real_tokens() -> None:
+    """Channels 5 and 9 of block 0 are dead (zero gate and up rows), channel 7 nearly so, channel 20
+    is amplified; the measured activity must rank them so and equal the mean of
+    ``|act(gate(x)) · up(x)|`` over the real tokens, recomputed here from the MLP's input.
+
+    Catches a signed mean (no ``.abs()``), counting padding tokens, and a ranking that prunes the most
+    active channels."""
+    victim, rows = _visible_padding(tiny_llama_victim()), _rows()
+    layers = transformer_layers(victim.model, victim.spec)
+    with torch.no_grad():
+        mlp = layers[0].mlp
+        for dead in (5, 9):
+            mlp.gate_proj.weight[dead] = 0
+            mlp.up_proj.weight[dead] = 0
+        mlp.up_proj.weight[7] *= 1e-3
+        mlp.up_proj.weight[20] *= 100
+    batches = token_batches(victim, rows, batch_size=4)
+    assert any(not bool(b["attention_mask"].bool().all()) for b in batches)  # some batches are padded
+    activity = mean_abs_activation(victim, mlp_channels(victim, [0, 1]), batches)
+    # independently: the MLP's input, recorded by a plain hook, through the block's own gate and up
+    sums, tokens = [torch.zeros(64), torch.zeros(64)], 0
+    inputs: dict[int, torch.Tensor] = {}
+    handles = [layer.mlp.register_forward_pre_hook(lambda m, a, k=k: inputs.__setitem__(k, a[0]))
+               for k, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                real = batch["attention_mask"].bool()
+                victim.forward(batch)
+                for k, layer in enumerate(layers):
+                    m = layer.mlp
+                    sums[k] += (m.act_fn(m.gate_proj(inputs[k])) * m.up_proj(inputs[k]))[real].abs().sum(0)
+                tokens += int(real.sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+    for measured, expected in zip(activity, sums):
+        assert torch.allclose(measured, expected / tokens, rtol=1e-4, atol=1e-7)
+    assert activity[0][[5, 9]].tolist() == [0.0, 0.0] and int(activity[0].argmax()) == 20
+    assert most_dormant(activity, 3 / 64)[0].tolist() == [5, 9, 7]
+    assert 20 not in most_dormant(activity, 63 / 64)[0].tolist()
 
 
 def _dead_channels(victim: Victim, record: dict) -> None:
