@@ -249,6 +249,45 @@ def test_the_defense_runs_on_clean_rows_alone_and_reads_no_trigger_or_reference(
     assert findings["variants"] == 1 and findings["neutralized_components"] == {"mlp": 2 * 32}
 
 
+def test_the_defense_neutralizes_the_components_every_variant_changed_and_no_other(tmp_path: Path,
+                                                                                   monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The variant pairs' differences are planted (:func:`planted_updates`): every variant changes MLP
+    channels SHARED_CHANNELS and query head SHARED_HEAD, one variant alone changes LONE_CHANNEL more.
+    At a share of 2 channels and 1 head per block the defense must re-initialise exactly those.
+
+    Catches scoring the components by fewer variants than were trained (``compute_signature(deltas.block,
+    1, ...)`` picks LONE_CHANNEL), and neutralizing a signature other than the learnt one (e.g. a
+    ``random_signature``)."""
+    updates = planted_updates(4)
+
+    def planted_pair(suspect, clean, backdoor, recipe, seed, folder, identity=None):  # type: ignore[no-untyped-def]
+        from safetensors.torch import save_file
+
+        variant = int(folder.name.split("-")[-1])
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({f"{b}.{part}": t.to(torch.bfloat16).contiguous() for b, block in enumerate(updates[variant])
+                   for part, t in block.items()}, str(folder / DELTA_FILE))
+        return {"synthetic_trigger": backdoor.trigger, "synthetic_rate": None}
+
+    monkeypatch.setattr("backdoorlab.defenses.bd_vax.defense.train_pair", planted_pair)
+    victim = tiny_llama_victim()
+    before = block_weights(victim)
+    defense = get_defense("bd-vax", variants=4, share=2 / 64, attention_share=1 / 4, repair_epochs=0, max_clean=12)
+    outcome = defense.apply(victim, DefenderInputs(clean_rows=instructions(12)), tmp_path)
+    signature = json.loads((tmp_path / "signature.json").read_text())
+    assert {b: sorted(c) for b, c in signature["mlp"]["components"].items()} == {"0": list(SHARED_CHANNELS),
+                                                                                 "1": list(SHARED_CHANNELS)}
+    assert signature["query"]["components"] == {"0": [SHARED_HEAD], "1": [SHARED_HEAD]}
+    d = victim.spec.head_dim
+    head_rows = set(range(SHARED_HEAD * d, (SHARED_HEAD + 1) * d))
+    for b, after in enumerate(block_weights(outcome.victim)):
+        for part in ("gate", "up"):
+            changed = (before[b][part] != after[part]).any(dim=1).nonzero().flatten().tolist()
+            assert changed == list(SHARED_CHANNELS), (b, part)
+        assert (before[b]["down"] != after["down"]).any(dim=0).nonzero().flatten().tolist() == list(SHARED_CHANNELS)
+        assert set((before[b]["q"] != after["q"]).any(dim=1).nonzero().flatten().tolist()) == head_rows
+
+
 def test_bad_options_and_a_missing_adapter_get_clear_errors() -> None:
     with pytest.raises(BackdoorLabError, match="at most 10 variants"):
         get_defense("bd-vax", variants=11)
