@@ -48,7 +48,7 @@ def run_attack(dataset: str, attack: str, out: str | Path, *, rate: float, targe
         "behaviour": getattr(attack_obj, "behaviour", None),
         "target_output": getattr(attack_obj, "target_output", None) or None,
         "splits": AttackRun.split_sizes(result.dataset, test, triggered),
-        "test_source": {"split": test_split, "max_test": max_test, "notes": test.notes},
+        "test_source": {"dataset": test.name, "split": test_split, "max_test": max_test, "notes": test.notes},
     }
     return _write_attack_run(out, result.dataset, test, triggered, manifest, overwrite)
 
