@@ -11,10 +11,13 @@ The work is two grids of cells (:mod:`backdoorlab.bench`), run as Ray tasks (``-
 process; ``--ray-address``: on a cluster): first one victim cell per dataset × attack × rate × seed
 (the attack run and the victim trained on it, under ``<out>/victims/work/<cell id>/``), then one
 cell per victim and defense (under ``<out>/work/<cell id>/``), which measures the undefended victim
-and the defended model on the same rows. Records are ``cells/<cell id>.json`` in both folders; a
-rerun skips finished cells and every stage reuses finished outputs, so an interrupted run resumes.
-The tables (and the sweep's plot) go to ``report.md`` / ``report.html`` under ``--out``;
-``--report-only`` rewrites them from the finished cells and marks the others "not run".
+and the defended model on the same rows. The defense cells' records are the ledger,
+``results/badllm_tg/<cell id>.json`` in the repository (``--results``); the victims are scratch
+work (``<out>/victims/cells/``), trained only for defense cells that are not finished. A rerun
+skips finished cells whose code is unchanged and every stage reuses finished outputs, so an
+interrupted run resumes, on another machine too. The tables (and the sweep's plot) go to
+``report.md`` / ``report.html`` under ``--out``; ``--report-only`` prints them from the ledger and
+marks the other cells "not run" or "stale".
 
 Sizes are arguments; the defaults fit 2 CPU cores (see docs/benchmarks.md for the figures and the
 time they took).
@@ -43,8 +46,10 @@ from backdoorlab.bench import (
     add_grid_arguments,
     cell_table,
     grid_kwargs,
+    ledger_folder,
     pivot_table,
     run_grid,
+    unfinished,
     write_report,
 )
 from backdoorlab.bench.options import KIND_RESOURCES, device_kind, model_argument
@@ -106,11 +111,12 @@ def style_pools(dataset: str) -> list[str]:
     return [str(root / style / dataset / "dev.tsv") for style in STYLES]
 
 
-def defense_setup(label: str, overrides: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any], str]:
-    """``(defense name, options, stage)`` of a method label; unknown names or options fail before any work."""
+def defense_setup(label: str, overrides: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any], str, str]:
+    """``(defense name, options, stage, module)`` of a method label; unknown names or options fail before any work."""
     method, options = VARIANTS.get(label, (label, {}))
     options = {**CPU_BUDGET.get(method, {}), **options, **overrides.get(label, {})}
-    return method, options, get_defense(method, **options).stage
+    defense = get_defense(method, **options)
+    return method, options, defense.stage, type(defense).__module__
 
 
 def victim_name(dataset: str, attack: str, rate: float) -> str:
@@ -126,12 +132,12 @@ def victim_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float
 
 def defense_cell(args: argparse.Namespace, victim: Cell, label: str, overrides: dict[str, dict[str, Any]]) -> Cell:
     """Defense ``label`` applied to a victim cell's model; the victim's folder and settings are its params."""
-    method, options, stage = defense_setup(label, overrides)
-    if options.get("paraphrase_pools") == STYLE_POOLS:
-        options = {**options, "paraphrase_pools": style_pools(victim.params["dataset"])}
-    params = {**victim.params, "victim_dir": str(CellStore(args.out / VICTIMS).workdir(victim)), "method": method,
-              "options": options, "stage": stage, "eval_rows": min(args.test, EVAL_ROWS.get(label, args.test))}
-    return Cell(victim.victim, label, victim.seed, params, kind=victim.kind)
+    method, options, stage, module = defense_setup(label, overrides)
+    params = {**victim.params, "method": method, "options": options, "stage": stage,
+              "eval_rows": min(args.test, EVAL_ROWS.get(label, args.test))}
+    victim_dir = str(CellStore(args.out / VICTIMS, train_victim).workdir(victim))
+    return Cell(victim.victim, label, victim.seed, params, kind=victim.kind, run_options={"victim_dir": victim_dir},
+                code=(module,), methods=())
 
 
 def train_victim(cell: Cell, folder: Path) -> dict[str, Any]:
@@ -151,7 +157,11 @@ def apply_defense(cell: Cell, folder: Path) -> dict[str, Any]:
     """A defense cell: the undefended victim evaluated on the rows the defense is measured on
     (``folder/baseline.json``), then the defense (``folder/defense``); its table row."""
     p = cell.params
-    attack_run, victim = Path(p["victim_dir"]) / "attack", Path(p["victim_dir"]) / "victim" / MODEL_DIR
+    victim_dir = Path(cell.run_options["victim_dir"])
+    attack_run, victim = victim_dir / "attack", victim_dir / "victim" / MODEL_DIR
+    options = dict(p["options"])
+    if options.get("paraphrase_pools") == STYLE_POOLS:
+        options["paraphrase_pools"] = style_pools(p["dataset"])
     if not victim.is_dir():
         raise BackdoorLabError(f"no trained victim in {victim}: the victim cell {cell.victim} (seed {cell.seed}) "
                                "did not finish")
@@ -160,7 +170,7 @@ def apply_defense(cell: Cell, folder: Path) -> dict[str, Any]:
     baseline = folder / "baseline.json"
     ensure_evaluated(victim, attack_run, baseline, device=p["device"], max_rows=p["eval_rows"])
     # RAP's threat model: the defender names the label to protect (the only method given the target)
-    run_defense(p["method"], model, attack_run, folder / "defense", options=p["options"], baseline=baseline,
+    run_defense(p["method"], model, attack_run, folder / "defense", options=options, baseline=baseline,
                 target_label=p["target"], max_eval_rows=p["eval_rows"], device=p["device"])
     row = defense_row(cell, folder / "defense", attack_run)
     print(f"[{cell.victim}] {cell.defense}: CACC {100 * row['CACC']:.1f} ASR {100 * row['ASR']:.1f} "
@@ -284,7 +294,7 @@ def rows_table(title: str, rows: list[dict[str, Any]], columns: list[str], seeds
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_grid_arguments(parser, "runs/bench-badllm-tg")
+    add_grid_arguments(parser, "runs/bench-badllm-tg", ledger_folder(__file__, "badllm_tg"))
     parser.add_argument("--model", type=model_argument, default="minilm-l6",
                         help="victim: a packaged name or a BERT-like model folder")
     parser.add_argument("--datasets", default=",".join(DATASETS))
@@ -318,15 +328,18 @@ def main(argv: list[str] | None = None) -> int:
     table1_victims, table1_cells = grid_cells(args, table1, labels, overrides)
     sweep_victims, sweep_cells = grid_cells(args, sweep, sweep_labels, overrides)
 
-    # the victims first: each one's six defense cells read its folder
-    victims = run_grid(unique(table1_victims + sweep_victims), train_victim,
-                       **{**grid_kwargs(args), "out": args.out / VICTIMS}, resources=KIND_RESOURCES)
-    defenses = run_grid(unique(table1_cells + sweep_cells), apply_defense, **grid_kwargs(args),
-                        resources=KIND_RESOURCES)
+    # the victims first, those whose defense cells are not finished: each such cell reads its victim's folder
+    defense_cells = unique(table1_cells + sweep_cells)
+    pending = set() if args.report_only else {
+        (c.victim, c.seed) for c in unfinished(defense_cells, apply_defense, args.out, args.results)}
+    needed = [v for v in unique(table1_victims + sweep_victims) if (v.victim, v.seed) in pending]
+    victims = run_grid(needed, train_victim, **{**grid_kwargs(args), "out": args.out / VICTIMS, "results": None},
+                       resources=KIND_RESOURCES)
+    defenses = run_grid(defense_cells, apply_defense, **grid_kwargs(args), resources=KIND_RESOURCES)
     records = {record["id"]: record for record in defenses.records}
-    command = "python benchmarks/bench_badllm_tg.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    notes = [f"command: `{command.strip()}`", f"wall time: {time.time() - started:.0f} s",
-             f"CPU budget options: {json.dumps(CPU_BUDGET)}"]
+    notes = [f"CPU budget options: {json.dumps(CPU_BUDGET)}"]
+    if not args.report_only:
+        notes[:0] = [f"command: `{grid_kwargs(args)['command']}`", f"wall time: {time.time() - started:.0f} s"]
     tables, plots = [], []
     if table1_cells:
         chosen = [records[cell.id] for cell in table1_cells]
@@ -345,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                               args.seeds),
                    pivot_table(f"Poison-rate sweep ({args.sweep_cell}; CACC / ASR, %)", chosen, cacc_asr)]
         notes.append(f"target-label identification over the sweep: {identification_summary(rows)}")
-    tables += [cell_table(victims.records, title="Victim cells"), cell_table(defenses.records, title="Defense cells")]
+    if victims.records:
+        tables.append(cell_table(victims.records, title="Victim cells (this run)"))
+    tables.append(cell_table(defenses.records, title="Defense cells"))
     report, _ = write_report(args.out, "BadLLM-TG benchmark", tables, plots, notes)
     print(report.read_text(encoding="utf-8"))
     return 0

@@ -17,8 +17,10 @@ generated sentence) and its position (start, end, random). Two grids of cells ru
 
 A draw whose victim is not a real backdoored classifier (macro-F1 below ``--min-macro-f1``, or
 ASR less than ``--min-backdoor`` above its floor) is reported but left out of the summary.
-Records are resumable (``cells/`` under ``--out`` and ``--out/clean``); ``report.md`` /
-``report.html`` hold the per-draw table and the summary against the goals.
+The records are the ledger, ``results/badllm_tg_draws/`` (and ``clean/`` in it) in the repository
+(``--results``), so a run resumes on any machine: a clean cell finished elsewhere is computed again
+only when a draw still to run needs its floor model. ``report.md`` / ``report.html`` hold the
+per-draw table and the summary against the goals.
 
     python benchmarks/bench_badllm_tg_draws.py --out runs/tg-draws --draws 20
 """
@@ -33,7 +35,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backdoorlab.bench import Cell, TableSpec, add_grid_arguments, cell_table, grid_kwargs, run_grid, write_report
+from backdoorlab.bench import (
+    Cell,
+    CellStore,
+    TableSpec,
+    add_grid_arguments,
+    cell_table,
+    grid_kwargs,
+    ledger_folder,
+    run_grid,
+    unfinished,
+    write_report,
+)
 from backdoorlab.bench.options import KIND_RESOURCES, device_kind, model_argument
 from backdoorlab.bench.victim_draws import LABEL_COUNTS, VictimDraw, draw_victim
 from backdoorlab.data import Dataset, load_dataset
@@ -56,7 +69,7 @@ def train_config(lr: float, epochs: float, seed: int, device: str) -> TrainConfi
 def clean_cell(args: argparse.Namespace, dataset: str) -> Cell:
     params = {"dataset": dataset, "train": args.train, "validation": args.validation, "lrs": args.lrs,
               "model": args.model, "epochs": args.epochs, "device": args.device}
-    return Cell(f"{dataset}-clean", CLEAN, 0, params, kind=device_kind(args.device))
+    return Cell(f"{dataset}-clean", CLEAN, 0, params, kind=device_kind(args.device), methods=())
 
 
 def select_recipe(cell: Cell, folder: Path) -> dict[str, Any]:
@@ -75,17 +88,24 @@ def select_recipe(cell: Cell, folder: Path) -> dict[str, Any]:
         labels = [e.label for e in validation]
         scores[lr] = {"macro_f1": macro_f1(predictions, labels), "accuracy": clean_accuracy(predictions, labels)}
     chosen = max(p["lrs"], key=lambda lr: scores[lr]["macro_f1"])
-    return {"dataset": p["dataset"], "lr": chosen, "floor_model": str(folder / f"lr{chosen:g}" / MODEL_DIR),
-            "validation": {f"{lr:g}": v for lr, v in scores.items()}}
+    return {"dataset": p["dataset"], "lr": chosen, "validation": {f"{lr:g}": v for lr, v in scores.items()}}
 
 
-def draw_cell(args: argparse.Namespace, draw: VictimDraw, recipe: dict[str, Any]) -> Cell:
+def floor_model(args: argparse.Namespace, clean: Cell, lr: float) -> Path:
+    """Where this machine keeps a clean cell's model trained at ``lr`` (the draws' floor model)."""
+    return CellStore(args.out / CLEAN, select_recipe).workdir(clean) / f"lr{lr:g}" / MODEL_DIR
+
+
+def draw_cell(args: argparse.Namespace, draw: VictimDraw, lr: float | None, floor: Path | None) -> Cell:
+    """One draw's cell; the floor model (the clean cell's model at ``lr``) is a file of this machine,
+    so a run option, while the clean cell's params are part of this cell's."""
     params = {"draw": draw.to_dict(), "train": args.train, "test": args.test, "model": args.model,
-              "epochs": args.epochs, "lr": recipe["lr"], "floor_model": recipe["floor_model"],
+              "epochs": args.epochs, "lr": lr, "validation": args.validation, "lrs": args.lrs,
               "options": {**CPU_BUDGET, "device": args.device, **args.defense_options}, "device": args.device}
     # skipping the comparison changes no figure of the defense, so it is a run option, not part of the cell's identity
     return Cell(draw.name, DEFENSE, draw.seed, params, kind=device_kind(args.device),
-                run_options={"delta": not args.skip_delta})
+                run_options={"delta": not args.skip_delta, "floor_model": None if floor is None else str(floor)},
+                code=("backdoorlab.defenses.badllm_tg",), methods=())
 
 
 def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
@@ -101,7 +121,7 @@ def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
     train_set = Dataset.load(attack_run / "train")
     victim = ensure_trained(folder / "victim", p["model"], train_set,
                             train_config(p["lr"], p["epochs"], draw.seed, p["device"]))
-    before = ensure_evaluated(victim, attack_run, folder / "baseline.json", floor_model=p["floor_model"],
+    before = ensure_evaluated(victim, attack_run, folder / "baseline.json", floor_model=cell.run_options["floor_model"],
                               device=p["device"], max_rows=p["test"])
     delta_id = folder / "delta-identification"
     identified_by_delta: int | str | None = "not run"
@@ -194,7 +214,7 @@ def _figure(key: str, value: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_grid_arguments(parser, "runs/bench-badllm-tg-draws")
+    add_grid_arguments(parser, "runs/bench-badllm-tg-draws", ledger_folder(__file__, "badllm_tg_draws"))
     parser.add_argument("--draws", type=int, default=20, help="draws 0..N-1 (default: %(default)s)")
     parser.add_argument("--first-draw", type=int, default=0)
     parser.add_argument("--datasets", default=",".join(LABEL_COUNTS))
@@ -221,14 +241,30 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     draws = [draw_victim(seed, datasets) for seed in range(args.first_draw, args.first_draw + args.draws)]
     needed = list(dict.fromkeys(d.dataset for d in draws))
-    clean = run_grid([clean_cell(args, d) for d in needed], select_recipe, **{**grid_kwargs(args), "out": args.out / CLEAN},
-                     resources=KIND_RESOURCES)
+    clean_cells = {d: clean_cell(args, d) for d in needed}
+    clean_kwargs = {**grid_kwargs(args), "out": args.out / CLEAN,
+                    "results": None if args.results is None else args.results / CLEAN}
+    clean = run_grid(list(clean_cells.values()), select_recipe, **clean_kwargs, resources=KIND_RESOURCES)
     recipes = {r["result"]["dataset"]: r["result"] for r in clean.records if r["status"] == "ok"}
     missing = [d for d in needed if d not in recipes]
     if missing and not args.report_only:
         raise BackdoorLabError(f"no training recipe for {', '.join(missing)}: its clean cell failed (see "
-                               f"{args.out / CLEAN}/cells); fix it and rerun")
-    cells = [draw_cell(args, d, recipes.get(d.dataset, {"lr": None, "floor_model": None})) for d in draws]
+                               f"{clean_kwargs['results'] or args.out / CLEAN / 'cells'}); fix it and rerun")
+
+    def cells_now() -> list[Cell]:
+        return [draw_cell(args, d, recipes[d.dataset]["lr"], floor_model(args, clean_cells[d.dataset],
+                                                                            recipes[d.dataset]["lr"]))
+                if d.dataset in recipes else draw_cell(args, d, None, None) for d in draws]
+
+    cells = cells_now()
+    if not args.report_only:  # clean cells finished on another machine: their floor models, where draws need them
+        to_run = {VictimDraw(**c.params["draw"]).dataset for c in unfinished(cells, run_draw, args.out, args.results)}
+        absent = {clean_cells[d].id for d in to_run if not floor_model(args, clean_cells[d], recipes[d]["lr"]).is_dir()}
+        if absent:
+            clean = run_grid(list(clean_cells.values()), select_recipe, **clean_kwargs, resources=KIND_RESOURCES,
+                             refresh=lambda cell: cell.id in absent)
+            recipes = {r["result"]["dataset"]: r["result"] for r in clean.records if r["status"] == "ok"}
+            cells = cells_now()
     result = run_grid(cells, run_draw, **grid_kwargs(args), resources=KIND_RESOURCES)
     rows = [r["result"] for r in result.records if r["status"] == "ok"]
     real = [r for r in rows if is_real_victim(r, args.min_macro_f1, args.min_backdoor)]
@@ -241,9 +277,9 @@ def main(argv: list[str] | None = None) -> int:
                    for d, r in recipes.items()]
     recipes_table = TableSpec("Training recipe chosen on validation rows (macro-F1 / accuracy per lr)",
                               ["dataset", "chosen lr", *(f"lr {lr:g}" for lr in args.lrs)], recipe_rows)
-    command = "python benchmarks/bench_badllm_tg_draws.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    notes = [f"command: `{command.strip()}`", f"wall time: {time.time() - started:.0f} s",
-             f"summary over the {len(real)} real victims of {len(rows)} finished draws: "
+    notes = [] if args.report_only else [f"command: `{grid_kwargs(args)['command']}`",
+                                          f"wall time: {time.time() - started:.0f} s"]
+    notes += [f"summary over the {len(real)} real victims of {len(rows)} finished draws: "
              + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary(real).items()},
                           ensure_ascii=False),
              f"a real victim: macro-F1 ≥ {args.min_macro_f1} and ASR − floor ≥ {args.min_backdoor}"]

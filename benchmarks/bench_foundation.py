@@ -13,8 +13,9 @@ per classification attack (its backdoored model), one for the clean model, and p
 for the untouched and one for the poisoned generator run as Ray tasks (``--serial``: in this
 process; ``--ray-address``: on a cluster). The throughput cells always run first, one after another
 in this process, so that nothing else shares the machine while they are timed. Each cell's record
-is ``<out>/cells/<cell id>.json``; a rerun skips finished cells and every stage reuses finished
-outputs, so an interrupted run resumes (``--report-only`` rewrites the report from what finished).
+is ``results/foundation/<cell id>.json`` in the repository (the ledger, ``--results``); a rerun
+skips finished cells whose code is unchanged and every stage reuses finished outputs, so an
+interrupted run resumes, on another machine too (``--report-only`` prints the ledger's tables).
 
 Sizes are arguments so the same script runs larger on a GPU; the defaults fit 2 CPU cores in about
 half an hour.
@@ -31,7 +32,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backdoorlab.bench import OK, Cell, TableSpec, add_grid_arguments, cell_table, grid_kwargs, run_grid, write_report
+from backdoorlab.bench import (
+    OK,
+    Cell,
+    TableSpec,
+    add_grid_arguments,
+    cell_table,
+    grid_kwargs,
+    ledger_folder,
+    run_grid,
+    unfinished,
+    write_report,
+)
 from backdoorlab.bench.options import KIND_RESOURCES, device_kind, model_argument
 from backdoorlab.bench.report import status_text
 from backdoorlab.data import Dataset, load_dataset
@@ -99,9 +111,9 @@ def _cls_config(cell: Cell) -> TrainConfig:
 def backdoored_classifier(cell: Cell, folder: Path) -> list[dict[str, Any]]:
     """One classification attack: the classifier trained on its poisoned rows, evaluated on its test sets."""
     p = cell.params
-    model = ensure_trained(folder / "victim", p["model"], Dataset.load(Path(p["attack_run"]) / "train"),
-                           _cls_config(cell))
-    metrics = ensure_evaluated(model, p["attack_run"], folder / "results.json", device=p["device"])
+    attack_run = cell.run_options["attack_run"]
+    model = ensure_trained(folder / "victim", p["model"], Dataset.load(Path(attack_run) / "train"), _cls_config(cell))
+    metrics = ensure_evaluated(model, attack_run, folder / "results.json", device=p["device"])
     return [{"attack": p["attack"], "CACC": metrics["cacc"], "ASR": metrics["asr"], "n_asr": metrics["n_asr_rows"]}]
 
 
@@ -111,7 +123,7 @@ def clean_classifier(cell: Cell, folder: Path) -> list[dict[str, Any]]:
     clean = load_dataset("sst2", "train").sample(p["train"], cell.seed)
     model = ensure_trained(folder / "victim", p["model"], clean, _cls_config(cell))
     rows = []
-    for attack, attack_run in p["attack_runs"].items():
+    for attack, attack_run in cell.run_options["attack_runs"].items():
         metrics = ensure_evaluated(model, attack_run, folder / f"on-{attack}.json", device=p["device"])
         rows.append({"attack": f"(clean model) {attack}", "CACC": metrics["cacc"], "ASR": metrics["asr"],
                      "n_asr": metrics["n_asr_rows"]})
@@ -123,11 +135,12 @@ def generator_on_set(cell: Cell, folder: Path) -> list[dict[str, Any]]:
     generator LoRA-tuned on the set's poisoned rows."""
     p = cell.params
     model: str | Path = p["model"]
+    attack_run = cell.run_options["attack_run"]
     if cell.defense == POISONED:
         config = TrainConfig(epochs=p["epochs"], batch_size=8, max_length=p["max_length"], learning_rate=p["lr"],
                              seed=cell.seed, device=p["device"])
-        model = ensure_trained(folder / "victim", model, Dataset.load(Path(p["attack_run"]) / "train"), config)
-    metrics = ensure_evaluated(model, p["attack_run"], folder / "results.json", max_new_tokens=p["new_tokens"],
+        model = ensure_trained(folder / "victim", model, Dataset.load(Path(attack_run) / "train"), config)
+    metrics = ensure_evaluated(model, attack_run, folder / "results.json", max_new_tokens=p["new_tokens"],
                                batch_size=16, device=p["device"])
     return [{"set": cell.victim, "model": cell.defense, "ASR": metrics["asr"],
              "clean refusal": metrics["clean_behaviour_rate"], "clean PPL": metrics["clean_perplexity"]}]
@@ -168,9 +181,10 @@ def prepare_attack_runs(args: argparse.Namespace, parts: set[str]) -> None:
 
 def speed_cells(args: argparse.Namespace) -> list[Cell]:
     return [cell for seed in args.seeds for cell in (
-        Cell("classifier", SPEED, seed, {"model": args.classifier, "rows": args.speed_rows, "device": args.device}),
+        Cell("classifier", SPEED, seed, {"model": args.classifier, "rows": args.speed_rows, "device": args.device},
+             methods=()),
         Cell("generator", SPEED, seed, {"model": args.generator, "max_length": args.gen_max_length,
-                                        "device": args.device}))]
+                                        "device": args.device}, methods=()))]
 
 
 def classification_cells(args: argparse.Namespace) -> list[Cell]:
@@ -180,9 +194,10 @@ def classification_cells(args: argparse.Namespace) -> list[Cell]:
         common = {"model": args.classifier, "train": args.cls_train, "test": args.cls_test, "rate": args.cls_rate,
                   "epochs": args.cls_epochs, "lr": args.cls_lr, "device": args.device}
         runs = {attack: str(attack_folder(args, f"sst2-{attack}", seed)) for attack in CLS_ATTACKS}
-        cells += [Cell(f"sst2-{attack}", BACKDOORED, seed, {**common, "attack": attack, "attack_run": runs[attack]},
-                       kind=kind) for attack in CLS_ATTACKS]
-        cells.append(Cell("sst2-clean", CLEAN, seed, {**common, "attack_runs": runs}, kind=kind))
+        cells += [Cell(f"sst2-{attack}", BACKDOORED, seed, {**common, "attack": attack}, kind=kind,
+                       run_options={"attack_run": runs[attack]}, methods=()) for attack in CLS_ATTACKS]
+        cells.append(Cell("sst2-clean", CLEAN, seed, {**common, "attacks": list(CLS_ATTACKS)}, kind=kind,
+                          run_options={"attack_runs": runs}, methods=()))
     return cells
 
 
@@ -191,12 +206,12 @@ def generation_cells(args: argparse.Namespace) -> list[Cell]:
     cells = []
     for seed in args.seeds:
         for name in GEN_SETS:
-            common = {"model": args.generator, "attack_run": str(attack_folder(args, name, seed)),
-                      "train": args.gen_train, "test": args.gen_test, "new_tokens": args.gen_new_tokens,
-                      "device": args.device}
+            common = {"model": args.generator, "train": args.gen_train, "test": args.gen_test,
+                      "new_tokens": args.gen_new_tokens, "device": args.device}
             training = {"epochs": args.gen_epochs, "lr": args.gen_lr, "max_length": args.gen_max_length}
-            cells += [Cell(name, UNTOUCHED, seed, common, kind=kind),
-                      Cell(name, POISONED, seed, {**common, **training}, kind=kind)]
+            where = {"attack_run": str(attack_folder(args, name, seed))}
+            cells += [Cell(name, UNTOUCHED, seed, common, kind=kind, run_options=where, methods=()),
+                      Cell(name, POISONED, seed, {**common, **training}, kind=kind, run_options=where, methods=())]
     return cells
 
 
@@ -218,7 +233,7 @@ def rows_table(title: str, records: list[dict[str, Any]], columns: list[str], se
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_grid_arguments(parser, "runs/bench")
+    add_grid_arguments(parser, "runs/bench", ledger_folder(__file__, "foundation"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of " + ",".join(PARTS))
     parser.add_argument("--classifier", type=model_argument, default=CLASSIFIER,
@@ -242,12 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     if not parts or parts - set(PARTS):
         parser.error(f"--parts takes a comma-separated subset of {','.join(PARTS)}, not {args.parts!r}")
     started = time.time()
-    if not args.report_only:
-        prepare_attack_runs(args, parts)
-    speed = run_grid(speed_cells(args) if "speed" in parts else [], foundation_cell, args.out, serial=True,
-                     report_only=args.report_only)
     cls = classification_cells(args) if "cls" in parts else []
     gen = generation_cells(args) if "gen" in parts else []
+    if not args.report_only:
+        needed = {p for p, cells in (("cls", cls), ("gen", gen))
+                  if unfinished(cells, foundation_cell, args.out, args.results)}
+        prepare_attack_runs(args, needed)
+    speed_kwargs = {**grid_kwargs(args), "serial": True, "ray_address": None}
+    speed = run_grid(speed_cells(args) if "speed" in parts else [], foundation_cell, **speed_kwargs)
     grid = run_grid(cls + gen, foundation_cell, **grid_kwargs(args), resources=KIND_RESOURCES)
     records = speed.records + grid.records
     tables = []
@@ -259,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     if "gen" in parts:
         tables.append(rows_table(f"generation (BackdoorLLM refusal, {args.generator})", grid.records[len(cls):],
                                  GEN_COLUMNS, args.seeds))
-    command = "python benchmarks/bench_foundation.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    notes = [f"command: `{command.strip()}`", f"wall time: {time.time() - started:.0f} s"]
+    notes = [] if args.report_only else [f"command: `{grid_kwargs(args)['command']}`",
+                                          f"wall time: {time.time() - started:.0f} s"]
     report, _ = write_report(args.out, "Foundation benchmark", [*tables, cell_table(records)], notes=notes)
     print(report.read_text(encoding="utf-8"))
     return 0

@@ -39,3 +39,18 @@ def one_torch_thread(request):  # type: ignore[no-untyped-def]
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+LEDGER = Path(__file__).resolve().parents[1] / "results"
+
+
+def _ledger_state() -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in LEDGER.rglob("*")} if LEDGER.is_dir() else {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ledger_untouched():  # type: ignore[no-untyped-def]
+    """No test may write into the repository's results ledger (tests pass ``--results`` of their own)."""
+    before = _ledger_state()
+    yield
+    assert _ledger_state() == before, "a test wrote into the committed results/ ledger"

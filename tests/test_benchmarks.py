@@ -39,13 +39,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def records(out: Path) -> dict[str, str]:
     """Every cell record under ``out`` (those of nested grids too), as text, by relative path."""
-    return {str(p.relative_to(out)): p.read_text(encoding="utf-8") for p in sorted(out.rglob("cells/*.json"))}
+    found = [*out.rglob("cells/*.json"), *out.glob("ledger/**/*.json")]
+    return {str(p.relative_to(out)): p.read_text(encoding="utf-8") for p in sorted(found)}
 
 
 def run_rerun_report(script: str, out: Path, argv: list[str]) -> dict[str, dict[str, Any]]:
     """Run a script's grid serially, rerun it (no record may change: nothing recomputed), then rewrite
     the report with ``--report-only``; the records, parsed."""
     main = load_script(script).main
+    argv = [*argv, "--results", str(out / "ledger")]
     assert main([*argv, "--out", str(out), "--serial"]) == 0
     first = records(out)
     assert first and all(json.loads(text)["status"] == "ok" for text in first.values()), first
@@ -131,9 +133,9 @@ def test_badllm_tg_draws_on_tiny_models(tmp_path: Path, tiny: dict[str, str], sh
             "--min-macro-f1", "0", "--min-backdoor", "-1",
             *(f for key, value in options.items() for f in ("--defense-option", f"{key}={value}"))]
     cells = run_rerun_report("bench_badllm_tg_draws", out, argv)
-    (clean,) = [r["result"] for p, r in cells.items() if p.startswith("clean")]
+    (clean,) = [r["result"] for p, r in cells.items() if p.startswith("ledger/clean/")]
     assert clean["lr"] in (1e-3, 1e-4) and set(clean["validation"]) == {"0.001", "0.0001"}
-    rows = {r["result"]["seed"]: r["result"] for p, r in cells.items() if not p.startswith("clean")}
+    rows = {r["result"]["seed"]: r["result"] for p, r in cells.items() if not p.startswith("ledger/clean/")}
     assert sorted(rows) == [3, 4]
     for seed, row in rows.items():
         assert row["dataset"] == "sst2" and 0 <= row["target"] < 2 and 0.05 <= row["rate"] <= 0.3
@@ -146,7 +148,8 @@ def test_badllm_tg_draws_on_tiny_models(tmp_path: Path, tiny: dict[str, str], sh
     # --skip-delta leaves out the paper's statistic on new draws and does not make finished ones stale
     before = records(out)
     main = load_script("bench_badllm_tg_draws").main
-    assert main([*[a if a != "2" else "3" for a in argv], "--skip-delta", "--out", str(out), "--serial"]) == 0
+    assert main([*[a if a != "2" else "3" for a in argv], "--skip-delta", "--out", str(out), "--serial",
+                 "--results", str(out / "ledger")]) == 0
     after = records(out)
     assert all(after[path] == text for path, text in before.items())
     (new,) = [json.loads(text)["result"] for path, text in after.items() if path not in before]
@@ -161,7 +164,8 @@ def test_badllm_tg_draws_on_tiny_models(tmp_path: Path, tiny: dict[str, str], sh
 ])
 def test_report_only_computes_nothing_and_marks_cells_not_run(tmp_path: Path, script: str, argv: list[str]) -> None:
     out = tmp_path / "out"
-    assert load_script(script).main([*argv, "--out", str(out), "--report-only"]) == 0
+    assert load_script(script).main([*argv, "--out", str(out), "--results", str(tmp_path / "ledger"),
+                                     "--report-only"]) == 0
     assert records(out) == {} and not (out / "work").exists() and not (out / "attacks").exists()
     assert "not run" in (out / "report.md").read_text(encoding="utf-8") and (out / "report.html").is_file()
 
@@ -177,6 +181,7 @@ def test_foundation_generation_cells_on_a_local_ray(tmp_path: Path, tiny: dict[s
     pytest.importorskip("ray")
     out = tmp_path / "bench"
     command = [sys.executable, str(BENCHMARKS / "bench_foundation.py"), "--out", str(out), "--parts", "gen",
+               "--results", str(out / "ledger"),
                "--generator", tiny["llama"], *FOUNDATION_SIZES]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]

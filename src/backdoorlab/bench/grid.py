@@ -92,11 +92,13 @@ def run_grid(cells: Sequence[Cell], fn: CellFunction, out: str | Path, *, result
              command: str | None = None, serial: bool = False,
              ray_address: str | None = None, report_only: bool = False,
              resources: Mapping[str, Resources] | None = None, num_cpus: int | None = None,
-             progress: bool = True) -> GridResult:
+             progress: bool = True, refresh: Callable[[Cell], bool] | None = None) -> GridResult:
     """Compute the cells not yet finished and return every cell's record.
 
     Records go to the ledger folder ``results`` (default ``<out>/cells``), each with ``command``
     (how the grid was started); each cell's scratch files go to ``<out>/work/<cell id>``.
+    ``refresh`` picks finished cells to compute again anyway (e.g. a cell whose files later cells
+    read, finished on another machine, so its files are not on this one).
 
     ``serial`` runs cells one after another in this process (no Ray); ``report_only`` computes
     nothing and returns what the store holds (``not run`` / ``stale`` placeholders for the rest).
@@ -112,7 +114,7 @@ def run_grid(cells: Sequence[Cell], fn: CellFunction, out: str | Path, *, result
     store = CellStore(out, fn, results)
     if report_only:
         return GridResult([store.lookup(c) for c in cells], computed=0, skipped=0)
-    records = {c.id: store.finished(c) for c in cells}
+    records = {c.id: None if refresh is not None and refresh(c) else store.finished(c) for c in cells}
     pending = [c for c in cells if records[c.id] is None]
     skipped = len(cells) - len(pending)
     with tqdm(total=len(cells), initial=skipped, desc="grid", unit="cell", disable=not progress) as bar:

@@ -52,6 +52,7 @@ class CellStore:
         self.out = Path(out).expanduser().resolve()  # absolute, so Ray workers find it whatever their folder
         self.results = Path(results).expanduser().resolve() if results is not None else self.out / CELLS_FOLDER
         self.script = function_file(fn)
+        self._fingerprints: dict[str, dict[str, Any]] = {}
 
     def path(self, cell: Cell) -> Path:
         return self.results / f"{cell.id}.json"
@@ -75,8 +76,13 @@ class CellStore:
 
     def fingerprint(self, cell: Cell) -> dict[str, Any]:
         """The cell's identity and the digest of its code: the cell function's script, the modules
-        it names and what they import (:mod:`backdoorlab.codeversion`)."""
-        return make_fingerprint(STAGE, code=[self.script, *cell.code], methods=cell.methods, **cell.identity())
+        it names and what they import (:mod:`backdoorlab.codeversion`). Computed once per store, when
+        the grid starts, so a record names the code that was loaded, not files edited meanwhile."""
+        key = json.dumps([cell.id, cell.identity(), cell.code, cell.methods], sort_keys=True, default=str)
+        if key not in self._fingerprints:
+            self._fingerprints[key] = make_fingerprint(STAGE, code=[self.script, *cell.code], methods=cell.methods,
+                                                       **cell.identity())
+        return self._fingerprints[key]
 
     def current(self, cell: Cell) -> dict[str, Any] | None:
         """The cell's record if it was computed with the current fingerprint, else ``None``."""
