@@ -164,6 +164,45 @@ def test_injection_creates_the_known_backdoors_and_recovery_removes_them(clean_c
     assert accuracy >= 0.9
 
 
+def with_unknown_trigger(rows: list[Example]) -> list[Example]:
+    """``rows`` with the suspect's own trigger ("cf", unknown to the defender) opening them, labelled negative."""
+    return [r.with_(text=f"cf {r.text}", label=0, uid=f"{r.uid}+cf") for r in rows]
+
+
+@pytest.fixture(scope="module")
+def backdoored_classifier(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A tiny films classifier with a planted backdoor: "cf" before a positive review makes it negative."""
+    positives = [r for r in films(48, offset=48) if r.label == 1]
+    rows = Dataset("films-cf", "classification", list(films(48)) + with_unknown_trigger(positives),
+                   label_names=["negative", "positive"], source="hand-built")
+    config = TrainConfig(method="full", epochs=6, learning_rate=3e-3, batch_size=8, save_steps=10**9)
+    return train(tiny_bert_victim(), rows, tmp_path_factory.mktemp("backdoored"), config)
+
+
+def attack_success(victim, rows: list[Example]) -> float:  # type: ignore[no-untyped-def]
+    """The share of positive ``rows`` the victim calls negative once the unknown trigger opens them."""
+    positives = [r for r in rows if r.label == 1]
+    return sum(p == 0 for p in victim.predict(with_unknown_trigger(positives))) / len(positives)
+
+
+def test_the_defense_removes_a_backdoor_it_was_not_told_about(backdoored_classifier, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The suspect flips "cf"-opened positive reviews to negative; after both stages it must not,
+    while still classifying clean reviews.
+
+    Catches skipping Stage II (``if self.recovery_epochs == 0`` always taken) and a Stage II that trains
+    on the injection rows (``known.injection_rows`` in place of ``known.recovery_rows``): both leave the
+    unknown backdoor in place."""
+    test_rows = list(films(40, offset=300))
+    assert attack_success(backdoored_classifier, test_rows) >= 0.9  # a real backdoor
+    defense = get_defense("backdoor-collapse", max_clean=32, validation_rows=16, learning_rate=3e-3,
+                          injection_epochs=6, recovery_epochs=6, known_target=0)
+    outcome = defense.apply(backdoored_classifier, DefenderInputs(clean_rows=films(48, offset=200)), tmp_path)
+    assert attack_success(outcome.victim, test_rows) <= 0.2
+    clean_test = list(films(20, offset=400))
+    accuracy = sum(p == r.label for p, r in zip(outcome.victim.predict(clean_test), clean_test)) / len(clean_test)
+    assert accuracy >= 0.85
+
+
 def test_the_generator_path_runs_and_resumes_from_finished_stages(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     defense = get_defense("backdoor-collapse", max_clean=8, validation_rows=4, injection_epochs=1,
                           recovery_epochs=1, max_length=48)
