@@ -176,8 +176,8 @@ def test_defense_screens_when_no_target_is_given_and_mines_evidence_when_it_is(t
     assert identification["target"] == 2 and identification["method"] == "screen" and delta is None
     assert identification["labels"]["so-so"]["best_phrase"] == "zq"
     assert json.loads((tmp_path / "screen" / "evidence.json").read_text())[0]["phrase"] == "zq"
-    given = BadLLMTG(target=2)
-    identification, delta = given.find_target(ThreeLabelVictim(), data, tmp_path / "given")
+    given = BadLLMTG()
+    identification, delta = given.find_target(ThreeLabelVictim(), data, tmp_path / "given", target=2)
     assert identification == {"target": 2, "given": True, "method": "given"} and delta is None
     evidence = given._evidence(data, delta, 2, tmp_path / "given")
     assert "zq" in [e.phrase for e in evidence]  # mined although no Δc was computed (screened later, in the search)
@@ -382,11 +382,11 @@ def test_badllm_tg_end_to_end_on_tiny_models_and_resume(tmp_path: Path, shared_d
     attack_run = run_attack("sst2", "badnets", tmp_path / "attack", rate=0.3, target=1, max_train=40, max_test=12)
     bert = tiny_bert_victim().save(tmp_path / "tiny-bert")
     llama = tiny_llama_victim().save(tmp_path / "tiny-llama")
-    options = {"generator_model": str(llama), "base_model": str(bert), "min_majority": 0.0, "iterations": 2,
+    options = {"generator_model": str(llama), "min_majority": 0.0, "iterations": 2,
                "candidates": 1, "eval_rows": 6, "adv_epochs": 1, "batch_size": 8, "identify_records": 3,
                "evidence_fraction": 0.5, "min_flip_rate": 0.0}
     metrics = run_defense("badllm-tg", bert, attack_run, tmp_path / "tg", options=options, max_eval_rows=12,
-                          device="cpu")
+                          pretrained_model=bert, device="cpu")
     out = tmp_path / "tg"
     assert {"cacc", "asr"} <= set(metrics["after"]) and (out / "model" / "victim.json").is_file()
     findings = json.loads((out / "defense.json").read_text())["findings"]
@@ -403,15 +403,16 @@ def test_badllm_tg_end_to_end_on_tiny_models_and_resume(tmp_path: Path, shared_d
     stamp = (out / "iterations.json").stat().st_mtime_ns
     (out / "defense.json").unlink()
     (out / "metrics.json").unlink()
-    run_defense("badllm-tg", bert, attack_run, out, options=options, evaluate=False, device="cpu")
+    run_defense("badllm-tg", bert, attack_run, out, options=options, evaluate=False, pretrained_model=bert,
+                device="cpu")
     assert (out / "iterations.json").stat().st_mtime_ns == stamp  # the search was reused, not redone
     with pytest.raises(BackdoorLabError, match="options differ"):  # other settings never reuse this run's work
         run_defense("badllm-tg", bert, attack_run, out, options={**options, "min_flip_rate": 1.01}, evaluate=False,
-                    device="cpu")
+                    pretrained_model=bert, device="cpu")
     out = tmp_path / "tg-strict"
     with pytest.warns(UserWarning, match="no trigger was recovered"):
         run_defense("badllm-tg", bert, attack_run, out, options={**options, "min_flip_rate": 1.01}, evaluate=False,
-                    device="cpu")
+                    pretrained_model=bert, device="cpu")
     record = json.loads((out / "defense.json").read_text())
     assert record["defended_model"] == str(bert) and record["findings"]["adversarial_training"].startswith("skipped")
     with pytest.raises(BackdoorLabError, match="variant must be one of"):
@@ -424,11 +425,53 @@ def test_badllm_tg_runs_on_defender_data_alone_with_no_attack_run(tmp_path: Path
     rows = [Example(text=f"a {'fine' if i % 2 else 'dull'} film number {i}" + (" zq" if i % 5 == 0 else ""),
                     label=1 if i % 5 == 0 else i % 2) for i in range(40)]
     Dataset("mine", "classification", rows, ["negative", "positive"]).save(tmp_path / "my-rows")
-    options = {"generator_model": str(llama), "base_model": str(bert), "iterations": 1, "candidates": 1,
+    options = {"generator_model": str(llama), "iterations": 1, "candidates": 1,
                "eval_rows": 6, "evidence_mined": 6, "adv_epochs": 1, "batch_size": 8, "min_flip_rate": 0.0,
                "min_majority": 0.0, "identify_records": 3}
     result = run_defense("badllm-tg", bert, None, tmp_path / "tg", train_data=tmp_path / "my-rows", options=options,
-                         device="cpu")
+                         pretrained_model=bert, device="cpu")
     findings = json.loads((tmp_path / "tg" / "defense.json").read_text())["findings"]
     assert findings["target_identification"]["method"] in ("screen", "screen, then delta")
     assert (tmp_path / "tg" / "model" / "victim.json").is_file() and "after" not in result  # nothing to measure on
+
+
+# ----------------------------------------------------------------------------- defender inputs
+def _user_rows(folder: Path) -> Path:
+    rows = [Example(text=f"a {'fine' if i % 2 else 'dull'} film number {i}" + (" zq" if i % 5 == 0 else ""),
+                    label=1 if i % 5 == 0 else i % 2) for i in range(40)]
+    return Dataset("mine", "classification", rows, ["negative", "positive"]).save(folder)
+
+
+def test_the_pretrained_model_and_the_target_label_are_declared_inputs_not_options(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from backdoorlab.cli import main
+    from backdoorlab.defenses import DefenderInputs, get_defense
+    from backdoorlab.defenses.base import defense_info
+
+    info = defense_info("badllm-tg")
+    assert set(info.uses) == {"target_label", "pretrained_model"} and "pretrained_model" in info.needs_when
+    assert main(["defenses", "badllm-tg"]) == 0
+    listed = capsys.readouterr().out
+    assert "pretrained_model" in listed and "--pretrained" in listed and "target_label" in listed
+    for old, replacement in (("target", "--target-label"), ("base_model", "--pretrained")):
+        with pytest.raises(BackdoorLabError, match=replacement):
+            get_defense("badllm-tg", **{old: "1"})
+    rows = _minority_target_set()
+    faithful = get_defense("badllm-tg", variant="faithful")  # fine-tunes the suspect: with the target, no scout
+    faithful.check_inputs(DefenderInputs(training_data=rows, target_label="so-so"))
+    with pytest.raises(BackdoorLabError, match="--pretrained"):
+        faithful.check_inputs(DefenderInputs(training_data=rows))  # no target: the Δc scout trains the pretrained model
+    with pytest.raises(BackdoorLabError, match="not in the label set"):
+        faithful.check_inputs(DefenderInputs(training_data=rows, target_label="great"))
+
+
+def test_a_missing_pretrained_model_stops_before_anything_is_written(tmp_path: Path) -> None:
+    suspect = tiny_bert_victim().save(tmp_path / "suspect")
+    (suspect / "victim.json").unlink()  # a user's model folder: nothing records what it was fine-tuned from
+    llama = tiny_llama_victim().save(tmp_path / "tiny-llama")
+    options = {"generator_model": str(llama), "iterations": 1, "candidates": 1, "eval_rows": 6, "evidence_mined": 6,
+               "adv_epochs": 1, "batch_size": 8, "min_flip_rate": 0.0, "min_majority": 0.0, "identify_records": 3}
+    with pytest.raises(BackdoorLabError, match="--pretrained"):
+        run_defense("badllm-tg", suspect, None, tmp_path / "tg", train_data=_user_rows(tmp_path / "rows"),
+                    options=options, device="cpu")
+    assert not (tmp_path / "tg").exists()

@@ -170,7 +170,8 @@ def cmd_defenses(args: argparse.Namespace) -> None:
     if args.name:
         info = defense_info(args.name)
         _print_options(f"{info.name}: {info.stage}-stage defense", info.description, info.options)
-        rows = [{"input": name, "needed": "required" if name in info.needs else "optional",
+        rows = [{"input": name, "needed": "required" if name in info.needs else (
+                    f"required {info.needs_when[name]}" if name in info.needs_when else "optional"),
                  "what": INPUTS[name]} for name in (*info.needs, *info.uses)]
         if rows:
             print_table(rows, ["input", "needed", "what"], wide=["what"], title="defender inputs besides --model")
@@ -196,6 +197,7 @@ def cmd_defend(args: argparse.Namespace) -> None:
         metrics = run_defense(args.method, args.model, args.data, args.out, options=parse_option_pairs(args.option),
                               train_data=args.train_data, clean_data=args.clean_data, behaviour=args.behaviour,
                               target_label=_target(args.target_label), reference_model=args.reference_model,
+                              pretrained_model=args.pretrained,
                               suspect_adapter=args.suspect_adapter, evaluate=not args.no_eval,
                               max_eval_rows=args.max_rows, device=args.device,
                               baseline=args.baseline, allow_pickle=args.allow_pickle, data_dir=args.data_dir,
@@ -367,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--behaviour", help="the bad behaviour to remove, as a judge name (refusal, jailbreak, ...)")
     p.add_argument("--target-label", help="label the backdoor is suspected to target (methods that assume it)")
     p.add_argument("--reference-model", help="a clean reference model (methods that assume one)")
+    p.add_argument("--pretrained", metavar="MODEL", help="the clean pretrained model a training-stage method trains "
+                   "from (e.g. badllm-tg with start_from=base)")
     p.add_argument("--suspect-adapter", help="the suspect's own LoRA adapter folder, where the suspect is distributed "
                    "as base + adapter (methods that use one, e.g. bd-vax)")
     p.add_argument("--baseline", help="results JSON of the undefended model on --data (same rows), used as 'before'")

@@ -93,6 +93,10 @@ def check_options(cls: type, options: Mapping[str, Any] | None, owner: str) -> d
     """``options`` with each value coerced to its field's type; unknown names or bad values raise."""
     options = dict(options or {})
     names = [f.name for f in dataclasses.fields(cls) if f.init]
+    moved: Mapping[str, str] = getattr(cls, "moved_options", {})
+    for name in options:
+        if name in moved and name not in names:
+            raise BackdoorLabError(f"{owner} has no option {name!r} any more: {moved[name]}")
     unknown = [name for name in options if name not in names]
     if unknown:
         listed = ", ".join(names) or "(none)"

@@ -49,9 +49,16 @@ class Defense:
     stage: ClassVar[str] = "post-training"
     needs: ClassVar[tuple[str, ...]] = ()  # defender inputs the method requires (names in inputs.INPUTS)
     uses: ClassVar[tuple[str, ...]] = ()  # defender inputs it uses when given
+    needs_when: ClassVar[dict[str, str]] = {}  # inputs of ``uses`` some settings require: input -> when
+    moved_options: ClassVar[dict[str, str]] = {}  # former options -> what to pass instead
 
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def check_inputs(self, inputs: DefenderInputs) -> None:
+        """Raise a clear error when an input these settings require is missing (before any work)."""
+        for name in self.needs:
+            inputs.require(name, self.name)
 
     def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         raise NotImplementedError
@@ -67,7 +74,7 @@ def register_defense(cls: type[Defense]) -> type[Defense]:
         raise ValueError(f"defense {cls.name!r} has stage {cls.stage!r}; expected one of {STAGES}")
     from .inputs import INPUTS
 
-    unknown = sorted((set(cls.needs) | set(cls.uses)) - set(INPUTS))
+    unknown = sorted((set(cls.needs) | set(cls.uses) | set(cls.needs_when)) - set(INPUTS))
     if unknown:
         raise ValueError(f"defense {cls.name!r} declares unknown defender inputs {unknown}")
     _REGISTRY[cls.name] = cls
@@ -89,12 +96,14 @@ class DefenseInfo:
     options: list[OptionInfo]
     needs: tuple[str, ...] = ()  # defender inputs the method requires
     uses: tuple[str, ...] = ()  # defender inputs it uses when given
+    needs_when: dict[str, str] = dataclasses.field(default_factory=dict)  # inputs of ``uses`` some settings require
 
 
 def defense_info(name: str) -> DefenseInfo:
     """The stage, description and options (type, default, help) of defense ``name``."""
     cls = _defense_class(name)
-    return DefenseInfo(cls.name, cls.stage, cls.description, describe(cls), tuple(cls.needs), tuple(cls.uses))
+    return DefenseInfo(cls.name, cls.stage, cls.description, describe(cls), tuple(cls.needs), tuple(cls.uses),
+                       dict(cls.needs_when))
 
 
 def _defense_class(name: str) -> type[Defense]:

@@ -47,16 +47,17 @@ def run_defense(method: str, model: str | Path, attack_run: str | Path | None, o
                 options: dict[str, Any] | None = None, train_data: str | Path | None = None,
                 clean_data: str | Path | None = None, behaviour: str | None = None,
                 target_label: int | str | None = None, reference_model: str | Path | None = None,
-                suspect_adapter: str | Path | None = None,
+                pretrained_model: str | Path | None = None, suspect_adapter: str | Path | None = None,
                 evaluate: bool = True, max_eval_rows: int | None = 100, baseline: str | Path | None = None,
                 max_new_tokens: int = 48, device: str = "auto", allow_pickle: bool = False,
                 data_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run defense ``method`` on ``model``; return ``metrics.json``'s content (or, without an attack run
     or with ``evaluate=False``, the method and the defended model).
 
-    ``train_data``, ``clean_data``, ``behaviour``, ``target_label``, ``reference_model`` and
-    ``suspect_adapter`` are the defender's inputs; those the method needs and the user did not give are derived from
-    ``attack_run`` where a defender's view of it allows (see :func:`~backdoorlab.defenses.inputs.gather_inputs`).
+    ``train_data``, ``clean_data``, ``behaviour``, ``target_label``, ``reference_model``,
+    ``pretrained_model`` and ``suspect_adapter`` are the defender's inputs; those the method needs and the
+    user did not give are derived from ``attack_run`` where a defender's view of it allows (see
+    :func:`~backdoorlab.defenses.inputs.gather_inputs`).
     ``baseline``: an existing evaluation (``backdoorlab evaluate --out FILE``) of the undefended
     model on ``attack_run``, on the same rows, used as "before".
     """
@@ -64,10 +65,9 @@ def run_defense(method: str, model: str | Path, attack_run: str | Path | None, o
     out = Path(out)
     inputs = gather_inputs((*defense.needs, *defense.uses), attack_run=attack_run, train_data=train_data,
                            clean_data=clean_data, behaviour=behaviour, target_label=target_label,
-                           reference_model=reference_model, suspect_adapter=suspect_adapter,
-                           data_dir=data_dir)
-    for name in defense.needs:
-        inputs.require(name, method)
+                           reference_model=reference_model, pretrained_model=pretrained_model,
+                           suspect_adapter=suspect_adapter, data_dir=data_dir)
+    defense.check_inputs(inputs)
     measure = evaluate and attack_run is not None
     if baseline and not Path(baseline).is_file():
         raise BackdoorLabError(f"baseline {baseline} does not exist; it must be an evaluation of the undefended "

@@ -2,8 +2,9 @@
 
 Zhang et al., "BadLLM-TG: A Backdoor Defender powered by LLM Trigger Generator", arXiv 2603.15692:
 
-1. §2.3, Eq. 4 — identify the target label ŷ from confidence changes in early training
-   (:mod:`backdoorlab.defenses.badllm_tg.target_label`) and split D* into D_tgt and D_n-tgt;
+1. §2.3, Eq. 4 — identify the target label ŷ from confidence changes in early training of the
+   clean pretrained model (:mod:`backdoorlab.defenses.badllm_tg.target_label`) and split D* into
+   D_tgt and D_n-tgt;
 2. §2.4, Eqs. 5–8 — learn the generator's prompt by prompt-driven RL with the victim's loss as
    reward (:mod:`backdoorlab.defenses.badllm_tg.trigger_search`);
 3. §2.5, Eq. 9 — apply G(·; p̂) to the training set, keep every row's label, and fine-tune the
@@ -23,9 +24,13 @@ going after the first working trigger so that adversarial training covers every 
 poisoned rows are a large share of the target label: G is applied to the non-target rows only
 (``adv_rows="non-target"``; applied to all of D*, most rewritten rows keep the target label and the
 trigger stays predictive of it), and target-label rows that contain a working trigger phrase are
-dropped (``drop_triggered``); and the clean base model is retrained on that set
+dropped (``drop_triggered``); and the clean pretrained model is retrained on that set
 (``start_from="base"``, 3 epochs at 2e-4) instead of fine-tuning the suspect (the authors' draft
 code; 2 epochs at 2e-5), which on SST-2/BadNets left ASR at 31% against 0% from the base.
+
+The defender's inputs: the suspect's training rows (required), the target label when it is known
+(``--target-label``: identification is skipped) and the clean pretrained model (``--pretrained``),
+required to retrain from it (``start_from="base"``) and to compute Δc (when the target is not given).
 
 Work files (all reused on a rerun): ``target.json``, ``delta.json`` (when Δc was needed), ``evidence.json``, ``iterations.json``,
 ``trigger.json`` (the recovered pattern), ``adversarial-set/`` and ``adversarial-training/``.
@@ -67,19 +72,25 @@ ADV_ROWS = ("all", "non-target")
 @register_defense
 @dataclass
 class BadLLMTG(Defense):
-    """Options below; BadLLM-TG needs no clean data, only the poisoned training set and the suspect."""
+    """Options below; BadLLM-TG needs no clean data, only the poisoned training set and the suspect
+    (and the clean pretrained model to retrain or to compute Δc)."""
 
     name = "badllm-tg"
     description = "BadLLM-TG: LLM trigger generator tuned by prompt-driven RL, then adversarial training"
     needs = ("training_data",)
+    uses = ("target_label", "pretrained_model")
+    needs_when = {"pretrained_model": "with start_from=base (the evidence variant's default) or when no target "
+                                      "label is given (its Δc scout trains it)"}
+    moved_options = {
+        "target": "the target label is a defender input: pass --target-label (run_defense(target_label=...))",
+        "base_model": "the clean pretrained model is a defender input: pass --pretrained MODEL "
+                      "(run_defense(pretrained_model=...))"}
     variant: str = "evidence"  # evidence (mined n-grams guide the generator) | faithful (the paper as written)
     generator: str = "local"  # local | openai
     generator_model: str | None = None  # local default: smollm2-135m-instruct
     base_url: str | None = None  # openai: the API root, e.g. http://localhost:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the endpoint's key
     rewrite: str | None = None  # llm | insert | llm+insert; default by variant
-    target: int | None = None  # skip identification when the target label is known
-    base_model: str | None = None  # clean model for the identification scout; default: the suspect's base
     identify_epochs: float = 1.0  # training window of the target-identification scout (§2.3)
     identify_records: int = 5  # confidence records taken in that window (at least 2)
     identify_lr: float = 5e-5  # learning rate of the scout
@@ -161,17 +172,35 @@ class BadLLMTG(Defense):
     def rewrite_mode(self) -> str:
         return self.rewrite or ("insert" if self.variant == "evidence" else "llm")
 
+    def needs_pretrained(self, target_given: bool) -> bool:
+        """Whether these settings train the clean pretrained model: to retrain it, or as the Δc scout
+        (identification without a given target, or evidence ranked by Δc)."""
+        ranked = self.evidence_fraction < 1 and self.variant == "evidence"
+        return self.starting_point == "base" or not target_given or ranked
+
+    def check_inputs(self, inputs: DefenderInputs) -> None:
+        super().check_inputs(inputs)
+        if inputs.pretrained_model is None and self.needs_pretrained(inputs.target_label is not None):
+            why = ("retrains it (start_from=base)" if self.starting_point == "base"
+                   else "trains it to compute Δc (no target label given)")
+            raise BackdoorLabError(f"badllm-tg {why} and needs the clean pretrained model the suspect was fine-tuned "
+                                   "from; pass it with --pretrained MODEL")
+        training = inputs.training_data
+        if inputs.target_label is not None and training is not None:
+            training.label_index(inputs.target_label)  # a label the training rows do not have fails here
+
     def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         self.check()
+        self.check_inputs(inputs)
         if victim.is_generator:
             raise BackdoorLabError("badllm-tg defends text classifiers; the model given is a generator")
         train_set: Dataset = inputs.require("training_data", self.name)
         victim.check_compatible(train_set)
-        identification, delta = self.find_target(victim, train_set, workdir)
+        given = None if inputs.target_label is None else train_set.label_index(inputs.target_label)
+        pretrained = inputs.pretrained_model
+        identification, delta = self.find_target(victim, train_set, workdir, target=given, pretrained=pretrained)
         target = identification["target"]
         names = train_set.label_names or [str(i) for i in range(train_set.num_labels)]
-        if not 0 <= target < len(names):
-            raise BackdoorLabError(f"target {target} is not a label index of {train_set.name!r} (0..{len(names) - 1})")
         evidence = self._evidence(train_set, delta, target, workdir)
         backend = get_backend(self.generator, model=self.generator_model, base_url=self.base_url,
                               api_key_env=self.api_key_env, device=self.device)
@@ -206,7 +235,7 @@ class BadLLMTG(Defense):
             warnings.warn(f"badllm-tg: {findings['adversarial_training']}", stacklevel=2)
             return DefenseOutcome(victim, findings, model_changed=False)
         from_suspect = self.starting_point == "suspect"
-        model = victim if from_suspect else self._load_base(victim, train_set)
+        model = victim if from_suspect else self._load_pretrained(pretrained, train_set)
         config = TrainConfig(method="full", epochs=self.adv_epochs or (2.0 if from_suspect else 3.0),
                              learning_rate=self.adv_lr or (2e-5 if from_suspect else 2e-4),
                              batch_size=self.batch_size, seed=self.seed, device=self.device, save_steps=10**9)
@@ -234,23 +263,25 @@ class BadLLMTG(Defense):
         return pools[scores[0].pool]
 
     # ------------------------------------------------------------------ steps
-    def find_target(self, victim: Victim, train_set: Dataset, workdir: Path) -> tuple[dict[str, Any], np.ndarray | None]:
-        """The target label (given, screened or by Δc) and the rows' Δc when it was needed."""
+    def find_target(self, victim: Victim, train_set: Dataset, workdir: Path, *, target: int | None = None,
+                    pretrained: str | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The target label (``target`` when given, else screened or by Δc) and the rows' Δc when it was
+        needed (computed with a scout trained from ``pretrained``)."""
         path = workdir / "target.json"
         if path.is_file():
             saved = json.loads(path.read_text(encoding="utf-8"))
-            return saved["identification"], self._delta(victim, train_set, workdir, compute=False)
+            return saved["identification"], self._delta(pretrained, train_set, workdir, compute=False)
         labels = [e.label for e in train_set]
         mines_ranked = self.evidence_fraction < 1 and (
-            self.variant == "evidence" or (self.target is None and self.identification == "screen"))
-        delta = self._delta(victim, train_set, workdir, compute=mines_ranked or (
-            self.target is None and self.identification == "delta"))
-        if self.target is not None:
-            identification: dict[str, Any] = {"target": int(self.target), "given": True, "method": "given"}
+            self.variant == "evidence" or (target is None and self.identification == "screen"))
+        delta = self._delta(pretrained, train_set, workdir, compute=mines_ranked or (
+            target is None and self.identification == "delta"))
+        if target is not None:
+            identification: dict[str, Any] = {"target": int(target), "given": True, "method": "given"}
         elif self.identification == "screen":
             identification = self._screen(victim, train_set, delta, workdir)
             if identification["target"] is None:
-                delta = self._delta(victim, train_set, workdir, compute=True)
+                delta = self._delta(pretrained, train_set, workdir, compute=True)
                 found = identify_target(delta, labels, top_fraction=self.top_fraction, min_majority=self.min_majority)
                 identification.update(found.to_dict(train_set.label_names), method="screen, then delta",
                                       statistic=self.statistic)
@@ -262,7 +293,7 @@ class BadLLMTG(Defense):
         write_json_atomic(path, {"identification": identification})
         return identification, delta
 
-    def _delta(self, victim: Victim, train_set: Dataset, workdir: Path, *, compute: bool) -> np.ndarray | None:
+    def _delta(self, pretrained: str | None, train_set: Dataset, workdir: Path, *, compute: bool) -> np.ndarray | None:
         """Every row's confidence change Δc from the scout (§2.3), saved in ``delta.json``; ``None`` when not
         computed yet and ``compute`` is false."""
         path = workdir / "delta.json"
@@ -270,7 +301,7 @@ class BadLLMTG(Defense):
             return np.array(json.loads(path.read_text(encoding="utf-8"))["delta"])
         if not compute:
             return None
-        scout = self._load_base(victim, train_set)
+        scout = self._load_pretrained(pretrained, train_set)
         trajectory = record_confidences(scout, train_set, workdir / "scout", epochs=self.identify_epochs,
                                         records=self.identify_records, learning_rate=self.identify_lr,
                                         batch_size=self.batch_size, seed=self.seed)
@@ -306,13 +337,13 @@ class BadLLMTG(Defense):
                               flip_rate=round(top.flip_rate, 4))
         return result
 
-    def _load_base(self, victim: Victim, train_set: Dataset) -> Victim:
+    def _load_pretrained(self, pretrained: str | None, train_set: Dataset) -> Victim:
         from ...models.loading import load_victim
 
-        base = self.base_model or victim.name
-        if not base:
-            raise BackdoorLabError("the suspect model does not record its base model; pass base_model=<name or folder>")
-        return load_victim(base, kind="classifier", label_names=train_set.label_names, device=self.device)
+        if pretrained is None:
+            raise BackdoorLabError("badllm-tg needs the clean pretrained model the suspect was fine-tuned from; "
+                                   "pass it with --pretrained MODEL")
+        return load_victim(pretrained, kind="classifier", label_names=train_set.label_names, device=self.device)
 
     def _evidence(self, train_set: Dataset, delta: np.ndarray | None, target: int, workdir: Path) -> list[Evidence]:
         """N-grams over-represented in the target label's (top-Δc) rows; mined whether or not the target was given."""
