@@ -62,6 +62,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
     from .attacks.run import AttackRun
     from .pipeline import run_attack, use_ready_made
 
+    kept = AttackRun(args.out).exists() and not args.overwrite  # then it is reused or the command stops
     if args.attack == "ready-made":
         rate = {} if args.rate is None else {"rate": args.rate}  # bkdattr sets only; BackdoorLLM's are fixed
         out = use_ready_made(args.dataset, args.out, max_train=args.max_train, max_test=args.max_test,
@@ -74,7 +75,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
                          train_split=args.train_split, test_split=args.test_split, max_train=args.max_train,
                          max_test=args.max_test, data_dir=args.data_dir, overwrite=args.overwrite)
     manifest = AttackRun(out).manifest
-    print(f"wrote attack run {out}: " + ", ".join(f"{k} {v} rows" for k, v in manifest["splits"].items()))
+    print(f"{'reused' if kept else 'wrote'} attack run {out}: " + ", ".join(f"{k} {v} rows" for k, v in manifest["splits"].items()))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -98,19 +99,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     import warnings
 
     from .evaluation import UninformativeMetricWarning
-    from .pipeline import run_evaluate
+    from .pipeline import evaluate_once
 
     with warnings.catch_warnings():  # the same messages are printed once, below the table
         warnings.simplefilter("ignore", UninformativeMetricWarning)
-        results = run_evaluate(args.model, args.data, max_rows=args.max_rows, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, device=args.device, out=args.out,
-                               allow_pickle=args.allow_pickle, guard=args.guard, floor_model=args.floor_model,
-                               utility_rows=args.utility_rows)
+        results = evaluate_once(args.model, args.data, max_rows=args.max_rows, batch_size=args.batch_size,
+                                max_new_tokens=args.max_new_tokens, device=args.device, out=args.out,
+                                overwrite=args.overwrite, allow_pickle=args.allow_pickle, guard=args.guard,
+                                floor_model=args.floor_model, utility_rows=args.utility_rows)
     metrics = results["metrics"]
     print_table(_metric_rows(metrics), ["metric", "value"])
     for message in metrics.get("warnings") or []:
         print(f"WARNING: {message}", file=sys.stderr)
-    print(f"results written to {results['written_to']}")
+    if results.get("reused"):
+        print(f"results reused from {results['written_to']} (the same evaluation; --overwrite to recompute)")
+    else:
+        print(f"results written to {results['written_to']}")
 
 
 #: Result fields that are descriptions, not figures (they stay in the JSON).
@@ -319,14 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--out", help="results JSON path (default: results.json beside a backdoorlab run's model/, "
-                   "else evaluations/<model>--<attack run>.json; never inside your model folder)")
+                   "else evaluations/<model>--<attack run>.json, each with --guard-<guard> added through a guard; "
+                   "never inside your model folder); reused when it holds this very evaluation")
     p.add_argument("--guard", help="predict or decode through an inference-time defense (its `defend` run folder)")
     p.add_argument("--floor-model", help="a model trained on the clean rows alone: its ASR on the same triggered rows "
                    "is reported as the ASR floor (classifiers)")
     p.add_argument("--utility-rows", type=int, metavar="N",
                    help="also score N questions of each multiple-choice utility set (ARC, BoolQ, PIQA, OpenBookQA, "
                         "WinoGrande, HellaSwag; generators; about 3 minutes at N=80 for a 135M model on 2 cores)")
-    _common(p, device=True, pickle=True)
+    _common(p, overwrite=True, device=True, pickle=True)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("injections", help="list the model-level backdoor injection methods, or show one's options")

@@ -17,7 +17,8 @@ from .attacks.run import AttackRun
 from .data.records import Dataset
 from .data.registry import load_dataset
 from .errors import BackdoorLabError
-from .fileio import write_json_atomic
+from .fileio import read_json, write_json_atomic
+from .fingerprint import FINGERPRINT_KEY
 from .manifest import environment_info
 
 #: Ready-made poisoned sets: the judge their backdoor is measured with.
@@ -33,13 +34,23 @@ def run_attack(dataset: str, attack: str, out: str | Path, *, rate: float, targe
     """Poison ``dataset``'s training split and build its clean and triggered test sets in ``out``.
 
     Test rows come from ``test_split`` of ``dataset``, or of ``test_data`` (a name or path) if given.
+    An ``out`` that already holds this attack run (same settings and rows) is reused; one that holds
+    another stops with the differing settings unless ``overwrite``.
     """
+    from .fingerprint import dataset_digest
+
     options = dict(options or {})
+    settings = {"dataset": dataset, "attack": attack, "options": dict(options), "rate": rate, "target": target,
+                "seed": seed, "clean_label": clean_label, "train_split": train_split, "test_split": test_split,
+                "max_train": max_train, "max_test": max_test, "test_data": test_data}
     if data_dir is not None and "data_dir" in get_attack_info(attack).options:
         options.setdefault("data_dir", str(data_dir))  # paraphrase attacks read their pools there too
     attack_obj = get_attack(attack, **options)
     train = load_dataset(dataset, train_split, data_dir=data_dir).sample(max_train, seed)
     test = load_dataset(test_data or dataset, test_split, data_dir=data_dir).sample(max_test, seed)
+    fingerprint = _attack_fingerprint(settings, train=dataset_digest(train), test=dataset_digest(test))
+    if AttackRun(out).reusable(fingerprint, overwrite):
+        return Path(out)
     result = poison_dataset(train, attack_obj, rate=rate, target=target, seed=seed, clean_label=clean_label)
     triggered = triggered_test_set(test, attack_obj, target=target, seed=seed)
     manifest = {
@@ -49,6 +60,7 @@ def run_attack(dataset: str, attack: str, out: str | Path, *, rate: float, targe
         "target_output": getattr(attack_obj, "target_output", None) or None,
         "splits": AttackRun.split_sizes(result.dataset, test, triggered),
         "test_source": {"dataset": test.name, "split": test_split, "max_test": max_test, "notes": test.notes},
+        FINGERPRINT_KEY: fingerprint,
     }
     return _write_attack_run(out, result.dataset, test, triggered, manifest, overwrite)
 
@@ -63,13 +75,19 @@ def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = Non
     """
     if dataset.startswith("bkdattr-"):
         return _bkdattr_run(dataset, out, rate=rate, max_train=max_train, max_test=max_test, seed=seed,
-                            data_dir=data_dir, overwrite=overwrite)
+                            data_dir=data_dir, overwrite=overwrite, fingerprint=fingerprint)
     parts = dataset.split("-")
     if len(parts) != 3 or parts[0] != "backdoorllm" or parts[1] not in READY_MADE_BEHAVIOURS:
         raise BackdoorLabError(
             f"{dataset!r} is not a ready-made poisoned set; use backdoorllm-<task>-<attack> "
             f"with task in {', '.join(READY_MADE_BEHAVIOURS)}"
+    from .fingerprint import dataset_digest
+
+    settings = {"dataset": dataset, "attack": "ready-made", "max_train": max_train, "max_test": max_test, "seed": seed}
         )
+        fingerprint = _attack_fingerprint({**settings, "rate": rate})
+        if AttackRun(out).reusable(fingerprint, overwrite):
+            return Path(out)
     behaviour = READY_MADE_BEHAVIOURS[parts[1]]
     train = load_dataset(dataset, "train", data_dir=data_dir).sample(max_train, seed)
     clean = load_dataset(dataset, "test-clean", data_dir=data_dir).sample(max_test, seed)
@@ -80,8 +98,12 @@ def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = Non
         "target_output": "Negative" if behaviour == "label-flip" else None,
         "rate": sum(e.poisoned for e in train) / max(len(train), 1), "seed": seed,
         "splits": AttackRun.split_sizes(train, clean, triggered),
-        "environment": environment_info(),
+        "environment": environment_info(), FINGERPRINT_KEY: fingerprint,
     }
+    fingerprint = _attack_fingerprint(settings, train=dataset_digest(train), clean=dataset_digest(clean),
+                                      triggered=dataset_digest(triggered))
+    if AttackRun(out).reusable(fingerprint, overwrite):
+        return Path(out)
     if behaviour == "label-flip":
         manifest["notes"] = ["BackdoorLLM's sst2sentiment test-poison file triggers every test sentence, including "
                              "ones already negative, so ASR here over-states the flip rate; attack clean rows "
@@ -90,7 +112,7 @@ def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = Non
 
 
 def _bkdattr_run(dataset: str, out: str | Path, *, rate: float, max_train: int | None, max_test: int | None,
-                 seed: int, data_dir: str | Path | None, overwrite: bool) -> Path:
+                 seed: int, data_dir: str | Path | None, overwrite: bool, fingerprint: dict[str, Any]) -> Path:
     from .attacks import bkdattr_sets
 
     train, clean, triggered, fields = bkdattr_sets(dataset, rate=rate, max_train=max_train, max_test=max_test,
@@ -98,7 +120,7 @@ def _bkdattr_run(dataset: str, out: str | Path, *, rate: float, max_train: int |
     manifest = {
         "source_dataset": {"name": dataset, "notes": train.notes}, **fields, "task": "generation", "seed": seed,
         "splits": AttackRun.split_sizes(train, clean, triggered),
-        "environment": environment_info(),
+        "environment": environment_info(), FINGERPRINT_KEY: fingerprint,
     }
     return _write_attack_run(out, train, clean, triggered, manifest, overwrite)
 
@@ -239,14 +261,42 @@ def run_evaluate(model: str | Path, attack_run: str | Path, *, max_rows: int | N
 RUN_RECORDS = ("train.json", "defense.json", "inject.json")
 
 
-def default_results_path(model: str | Path, attack_run: str | Path) -> Path:
+def default_results_path(model: str | Path, attack_run: str | Path, guard: str | Path | None = None) -> Path:
     """Where ``evaluate`` writes by default: beside a backdoorlab run's ``model/``, never inside a
-    user's model folder."""
+    user's model folder; an evaluation through ``guard`` gets its own file (``results--guard-<name>.json``),
+    so it never replaces the unguarded one a defense is compared with."""
+    suffix = ""
+    if guard is not None:
+        guard_path = Path(guard)
+        suffix = f"--guard-{guard_path.parent.name if guard_path.suffix == '.json' else guard_path.name}"
     path = Path(model)
     if path.is_dir() and path.name == "model" and any((path.parent / name).is_file() for name in RUN_RECORDS):
-        return path.parent / "results.json"
+        return path.parent / f"results{suffix}.json"
     label = path.name if path.is_dir() else str(model).replace("/", "_")
-    return Path("evaluations") / f"{label}--{Path(attack_run).name}.json"
+    return Path("evaluations") / f"{label}--{Path(attack_run).name}{suffix}.json"
+
+
+def evaluate_once(model: str | Path, attack_run: str | Path, *, out: str | Path | None = None, overwrite: bool = False,
+                  max_rows: int | None = None, seed: int = 0, max_new_tokens: int = 48,
+                  guard: str | Path | None = None, floor_model: str | Path | None = None,
+                  utility_rows: int | None = None, **options: Any) -> dict[str, Any]:
+    """``backdoorlab evaluate``: :func:`run_evaluate` into ``out`` (default :func:`default_results_path`),
+    unless ``out`` already holds this very evaluation (same fingerprint), which is returned with
+    ``reused``; a file holding another evaluation stops with the differing settings unless ``overwrite``."""
+    from .reuse import check_reusable
+
+    destination = Path(out) if out else default_results_path(model, attack_run, guard)
+    settings = {"max_rows": max_rows, "seed": seed, "max_new_tokens": max_new_tokens, "guard": guard,
+                "floor_model": floor_model, "utility_rows": utility_rows}
+    if destination.exists() and not overwrite:
+        manifest, clean, triggered = evaluation_rows(attack_run, max_rows, seed)
+        expected = evaluation_fingerprint(model, manifest, clean, triggered, max_new_tokens=max_new_tokens, guard=guard,
+                                          floor_model=floor_model, utility_rows=utility_rows)
+        kept = read_json(destination) or {}
+        check_reusable(destination, kept.get(FINGERPRINT_KEY), expected, "an evaluation",
+                       "pass --overwrite to replace it, or --out another file")
+        return {**kept, "written_to": str(destination), "reused": True}
+    return run_evaluate(model, attack_run, out=destination, **settings, **options)
 
 
 def ensure_trained(run: str | Path, model: str | Path, data: Dataset, config: Any) -> Path:

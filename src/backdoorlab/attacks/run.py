@@ -24,6 +24,7 @@ from ..data.records import Dataset, Example
 from ..data.registry import list_datasets, load_dataset
 from ..errors import BackdoorLabError
 from ..fileio import atomic_directory, write_json_atomic
+from ..fingerprint import FINGERPRINT_KEY
 from .manifest import MANIFEST_FILE, attack_from_manifest
 
 if TYPE_CHECKING:
@@ -84,6 +85,17 @@ class AttackRun:
     def split_sizes(cls, train: Dataset, clean: Dataset, triggered: Dataset) -> dict[str, int]:
         """The manifest's ``splits`` entry: each split's name and row count."""
         return {cls.TRAIN: len(train), cls.TEST_CLEAN: len(clean), cls.TEST_TRIGGERED: len(triggered)}
+
+    def reusable(self, fingerprint: dict[str, Any], overwrite: bool) -> bool:
+        """Whether the folder already holds the run ``fingerprint`` describes (recorded in its manifest);
+        ``False`` when there is no folder or with ``overwrite``; raises when it holds anything else."""
+        from ..reuse import check_reusable
+
+        if overwrite or not self.folder.exists():
+            return False
+        stored = self.manifest.get(FINGERPRINT_KEY) if (self.folder / MANIFEST_FILE).is_file() else None
+        return check_reusable(self.folder, stored, fingerprint, "an attack run",
+                              "pass --overwrite to replace it, or choose another --out")
 
     def exists(self) -> bool:
         """Whether the folder holds an attack run (its manifest and training rows)."""
