@@ -65,6 +65,14 @@ def run_attack(dataset: str, attack: str, out: str | Path, *, rate: float, targe
     return _write_attack_run(out, result.dataset, test, triggered, manifest, overwrite)
 
 
+def _attack_fingerprint(settings: dict[str, Any], **rows: str) -> dict[str, Any]:
+    """What an attack run depends on: the command's settings, the digests of the rows it read, the attack code."""
+    from .fingerprint import make_fingerprint
+
+    return make_fingerprint("attack", code=["backdoorlab.attacks", "backdoorlab.attacks.run"], settings=settings,
+                            rows=rows)
+
+
 def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = None, max_test: int | None = None,
                    seed: int = 0, rate: float = 0.2, data_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """Turn a ready-made poisoned generative set into an attack run.
@@ -73,7 +81,13 @@ def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = Non
     the Backdoor Attribution study's backdoor, with ``rate`` of the training rows poisoned (see
     :func:`backdoorlab.attacks.bkdattr_sets`).
     """
+    from .fingerprint import dataset_digest
+
+    settings = {"dataset": dataset, "attack": "ready-made", "max_train": max_train, "max_test": max_test, "seed": seed}
     if dataset.startswith("bkdattr-"):
+        fingerprint = _attack_fingerprint({**settings, "rate": rate})
+        if AttackRun(out).reusable(fingerprint, overwrite):
+            return Path(out)
         return _bkdattr_run(dataset, out, rate=rate, max_train=max_train, max_test=max_test, seed=seed,
                             data_dir=data_dir, overwrite=overwrite, fingerprint=fingerprint)
     parts = dataset.split("-")
@@ -81,17 +95,15 @@ def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = Non
         raise BackdoorLabError(
             f"{dataset!r} is not a ready-made poisoned set; use backdoorllm-<task>-<attack> "
             f"with task in {', '.join(READY_MADE_BEHAVIOURS)}"
-    from .fingerprint import dataset_digest
-
-    settings = {"dataset": dataset, "attack": "ready-made", "max_train": max_train, "max_test": max_test, "seed": seed}
         )
-        fingerprint = _attack_fingerprint({**settings, "rate": rate})
-        if AttackRun(out).reusable(fingerprint, overwrite):
-            return Path(out)
     behaviour = READY_MADE_BEHAVIOURS[parts[1]]
     train = load_dataset(dataset, "train", data_dir=data_dir).sample(max_train, seed)
     clean = load_dataset(dataset, "test-clean", data_dir=data_dir).sample(max_test, seed)
     triggered = load_dataset(dataset, "test-poison", data_dir=data_dir).sample(max_test, seed)
+    fingerprint = _attack_fingerprint(settings, train=dataset_digest(train), clean=dataset_digest(clean),
+                                      triggered=dataset_digest(triggered))
+    if AttackRun(out).reusable(fingerprint, overwrite):
+        return Path(out)
     manifest = {
         "source_dataset": {"name": dataset, "notes": train.notes}, "attack": {"name": parts[2], "ready_made": True},
         "task": "generation", "behaviour": behaviour,
@@ -100,10 +112,6 @@ def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = Non
         "splits": AttackRun.split_sizes(train, clean, triggered),
         "environment": environment_info(), FINGERPRINT_KEY: fingerprint,
     }
-    fingerprint = _attack_fingerprint(settings, train=dataset_digest(train), clean=dataset_digest(clean),
-                                      triggered=dataset_digest(triggered))
-    if AttackRun(out).reusable(fingerprint, overwrite):
-        return Path(out)
     if behaviour == "label-flip":
         manifest["notes"] = ["BackdoorLLM's sst2sentiment test-poison file triggers every test sentence, including "
                              "ones already negative, so ASR here over-states the flip rate; attack clean rows "
