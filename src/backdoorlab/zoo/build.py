@@ -4,9 +4,10 @@ Each victim gets a folder ``<zoo>/<name>/`` holding its attack run (``attack/``)
 (``train/``: ``model/``, with LoRA also ``adapter/``, resumable ``checkpoints/``), its evaluations
 and ``victim.json``, the record written last. A victim whose record carries the fingerprint of its
 spec (victim settings, measurement settings, base model identity, source rows, the code that builds it)
-is skipped; a folder claimed by another spec is emptied and built again. Every stage reuses
-finished work, so an interrupted build resumes: finished victims are kept, training continues from
-its last checkpoint and finished evaluations are read back.
+is skipped. A folder started for another spec stops the build before anything is built, naming the
+settings that differ; ``overwrite`` empties the chosen victims' folders and builds them again. Every
+stage reuses finished work, so an interrupted build resumes: finished victims are kept, training
+continues from its last checkpoint and finished evaluations are read back.
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ Progress = Callable[[str], None]
 
 
 def build_zoo(zoo: ZooSpec, zoo_dir: str | Path = DEFAULT_ZOO_DIR, *, only: list[str] | None = None,
-              progress: Progress = print, workers: int = 1, ray_address: str | None = None) -> list[ZooVictim]:
+              progress: Progress = print, workers: int = 1, ray_address: str | None = None,
+              overwrite: bool = False) -> list[ZooVictim]:
     """Build every victim of ``zoo`` (or the ``only`` ones) into ``zoo_dir``; return them in order.
+
+    A victim folder started with other settings stops the build before any work (every such victim
+    named); ``overwrite`` empties the chosen victims' folders first.
 
     ``progress`` gets one line as each victim starts and one with its figures when it is done.
     ``workers`` > 1 builds that many victims at once as Ray tasks of one core each, on a local Ray
@@ -52,8 +57,10 @@ def build_zoo(zoo: ZooSpec, zoo_dir: str | Path = DEFAULT_ZOO_DIR, *, only: list
     if workers < 1:
         raise BackdoorLabError(f"workers must be at least 1, got {workers}")
     zoo_dir = Path(zoo_dir)
+    chosen = zoo.only(only)
+    _check_folders(chosen, zoo_dir, overwrite)
     write_json_atomic(zoo_dir / ZOO_FILE, zoo.to_dict())
-    zoo = zoo.only(only)
+    zoo = chosen
     if workers > 1 or ray_address is not None:
         return _build_on_ray(zoo, zoo_dir, progress, workers, ray_address)
     built = []
@@ -154,11 +161,41 @@ def victim_fingerprint(spec: VictimSpec, zoo: ZooSpec) -> dict[str, Any]:
                             base=model_identity(zoo.base_model), sources=sources)
 
 
+def _check_folders(zoo: ZooSpec, zoo_dir: Path, overwrite: bool) -> None:
+    """Stop when a victim's folder was started with other settings, naming every such victim and what
+    differs; with ``overwrite``, empty the victims' folders instead."""
+    conflicts = []
+    for spec in zoo.victims:
+        folder = zoo_dir / spec.name
+        if not folder.is_dir():
+            continue
+        if overwrite:
+            fresh_directory(folder)
+            continue
+        try:
+            _check_claim(folder, victim_fingerprint(spec, zoo))
+        except BackdoorLabError as error:
+            conflicts.append((spec.name, str(error).split("; pass --overwrite")[0]))
+    if conflicts:
+        names = " ".join(name for name, _ in conflicts)
+        raise BackdoorLabError("; ".join(message for _, message in conflicts)
+                               + f"; pass --overwrite --only {names} to rebuild them, or choose another --zoo-dir")
+
+
+def _check_claim(folder: Path, fingerprint: dict[str, Any]) -> None:
+    """Raise unless ``folder`` is empty or was started for ``fingerprint`` (its finished stages are then kept)."""
+    from ..reuse import check_reusable
+
+    if folder.is_dir() and any(folder.iterdir()):
+        stored = (read_json(folder / CLAIM) or {}).get(FINGERPRINT_KEY)
+        check_reusable(folder, stored, fingerprint, "a zoo victim",
+                       f"pass --overwrite --only {folder.name} to rebuild it, or choose another --zoo-dir")
+
+
 def _claim(folder: Path, fingerprint: dict[str, Any]) -> None:
-    """Keep ``folder``'s finished stages if it was started for this fingerprint, else empty it."""
+    """Claim ``folder`` for the victim ``fingerprint`` describes (see :func:`_check_claim`)."""
+    _check_claim(folder, fingerprint)
     claim = folder / CLAIM
-    if folder.is_dir() and read_if_current(claim, fingerprint) is None:
-        fresh_directory(folder)
     if not claim.is_file():
         write_json_atomic(claim, {FINGERPRINT_KEY: fingerprint})
 
