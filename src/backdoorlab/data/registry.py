@@ -322,8 +322,12 @@ def load_dataset(name: str, split: str = "train", *, data_dir: str | Path | None
     """
     spec = _SPECS.get(name)
     if spec is None:
-        if name and Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        if name and path.exists():
             return load_data_file(name)
+        if len(path.parts) > 1 or path.suffix:  # a path, not a name
+            raise BackdoorLabError(f"{name}: no such file or folder (give a data file, a folder written by "
+                                   "Dataset.save, or a name from `backdoorlab datasets`)")
         raise unknown_name("dataset", name, _SPECS)
     info = spec.info
     if split not in info.splits:

@@ -24,13 +24,17 @@ undefended victim) when given, and left out otherwise.
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import BackdoorLabError
-from ..fileio import fresh_directory, write_json_atomic
-from ..fingerprint import FINGERPRINT_KEY, check_folder_fingerprint, dataset_digest, make_fingerprint, model_identity
+from ..fileio import fresh_directory, read_json, write_json_atomic
+from ..fingerprint import (FINGERPRINT_KEY, FOLDER_FINGERPRINT, check_folder_fingerprint, dataset_digest, make_fingerprint,
+                           model_identity)
 from ..manifest import environment_info
 from ..pipeline import ensure_evaluation, evaluation_rows, row_ids
 from .base import Defense, get_defense
@@ -76,15 +80,18 @@ def run_defense(method: str, model: str | Path, attack_run: str | Path | None, o
                                    inputs=inputs.identity())
     if overwrite:
         fresh_directory(out)
-    check_folder_fingerprint(out, fingerprint, f"{method} defense run")
+    fresh = not out.is_dir() or not any(out.iterdir())
+    earlier = (read_json(out / FOLDER_FINGERPRINT) or {}).get("method", method)  # the run the folder holds
+    check_folder_fingerprint(out, fingerprint, f"{earlier} defense run")
     eval_options = {"max_rows": max_eval_rows, "max_new_tokens": max_new_tokens, "device": device,
                     "allow_pickle": allow_pickle}
     before = None
-    if measure and baseline:
-        before = _baseline(Path(baseline), attack_run, max_eval_rows)  # type: ignore[arg-type]
-    elif measure and defense.stage != "training":
-        before = ensure_evaluation(model, attack_run, out / BEFORE_FILE, **eval_options)  # type: ignore[arg-type]
-    record = _defense_record(defense, model, inputs, out, fingerprint, attack_run, device, allow_pickle)
+    with _released_unless_used(out, fresh):
+        if measure and baseline:
+            before = _baseline(Path(baseline), attack_run, max_eval_rows)  # type: ignore[arg-type]
+        elif measure and defense.stage != "training":
+            before = ensure_evaluation(model, attack_run, out / BEFORE_FILE, **eval_options)  # type: ignore[arg-type]
+        record = _defense_record(defense, model, inputs, out, fingerprint, attack_run, device, allow_pickle)
     if not measure:
         return {"method": method, "model": record["defended_model"]}
     guard = out if record.get("guard") else None
@@ -111,6 +118,18 @@ def run_defense(method: str, model: str | Path, attack_run: str | Path | None, o
                                 "before": before.get(FINGERPRINT_KEY) if before else None}
     write_json_atomic(out / METRICS_FILE, metrics)
     return metrics
+
+
+@contextmanager
+def _released_unless_used(out: Path, fresh: bool) -> Iterator[None]:
+    """Remove ``out`` again when the run it was just claimed for fails before writing anything but the
+    claim (a bad input found only once the model is loaded), so the corrected command finds no stale claim."""
+    try:
+        yield
+    except BaseException:
+        if fresh and out.is_dir() and {p.name for p in out.iterdir()} <= {FOLDER_FINGERPRINT}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _defense_record(defense: Defense, model: str | Path, inputs: DefenderInputs, out: Path,

@@ -103,6 +103,13 @@ class BdVax(CleanRowsDefense):
             return "adapter" if inputs.suspect_adapter is not None else "reinit"
         return self.neutralize
 
+    def check_inputs(self, inputs: DefenderInputs) -> None:
+        super().check_inputs(inputs)
+        held = self.clean_rows(inputs)
+        if self.score != "random":  # the random control trains no variants
+            self.recipe().check_rows(len(held))
+        self.mode(inputs)
+
     def apply(self, victim: Any, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         if not victim.is_generator:
             raise BackdoorLabError(f"{self.name} purifies generative LLMs; {victim.name} is a classifier")

@@ -62,12 +62,16 @@ class VariantRecipe:
         return TrainConfig(method=self.method, epochs=self.epochs, learning_rate=self.learning_rate,
                            batch_size=self.batch_size, max_length=self.max_length, seed=seed, save_steps=1000)
 
+    def check_rows(self, held: int) -> None:
+        """A clear error when ``held`` clean rows are too few for a pair and its probe rows."""
+        if held < self.rows + self.probe_rows:
+            raise BackdoorLabError(f"each variant needs {self.rows} clean rows plus {self.probe_rows} to probe with, "
+                                   f"but the defender holds {held}; lower variant_rows or give more clean rows")
+
 
 def pair_rows(clean: Dataset, recipe: VariantRecipe, seed: int) -> tuple[Dataset, Dataset]:
     """``(D_i, probe rows)``: a seeded sample of the clean rows, and held-out rows to probe with."""
-    if len(clean) < recipe.rows + recipe.probe_rows:
-        raise BackdoorLabError(f"each variant needs {recipe.rows} clean rows plus {recipe.probe_rows} to probe with, "
-                               f"but the defender holds {len(clean)}; lower variant_rows or give more clean rows")
+    recipe.check_rows(len(clean))
     order = clean.sample(len(clean), seed).examples
     rows, probe = order[:recipe.rows], order[recipe.rows:recipe.rows + recipe.probe_rows]
     return (clean.with_examples(rows, note=f"variant rows (seed {seed})"),

@@ -31,7 +31,7 @@ from ..base import DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
 from ..shared.clean_rows import CleanRowsDefense
 from .detect import TriggerGuard
-from .prompt import ANSWER_PREFIX
+from .prompt import ANSWER_PREFIX, inversion_prompt
 from .reward import POSITIONS, insert_candidate
 from .rl import AwarenessRecipe, awareness_folder, run_awareness, run_fingerprint
 
@@ -70,6 +70,13 @@ class SelfAwarenessBase(CleanRowsDefense):
                                position=self.position, description=self.behaviour_description,
                                answer_prefix=self.answer_prefix, curriculum=self.curriculum, min_score=self.min_score,
                                seed=self.seed).check()
+
+    def check_inputs(self, inputs: DefenderInputs) -> None:
+        super().check_inputs(inputs)
+        behaviour = str(inputs.behaviour)
+        get_judge(behaviour)  # the behaviour must be one the answers can be judged for ...
+        inversion_prompt(behaviour, self.behaviour_description)  # ... and one the inversion prompt can describe
+        self.clean_rows(inputs)
 
     def recover(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> tuple[dict[str, Any], Dataset]:
         """Run (or reuse) the RL; its record and the clean rows it used."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ...errors import BackdoorLabError, unknown_name
+from ...errors import BackdoorLabError
 from ...metrics.judges import NEGSENTIMENT_PREFIX
 
 
@@ -46,7 +46,8 @@ _ANSWER = re.compile(r"trigger\s*(?:is|:)\s*(?:[\"“”]([^\"“”\n]+)|['‘�
 def behaviour_spec(behaviour: str) -> BehaviourSpec:
     """The spec of ``behaviour``; a clear error for one the inversion prompt cannot describe."""
     if behaviour not in BEHAVIOURS:
-        raise unknown_name("behaviour the inversion prompt can describe", behaviour, BEHAVIOURS)
+        raise BackdoorLabError(f"the inversion prompt cannot describe behaviour {behaviour!r}; it describes "
+                               f"{', '.join(sorted(BEHAVIOURS))}, or pass behaviour_description=<the behaviour in words>")
     return BEHAVIOURS[behaviour]
 
 
