@@ -178,7 +178,7 @@ def cmd_defenses(args: argparse.Namespace) -> None:
                     f"required {info.needs_when[name]}" if name in info.needs_when else "optional"),
                  "what": INPUTS[name]} for name in (*info.needs, *info.uses)]
         if rows:
-            print_table(rows, ["input", "needed", "what"], wide=["what"], title="defender inputs besides --model")
+            print_table(rows, ["input", "needed", "what"], wide=["needed", "what"], title="defender inputs besides --model")
         else:
             print_lines("defender inputs: only the suspect model")
         return

@@ -79,8 +79,7 @@ class BadLLMTG(Defense):
     description = "BadLLM-TG: LLM trigger generator tuned by prompt-driven RL, then adversarial training"
     needs = ("training_data",)
     uses = ("target_label", "pretrained_model")
-    needs_when = {"pretrained_model": "with start_from=base (the evidence variant's default) or when no target "
-                                      "label is given (its Δc scout trains it)"}
+    needs_when = {"pretrained_model": "with start_from=base or no --target-label"}  # retrained, or the Δc scout
     moved_options = {
         "target": "the target label is a defender input: pass --target-label (run_defense(target_label=...))",
         "base_model": "the clean pretrained model is a defender input: pass --pretrained MODEL "
