@@ -25,6 +25,7 @@ from ..data.registry import list_datasets, load_dataset
 from ..errors import BackdoorLabError
 from ..fileio import atomic_directory, write_json_atomic
 from ..fingerprint import FINGERPRINT_KEY
+from ..reuse import check_reusable
 from .manifest import MANIFEST_FILE, attack_from_manifest
 
 if TYPE_CHECKING:
@@ -89,8 +90,6 @@ class AttackRun:
     def reusable(self, fingerprint: dict[str, Any], overwrite: bool) -> bool:
         """Whether the folder already holds the run ``fingerprint`` describes (recorded in its manifest);
         ``False`` when there is no folder or with ``overwrite``; raises when it holds anything else."""
-        from ..reuse import check_reusable
-
         if overwrite or not self.folder.exists():
             return False
         stored = self.manifest.get(FINGERPRINT_KEY) if (self.folder / MANIFEST_FILE).is_file() else None

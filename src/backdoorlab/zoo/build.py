@@ -29,6 +29,7 @@ from ..fingerprint import FINGERPRINT_KEY, dataset_digest, digest, make_fingerpr
 from ..manifest import environment_info
 from ..metrics.judges import is_refusal
 from ..pipeline import ensure_evaluation, ensure_trained, run_attack
+from ..reuse import check_reusable
 from ..training import ADAPTER_DIR, TRAIN_FILE
 from .catalog import DEFAULT_ZOO_DIR, RECORD, ZOO_FILE, ZooVictim, read_json
 from .measure import ensure_task_accuracy, figures, untouched_copy
@@ -184,8 +185,6 @@ def _check_folders(zoo: ZooSpec, zoo_dir: Path, overwrite: bool) -> None:
 
 def _check_claim(folder: Path, fingerprint: dict[str, Any]) -> None:
     """Raise unless ``folder`` is empty or was started for ``fingerprint`` (its finished stages are then kept)."""
-    from ..reuse import check_reusable
-
     if folder.is_dir() and any(folder.iterdir()):
         stored = (read_json(folder / CLAIM) or {}).get(FINGERPRINT_KEY)
         check_reusable(folder, stored, fingerprint, "a zoo victim",
