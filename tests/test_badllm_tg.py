@@ -172,12 +172,12 @@ def test_defense_screens_when_no_target_is_given_and_mines_evidence_when_it_is(t
 
     data = _minority_target_set()
     screened = BadLLMTG(eval_rows=20)
-    identification, delta = screened.find_target(ThreeLabelVictim(), data, tmp_path / "screen")
+    identification, delta = screened.find_target(ThreeLabelVictim(), data, tmp_path / "screen", pretrained=None)
     assert identification["target"] == 2 and identification["method"] == "screen" and delta is None
     assert identification["labels"]["so-so"]["best_phrase"] == "zq"
     assert json.loads((tmp_path / "screen" / "evidence.json").read_text())[0]["phrase"] == "zq"
     given = BadLLMTG()
-    identification, delta = given.find_target(ThreeLabelVictim(), data, tmp_path / "given", target=2)
+    identification, delta = given.find_target(ThreeLabelVictim(), data, tmp_path / "given", pretrained=None, target=2)
     assert identification == {"target": 2, "given": True, "method": "given"} and delta is None
     evidence = given._evidence(data, delta, 2, tmp_path / "given")
     assert "zq" in [e.phrase for e in evidence]  # mined although no Δc was computed (screened later, in the search)
@@ -219,7 +219,7 @@ def test_paraphrase_pools_identify_and_supply_a_style_trigger(tmp_path: Path) ->
         (tmp_path / name).write_text("sentence\tlabel\n" + "\n".join(lines) + "\n")
     paths = [str(tmp_path / name) for name in pools]
     defense = BadLLMTG(eval_rows=20, paraphrase_pools=paths)
-    identification, _ = defense.find_target(ShoutingVictim(), data, tmp_path / "work")
+    identification, _ = defense.find_target(ShoutingVictim(), data, tmp_path / "work", pretrained=None)
     assert identification["method"] == "screen (paraphrase pools)" and identification["target"] == 2
     findings: dict = {}
     chosen = defense._probe_pools(ShoutingVictim(), data, 2, findings)

@@ -262,10 +262,10 @@ class BadLLMTG(Defense):
         return pools[scores[0].pool]
 
     # ------------------------------------------------------------------ steps
-    def find_target(self, victim: Victim, train_set: Dataset, workdir: Path, *, target: int | None = None,
-                    pretrained: str | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
+    def find_target(self, victim: Victim, train_set: Dataset, workdir: Path, *, pretrained: str | None,
+                    target: int | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
         """The target label (``target`` when given, else screened or by Δc) and the rows' Δc when it was
-        needed (computed with a scout trained from ``pretrained``)."""
+        needed (computed with a scout trained from the clean ``pretrained`` model; ``None``: no Δc possible)."""
         path = workdir / "target.json"
         if path.is_file():
             saved = json.loads(path.read_text(encoding="utf-8"))
