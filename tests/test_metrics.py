@@ -64,6 +64,21 @@ def test_macro_f1_and_balanced_accuracy_hand_computed() -> None:
     assert macro_f1(labels, labels) == 1.0 and balanced_accuracy(labels, labels) == 1.0
 
 
+def test_balanced_accuracy_is_scikit_learns_and_a_rejected_prediction_warns_nothing() -> None:
+    import random
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = random.Random(0)
+    labels = [rng.randrange(3) for _ in range(50)]
+    predictions = [y if rng.random() < 0.6 else rng.randrange(3) for y in labels]
+    assert balanced_accuracy(predictions, labels) == pytest.approx(balanced_accuracy_score(labels, predictions))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn warns when a prediction is no label; a rejection is a miss
+        assert balanced_accuracy([REJECTED, 1], [0, 1]) == 0.5 and macro_f1([REJECTED, 1], [0, 1]) == 0.5
+
+
 def test_constant_predictor_scores_low_on_a_skewed_split() -> None:
     labels = [0] * 895 + [1] * 105  # 89.5% majority, as on HSOL
     constant = [0] * 1000
