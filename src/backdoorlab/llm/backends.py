@@ -6,10 +6,7 @@ in an object's options, written to disk, or put into an error message or log.
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,16 +79,18 @@ class LocalChat(ChatBackend):
 
 
 class OpenAIChat(ChatBackend):
-    """Any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp server, Ollama …).
+    """Any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp server, Ollama …),
+    through the ``openai`` client (the optional extra ``backdoorlab[openai]``).
 
-    ``api_key_env`` names the environment variable holding the key; an empty variable sends no
-    key (local servers usually need none).
+    ``api_key_env`` names the environment variable holding the key; when it is empty a placeholder
+    key is sent (local servers usually ignore it). Failed requests are retried ``max_retries`` times
+    by the client.
     """
 
     name = "openai"
 
     def __init__(self, model: str, base_url: str = "https://api.openai.com/v1", api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, max_retries: int = 2) -> None:
         if not model:
             raise BackdoorLabError("the openai generator backend needs a model name (--option generator_model=...)")
         if not base_url.startswith(("http://", "https://")):
@@ -100,45 +99,56 @@ class OpenAIChat(ChatBackend):
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
         self.timeout = timeout
+        self.max_retries = max_retries
 
     def complete(self, messages: Sequence[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
                  seed: int = 0) -> list[Completion]:
-        return [self._one(message, max_new_tokens, temperature, seed + i) for i, message in enumerate(messages)]
+        openai = _openai_module()
+        client = openai.OpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env, "") or "unused",
+                               timeout=self.timeout, max_retries=self.max_retries)
+        return [self._one(openai, client, message, max_new_tokens, temperature, seed + i)
+                for i, message in enumerate(messages)]
 
-    def _one(self, message: str, max_new_tokens: int, temperature: float, seed: int) -> Completion:
-        body = {"model": self.model_name, "messages": [{"role": "user", "content": message}],
-                "max_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env, "")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
-                                         headers=headers, method="POST")
+    def _one(self, openai: Any, client: Any, message: str, max_new_tokens: int, temperature: float,
+             seed: int) -> Completion:
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                payload = json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as error:
-            hint = (f"; check the key in ${self.api_key_env}" if error.code in (401, 403)
-                    else "; check the model name and base_url")
-            raise BackdoorLabError(f"the generator endpoint {self.base_url} answered HTTP {error.code}{hint}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise BackdoorLabError(f"could not reach the generator endpoint {self.base_url} ({reason}); check "
-                                   "--option base_url and that the server is running, or use generator=local") from None
-        except json.JSONDecodeError:
-            raise BackdoorLabError(f"the generator endpoint {self.base_url} did not answer with JSON; is base_url "
-                                   "an OpenAI-compatible API root (usually ending in /v1)?") from None
+            response = client.chat.completions.create(model=self.model_name,
+                                                      messages=[{"role": "user", "content": message}],
+                                                      max_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+            raise BackdoorLabError(f"the generator endpoint {self.base_url} answered HTTP {error.status_code}; "
+                                   f"check the key in ${self.api_key_env}") from None
+        except openai.APIStatusError as error:
+            raise BackdoorLabError(f"the generator endpoint {self.base_url} answered HTTP {error.status_code}; "
+                                   "check the model name and base_url") from None
+        except openai.APIConnectionError:  # also a timeout
+            raise BackdoorLabError(f"could not reach the generator endpoint {self.base_url}; check --option base_url "
+                                   "and that the server is running, or use generator=local") from None
+        except openai.APIResponseValidationError:
+            raise BackdoorLabError(f"the generator endpoint {self.base_url} did not answer with a chat completion; "
+                                   "is base_url an OpenAI-compatible API root (usually ending in /v1)?") from None
         try:
-            text = payload["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
+            text = response.choices[0].message.content or ""
+        except (AttributeError, IndexError, TypeError):
             raise BackdoorLabError(f"the generator endpoint {self.base_url} answered without choices[0].message."
                                    "content; it does not look OpenAI-compatible") from None
-        usage = payload.get("usage") or {}
-        return Completion(text.strip(), int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+        usage = getattr(response, "usage", None)
+        return Completion(text.strip(), int(getattr(usage, "prompt_tokens", 0) or 0),
+                          int(getattr(usage, "completion_tokens", 0) or 0))
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model_name, "base_url": self.base_url,
                 "api_key_env": self.api_key_env}
+
+
+def _openai_module() -> Any:
+    """The ``openai`` client package; a clear error naming the extra to install when it is missing."""
+    try:
+        import openai
+    except ImportError:
+        raise BackdoorLabError("the openai generator backend needs the openai client package: "
+                               "pip install 'backdoorlab[openai]' (or pip install openai), or use generator=local") from None
+    return openai
 
 
 BACKENDS = ("local", "openai")
