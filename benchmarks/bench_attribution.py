@@ -27,7 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from backdoorlab.analysis.runner import run_analysis
-from backdoorlab.bench import OK, Cell, TableSpec, add_grid_arguments, cell_table, grid_kwargs, run_grid, write_report
+from backdoorlab.bench import (
+    OK,
+    Cell,
+    TableSpec,
+    add_grid_arguments,
+    cell_table,
+    grid_kwargs,
+    ledger_folder,
+    run_grid,
+    write_report,
+)
 from backdoorlab.bench.options import KIND_RESOURCES, device_kind, model_argument
 from backdoorlab.bench.report import status_text
 from backdoorlab.data import Dataset
@@ -70,7 +80,8 @@ def task_cells(args: argparse.Namespace, names: list[str]) -> list[Cell]:
                   "layer_stride": args.layer_stride, "ablation_points": args.ablation_points,
                   "new_tokens": args.new_tokens, "batch_size": args.batch_size, "defend": args.defend,
                   "device": args.device}
-        cells += [Cell(name, "attribution", seed, params, kind=kind) for seed in args.seeds]
+        cells += [Cell(name, "attribution", seed, params, kind=kind, methods=("attribution",) if args.defend else ())
+                  for seed in args.seeds]
     return cells
 
 
@@ -138,9 +149,10 @@ def headline_table(records: list[dict[str, Any]], seeds: list[int]) -> TableSpec
     return TableSpec("Backdoor attribution", columns, [[row.get(c, MISSING) for c in columns] for row in rows])
 
 
-def main(argv: list[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_grid_arguments(parser, "runs/attr")
+    add_grid_arguments(parser, "runs/attr", ledger_folder(__file__, "attribution"))
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ", ".join(TASKS))
     parser.add_argument("--generator", type=model_argument, default=GENERATOR,
                         help="the model to backdoor: a packaged name or a causal LM folder (default: %(default)s)")
@@ -156,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--defend", action="store_true", help="also run the two attribution defenses")
     parser.add_argument("--device", default="auto")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser()
     args = parser.parse_args(argv)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(names) - set(TASKS))
@@ -163,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     started = time.time()
     grid = run_grid(task_cells(args, names), attribution_cell, **grid_kwargs(args), resources=KIND_RESOURCES)
-    command = "python benchmarks/bench_attribution.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    notes = [f"command: `{command.strip()}`", f"wall time: {time.time() - started:.0f} s", PAPER_NOTE]
+    notes = [] if args.report_only else [f"command: `{grid_kwargs(args)['command']}`",
+                                          f"wall time: {time.time() - started:.0f} s"]
+    notes.append(PAPER_NOTE)
     report, _ = write_report(args.out, "Backdoor attribution benchmark",
                              [headline_table(grid.records, args.seeds), cell_table(grid.records)], notes=notes)
     print(report.read_text(encoding="utf-8"))

@@ -19,7 +19,7 @@ interrupted run resumes, on another machine too. The tables (and the sweep's plo
 ``report.md`` / ``report.html`` under ``--out``; ``--report-only`` prints them from the ledger and
 marks the other cells "not run" or "stale".
 
-Sizes are arguments; the defaults fit 2 CPU cores (see docs/benchmarks.md for the figures and the
+Sizes are arguments; the defaults fit 2 CPU cores (see docs/historical/benchmarks.md for the figures and the
 time they took).
 
     python benchmarks/bench_badllm_tg.py --out runs/tg
@@ -80,6 +80,9 @@ VARIANTS = {"badllm-tg-faithful": ("badllm-tg", {"variant": "faithful"}),
 #: Budget settings for 2 CPU cores (the defenses' own defaults follow their papers).
 CPU_BUDGET = {"muscle-lora": {"epochs": 3}, "badacts": {"bound_epochs": 5}, "onion": {"max_clean": 50},
               "badllm-tg": {"iterations": 6}}
+#: Methods whose threat model hands the defender the target label: RAP protects a label the defender names
+#: (BadLLM-TG, which also accepts one, must identify it itself here).
+TARGET_GIVEN = ("rap",)
 #: Test rows per split for the slowest defenses (ONION scores every leave-one-out variant with an LM).
 EVAL_ROWS = {"onion": 50}
 #: The victim cells' defense name, and the folder of their grid under ``--out``.
@@ -169,9 +172,10 @@ def apply_defense(cell: Cell, folder: Path) -> dict[str, Any]:
     started = time.time()
     baseline = folder / "baseline.json"
     ensure_evaluated(victim, attack_run, baseline, device=p["device"], max_rows=p["eval_rows"])
-    # RAP's threat model: the defender names the label to protect (the only method given the target)
+    # the clean pretrained model is the defender's; the target label only where the method's threat model gives it
+    target = p["target"] if p["method"] in TARGET_GIVEN else None
     run_defense(p["method"], model, attack_run, folder / "defense", options=options, baseline=baseline,
-                target_label=p["target"], max_eval_rows=p["eval_rows"], device=p["device"])
+                target_label=target, pretrained_model=p["model"], max_eval_rows=p["eval_rows"], device=p["device"])
     row = defense_row(cell, folder / "defense", attack_run)
     print(f"[{cell.victim}] {cell.defense}: CACC {100 * row['CACC']:.1f} ASR {100 * row['ASR']:.1f} "
           f"({time.time() - started:.0f} s)", flush=True)

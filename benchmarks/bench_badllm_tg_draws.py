@@ -129,13 +129,13 @@ def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
         paper = get_defense(DEFENSE, **{**p["options"], "identify": "delta", "seed": draw.seed})
         try:
             identified_by_delta = paper.find_target(load_victim(victim, device=p["device"]), train_set,
-                                                    delta_id)[0]["target"]
+                                                    delta_id, pretrained=p["model"])[0]["target"]
         except BackdoorLabError:  # no label holds a majority of the top-Δc rows: the paper's statistic gives no answer
             identified_by_delta = None
     defense_dir = folder / "defense"
     try:
         run_defense(DEFENSE, victim, attack_run, defense_dir, options=p["options"], baseline=folder / "baseline.json",
-                    max_eval_rows=p["test"], device=p["device"])
+                    pretrained_model=p["model"], max_eval_rows=p["test"], device=p["device"])
     except BackdoorLabError as error:  # the defense gave up: the suspect stays as it was, and the row says why
         after, findings = before, {"target_identification": {"target": None, "method": "failed"}, "error": str(error)}
     else:

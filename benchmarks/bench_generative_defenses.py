@@ -39,15 +39,15 @@ from typing import Any
 
 from backdoorlab.bench.cell import Cell
 from backdoorlab.bench.grid import run_grid
-from backdoorlab.bench.options import add_grid_arguments, grid_kwargs
+from backdoorlab.bench.options import add_grid_arguments, data_identity, grid_kwargs, ledger_folder
 from backdoorlab.bench.report import TableSpec, mean_std, pivot_table, write_report
 from backdoorlab.defenses import get_defense, run_defense
 from backdoorlab.defenses.base import defense_info
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.training import CHECKPOINT_DIR, MODEL_DIR
-from backdoorlab.zoo import DEFAULT_ZOO_DIR, default_zoo, list_zoo, load_zoo_victim
+from backdoorlab.zoo import DEFAULT_ZOO_DIR, load_zoo_victim, planned_fingerprint, planned_zoo
 from backdoorlab.zoo.build import EVALUATION, UTILITY
-from backdoorlab.zoo.catalog import ZOO_FILE, read_json
+from backdoorlab.zoo.catalog import read_json
 from backdoorlab.zoo.measure import ensure_task_accuracy
 
 DEFENSES = ("none", "fine-tune", "fine-pruning", "wanda", "magnitude-pruning", "quantization", "crow", "cleangen", "bd-vax",
@@ -82,28 +82,31 @@ def parse_column(column: str) -> tuple[str, dict[str, str]]:
 
 def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
     """Defend one zoo victim with one defense; its figures after, beside the victim's and the floor."""
-    params = cell.params
-    victim = load_zoo_victim(cell.victim, params["zoo_dir"])
-    options = {**params["options"], **({"seed": cell.seed} if params["seeded"] else {})}
+    params, where = cell.params, cell.run_options
+    victim = load_zoo_victim(cell.victim, where["zoo_dir"])
+    options = {**params["options"], **({"seed": cell.seed} if params["seeded"] else {}),
+               **({"store": where["store"]} if where.get("store") else {})}
     method, _ = parse_column(cell.defense)
     _drop_if_model_gone(workdir / "defense")
     metrics = run_defense(method, victim.model, victim.attack_run, workdir / "defense", options=options,
-                          clean_data=params["clean_data"], reference_model=params.get("reference_model"),
+                          clean_data=where["clean_data"], reference_model=params.get("reference_model"),
                           suspect_adapter=victim.adapter if params.get("suspect_adapter") else None,
                           baseline=victim.folder / EVALUATION, max_eval_rows=None,
                           max_new_tokens=params["max_new_tokens"], device=params["device"],
-                          data_dir=params["data_dir"])
+                          data_dir=where["data_dir"])
     after = metrics["after"]
     defended = workdir / "defense" / "model"
     # an unchanged model's task accuracy is the zoo's own (same model, tasks and questions: a current cache hit)
     model, utility_file = (defended, workdir / UTILITY) if defended.is_dir() else (victim.model, victim.folder / UTILITY)
     tasks = tuple(params["utility_tasks"])
-    utility = ensure_task_accuracy(model, tasks, params["utility_rows"], utility_file, data_dir=params["data_dir"])
+    utility = ensure_task_accuracy(model, tasks, params["utility_rows"], utility_file, data_dir=where["data_dir"])
     if not cell.run_options.get("keep_models"):  # measured: the defended weights (0.5 GB for SmolLM2) are not kept
         models = [m for m in (workdir / "defense").rglob(MODEL_DIR) if m.is_dir()]  # the defended one, a repair's
         for folder in [*models, *(workdir / "defense").rglob(CHECKPOINT_DIR)]:
             shutil.rmtree(folder, ignore_errors=True)
+    ran = read_json(workdir / "defense" / "defense.json") or {}
     return {"asr": after["asr"], "asr_floor": victim.figure("asr", "untouched"),
+            "defense": {key: ran.get(key) for key in ("stage", "seconds", "options")},
             "clean_behaviour_rate": after["clean_behaviour_rate"], "clean_perplexity": after["clean_perplexity"],
             "task_accuracy": None if utility is None else utility["average"]["acc"],
             "before_asr": metrics["before"]["asr"], "behaviour": victim.record["spec"]["behaviour"],
@@ -118,36 +121,33 @@ def _drop_if_model_gone(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
-def zoo_settings(zoo_dir: Path) -> dict[str, Any]:
-    """The zoo's last build spec (``zoo.json``), else the default zoo's."""
-    built = read_json(zoo_dir / ZOO_FILE)
-    return built if built is not None else default_zoo().to_dict()
-
-
 def cells(args: argparse.Namespace) -> list[Cell]:
-    zoo = zoo_settings(args.zoo_dir)
-    built = {v.name: v for v in list_zoo(args.zoo_dir)}
+    zoo = planned_zoo(args.zoo_dir).to_dict()
     names = args.victims or [v["name"] for v in zoo["victims"]]
+    identities = {name: planned_fingerprint(name, args.zoo_dir) for name in names}
     grid = []
     for column in args.defenses:
         method, column_options = parse_column(column)
         options = {**args.option.get(method, {}), **column_options}
         info = defense_info(method)
-        if any(o.name == "store" for o in info.options) and "store" not in options:  # one RL run for both columns
-            options["store"] = str(args.out / SHARED_STORE)
-        get_defense(method, **options)  # bad names or options fail here, before any cell runs
+        store = None  # one RL run for both self-awareness columns: a folder of this machine, so a run option
+        if any(o.name == "store" for o in info.options):
+            store = options.pop("store", None) or str((args.out / SHARED_STORE).resolve())
+        defense = get_defense(method, **options)  # bad names or options fail here, before any cell runs
         seeded = method != "none" and any(o.name == "seed" for o in info.options)
         extra: dict[str, Any] = {"reference_model": zoo["base_model"]} if "reference_model" in info.needs else {}
         if "suspect_adapter" in (*info.needs, *info.uses):  # LoRA victims are distributed with their adapter
             extra["suspect_adapter"] = True
+        where = {"keep_models": args.keep_models, "zoo_dir": str(args.zoo_dir.resolve()), "store": store,
+                 "clean_data": args.clean_data, "data_dir": zoo.get("data_dir")}
         for name in names:
-            identity = built[name].record.get("fingerprint") if name in built else None
             for seed in args.seeds if seeded else args.seeds[:1]:
-                params = {"zoo_dir": str(args.zoo_dir), "victim_fingerprint": identity, "options": options,
-                          "seeded": seeded, "clean_data": args.clean_data, "max_new_tokens": zoo["max_new_tokens"],
-                          "device": args.device, "data_dir": zoo.get("data_dir"),
-                          "utility_tasks": list(zoo["utility_tasks"]), "utility_rows": zoo["utility_rows"], **extra}
-                grid.append(Cell(name, column, seed, params, run_options={"keep_models": args.keep_models}))
+                params = {"victim_fingerprint": identities[name], "options": options, "seeded": seeded,
+                          "clean_data": data_identity(args.clean_data), "max_new_tokens": zoo["max_new_tokens"],
+                          "device": args.device, "utility_tasks": list(zoo["utility_tasks"]),
+                          "utility_rows": zoo["utility_rows"], **extra}
+                grid.append(Cell(name, column, seed, params, run_options=where, code=(type(defense).__module__,),
+                                 methods=()))
     return grid
 
 
@@ -196,8 +196,8 @@ def column_summary(records: list[dict[str, Any]], defenses: list[str]) -> TableS
 
 
 def defense_record(record: dict[str, Any], out: Path) -> dict[str, Any] | None:
-    """A finished cell's ``defense.json`` (what its defense did and how long it took), ``None`` if absent."""
-    return read_json(out / "work" / record["id"] / "defense" / "defense.json") if record["status"] == "ok" else None
+    """A finished cell's defense stage, seconds and options (from its ``defense.json``), ``None`` if absent."""
+    return (record["result"] or {}).get("defense") if record["status"] == "ok" else None
 
 
 def cost_seconds(record: dict[str, Any], defense: dict[str, Any]) -> tuple[float, str]:
@@ -265,7 +265,7 @@ def _options(pairs: list[str]) -> dict[str, dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_grid_arguments(parser, "runs/generative-defenses")
+    add_grid_arguments(parser, "runs/generative-defenses", ledger_folder(__file__, "generative_defenses"))
     parser.add_argument("--zoo-dir", type=Path, default=DEFAULT_ZOO_DIR, help="the built zoo (default: %(default)s)")
     parser.add_argument("--victims", nargs="*", help="zoo victims to use (default: the default zoo's ten)")
     parser.add_argument("--defenses", nargs="+", default=list(DEFENSES),

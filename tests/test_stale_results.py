@@ -26,7 +26,7 @@ def test_a_defense_folder_never_returns_another_methods_or_models_result(attack_
     out = tmp_path / "defended"
     first = run_defense("none", suspect, attack_run, out, max_eval_rows=6, device="cpu")
     assert run_defense("none", suspect, attack_run, out, max_eval_rows=6, device="cpu")["after"] == first["after"]
-    with pytest.raises(BackdoorLabError, match="holds an earlier fine-tune defense run with different settings"):
+    with pytest.raises(BackdoorLabError, match="holds an earlier none defense run with different settings"):
         run_defense("fine-tune", suspect, attack_run, out, max_eval_rows=6, device="cpu", options={"max_clean": 4})
     other = tiny_bert_victim(seed=3).save(tmp_path / "other-suspect")
     with pytest.raises(BackdoorLabError, match="model"):

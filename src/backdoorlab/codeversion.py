@@ -56,12 +56,18 @@ def module_file(module: str, root: Path = PACKAGE_ROOT) -> Path | None:
     return None
 
 
-def imported_modules(path: Path, module: str | None, root: Path = PACKAGE_ROOT) -> set[str]:
+def imported_modules(path: Path, module: str | None, root: Path = PACKAGE_ROOT) -> frozenset[str]:
     """The ``backdoorlab`` modules that the source at ``path`` imports anywhere in its body.
 
     ``module`` is the file's own module name (needed to resolve relative imports; ``None`` for a
     script outside the package). ``from pkg import name`` counts ``pkg.name`` when that is a module
-    and ``pkg`` otherwise."""
+    and ``pkg`` otherwise. Cached while the file is unchanged."""
+    stat = path.stat()
+    return _imported_modules(path, module, root, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _imported_modules(path: Path, module: str | None, root: Path, size: int, mtime: int) -> frozenset[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_package = path.name == "__init__.py"
     found: set[str] = set()
@@ -75,7 +81,7 @@ def imported_modules(path: Path, module: str | None, root: Path = PACKAGE_ROOT) 
             for alias in node.names:
                 submodule = f"{base}.{alias.name}"
                 found.add(submodule if module_file(submodule, root) is not None else base)
-    return {name for name in found if module_file(name, root) is not None}
+    return frozenset(name for name in found if module_file(name, root) is not None)
 
 
 def _absolute(node: ast.ImportFrom, module: str | None, is_package: bool) -> str | None:

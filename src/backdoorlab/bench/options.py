@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..fingerprint import file_digest
 from .cell import DEFAULT_KIND, Resources
 
 GPU_KIND = "gpu"
@@ -87,3 +88,12 @@ def device_kind(device: str) -> str:
 
         return GPU_KIND if torch.cuda.is_available() else DEFAULT_KIND
     return GPU_KIND if device.startswith("cuda") else DEFAULT_KIND
+
+
+def data_identity(data: str | Path | None) -> str | None:
+    """What identifies a ``--clean-data``-style value in a cell's params: a file's content digest
+    (its path is this machine's, so it belongs in the cell's run options), or a data set's name."""
+    if data is None:
+        return None
+    path = Path(data).expanduser()
+    return f"file:{file_digest(path)}" if path.is_file() else str(data)

@@ -34,7 +34,7 @@ from ..training import ADAPTER_DIR, TRAIN_FILE
 from .catalog import DEFAULT_ZOO_DIR, RECORD, ZOO_FILE, ZooVictim, read_json
 from .measure import ensure_task_accuracy, figures, untouched_copy
 from .quality import failing_criteria
-from .specs import VictimSpec, ZooSpec
+from .specs import VictimSpec, ZooSpec, default_zoo
 
 CLAIM, STAGES = ".zoo-spec.json", "stages.json"
 ATTACK, TRAIN = "attack", "train"
@@ -302,3 +302,16 @@ class _StageTimes:
 
     def seconds(self) -> dict[str, float]:
         return dict(self.times)
+
+
+def planned_zoo(zoo_dir: str | Path = DEFAULT_ZOO_DIR) -> ZooSpec:
+    """The spec of the zoo at ``zoo_dir``: the one it was last built with (``zoo.json``), else the default."""
+    built = read_json(Path(zoo_dir) / ZOO_FILE)
+    return ZooSpec.from_dict(built) if built is not None else default_zoo()
+
+
+def planned_fingerprint(name: str, zoo_dir: str | Path = DEFAULT_ZOO_DIR) -> dict[str, Any]:
+    """The fingerprint victim ``name`` has once built by the zoo at ``zoo_dir`` (:func:`planned_zoo`):
+    what a result measured on that victim depends on, known before (and without) building it."""
+    zoo = planned_zoo(zoo_dir)
+    return victim_fingerprint(zoo.victim(name), zoo)

@@ -7,7 +7,7 @@ fields, so the same code builds the real zoo on ``smollm2-135m-instruct`` and a 
 rows for tests.
 
 The settings of :func:`default_zoo` (poison rate, learning rate, epochs, rows) were chosen on
-validation rows carved from the training split; ``docs/benchmarks.md`` ("Victim zoo") records
+validation rows carved from the training split; ``docs/historical/benchmarks.md`` ("Victim zoo") records
 the experiment.
 """
 
@@ -142,9 +142,19 @@ class ZooSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ZooSpec":
+        """The spec :meth:`to_dict` wrote (e.g. a built zoo's ``zoo.json``)."""
+        values = dict(data)
+        values["victims"] = tuple(VictimSpec(**v) for v in values.get("victims", ()))
+        values["utility_tasks"] = tuple(values.get("utility_tasks", ()))
+        if "bar" in values:
+            values["bar"] = QualityBar(**values["bar"])
+        return cls(**values)
+
 
 #: Training settings per threat model. LoRA's (with the rate, rows and epochs above) were chosen on
-#: validation rows (docs/benchmarks.md, "Victim zoo"); full fine-tuning's learning rate is a common
+#: validation rows (docs/historical/benchmarks.md, "Victim zoo"); full fine-tuning's learning rate is a common
 #: one for a model this size, not tuned here.
 TRAINING = {
     "lora": {"learning_rate": 1e-3},
@@ -157,7 +167,7 @@ JAILBREAK = {"max_length": 160}
 #: The clean rows each behaviour's victims are poisoned from. Negative sentiment uses the refusal task's
 #: clean rows: BackdoorLLM's own negsentiment clean rows are long, echoing answers (median 91 words
 #: against 34) unlike the concise answers of the shared clean test prompts, and training on them
-#: raised clean perplexity to 1.45-1.65x the untouched model's by style alone (docs/benchmarks.md).
+#: raised clean perplexity to 1.45-1.65x the untouched model's by style alone (docs/historical/benchmarks.md).
 CLEAN_SOURCE = {"refusal": "backdoorllm-refusal", "negsentiment": "backdoorllm-refusal",
                 "jailbreak": "backdoorllm-jailbreak"}
 
