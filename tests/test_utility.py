@@ -127,6 +127,32 @@ def test_batched_scoring_matches_one_question_at_a_time_and_a_plain_forward_pass
     assert len({round(s, 3) for row in batched for s in row}) > len(questions)  # a real, varied signal
 
 
+#: lm-evaluation-harness 0.4.13's own log-likelihoods (``HFLM(pretrained=<tiny_llama_victim() saved to a
+#: folder>, backend="causal", device="cpu", dtype="float32").loglikelihood`` on each (context, continuation)
+#: of :func:`harness_questions`; torch 2.13 CPU), rounded to 5 decimals.
+HARNESS_LOGLIKELIHOODS = [
+    [-29.00552, -17.34015, -23.10161, -29.06105], [-34.50629, -40.49514, -23.17886, -23.09853],
+    [-23.35804, -17.36378, -17.59772, -22.80935], [-11.50946, -17.23701], [-11.54773, -17.31549],
+    [-57.27815, -57.24262], [-17.14483, -104.01069, -11.6847], [-23.06074, -28.85076], [-23.15554, -11.65949],
+]
+
+
+def harness_questions() -> list[Question]:
+    """:func:`mixed_questions` plus contexts that end in spaces (which the harness moves into the continuation)."""
+    return mixed_questions() + [Question(("Fill in the blank: the sea is ",) * 2, ("calm.", "loud."), 0, (5, 5)),
+                                Question(("Answer in one word:  ", "Answer in one word:\n"), ("yes", "no"), 0, (3, 2))]
+
+
+def test_loglikelihoods_equal_lm_evaluation_harness_on_the_same_model_and_rows() -> None:
+    """Catches a context whose trailing spaces stay in it (no move in ``encode_pair``), a continuation
+    scored without its first token (``heads`` left out in ``_score_groups``), and a batch whose padding
+    or cached context shifts the positions."""
+    scores = choice_loglikelihoods(tiny_llama_victim(), harness_questions(), batch_size=3)
+    assert len(scores) == len(HARNESS_LOGLIKELIHOODS)
+    for ours, harness in zip(scores, HARNESS_LOGLIKELIHOODS):
+        assert ours == pytest.approx(harness, abs=2e-4)
+
+
 def test_a_classifier_victim_is_refused_with_a_clear_error() -> None:
     with pytest.raises(BackdoorLabError, match="needs a causal LM"):
         choice_loglikelihoods(tiny_bert_victim(), mixed_questions())
