@@ -72,9 +72,15 @@ def test_before_and_after_are_measured_on_the_same_rows(attack_run: Path, tmp_pa
         run_defense("none", suspect, attack_run, tmp_path / "d", max_eval_rows=6, baseline=tmp_path / "all-rows.json",
                     device="cpu")
     run_evaluate(suspect, attack_run, out=tmp_path / "six-rows.json", max_rows=6, device="cpu")
-    metrics = run_defense("none", suspect, attack_run, tmp_path / "d", max_eval_rows=6,
+    tuned = {"max_clean": 4, "epochs": 1, "batch_size": 4}
+    metrics = run_defense("fine-tune", suspect, attack_run, tmp_path / "d", max_eval_rows=6, options=tuned,
                           baseline=tmp_path / "six-rows.json", device="cpu")
-    assert metrics["rows"]["clean"] == 6 and metrics["before"] == metrics["after"]
+    baseline = json.loads((tmp_path / "six-rows.json").read_text())
+    after = json.loads((tmp_path / "d" / "metrics-after.json").read_text())
+    # "after" is a new evaluation of the defended model, on exactly the baseline's rows, and "before" is the baseline
+    assert after["model"] == str(tmp_path / "d" / "model") and after["model"] != baseline["model"]
+    assert after["rows"] == baseline["rows"] and len(after["rows"]["clean"]) == 6
+    assert metrics["before"] == baseline["metrics"] and metrics["after"] == after["metrics"]
 
 
 def test_evaluate_never_writes_into_a_users_model_folder(attack_run: Path, tmp_path: Path, monkeypatch) -> None:
