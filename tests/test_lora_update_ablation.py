@@ -70,7 +70,7 @@ def test_removing_the_attention_update_keeps_the_mlp_update(lora_victim) -> None
     base, merged, adapter, _ = lora_victim
     updates = adapter_updates(adapter)
     before = weights(merged)
-    config = next(c for c in bench.configurations(bench.update_blocks(list(updates)), [1]) if c.name == "no-attention")
+    config = next(c for c in bench.configurations([1]) if c.name == "no-attention")
     removed = bench.removed_modules(config, list(updates))
     subtract_update(merged, {name: updates[name] for name in removed})
     after = weights(merged)
@@ -125,7 +125,7 @@ def smollm_names(blocks: int = 30) -> list[str]:
 
 def test_each_configuration_removes_exactly_the_modules_it_names() -> None:
     names = smollm_names()
-    configs = {c.name: c for c in bench.configurations(bench.update_blocks(names), [5, 25])}
+    configs = {c.name: c for c in bench.configurations([5, 25])}
     assert list(configs) == ["full", "no-attention", "no-mlp", "no-mlp-first-5", "no-mlp-first-25",
                              "no-mlp-last-5", "no-mlp-last-25"]
     assert bench.removed_modules(configs["full"], names) == []
@@ -144,7 +144,7 @@ def test_layer_numbers_are_read_whole_and_unknown_modules_are_never_removed() ->
     assert bench.module_location("model.layers.1.self_attn.o_proj") == (1, "attention")
     assert bench.module_location("lm_head") == (None, None)
     names = [*smollm_names(), "lm_head"]
-    first = next(c for c in bench.configurations(bench.update_blocks(names), [2]) if c.name == "no-mlp-first-2")
+    first = next(c for c in bench.configurations([2]) if c.name == "no-mlp-first-2")
     # block 1's window must not pick blocks 10-19 (a prefix match would)
     assert {bench.module_location(n)[0] for n in bench.removed_modules(first, names)} == {0, 1}
     assert "lm_head" not in bench.removed_modules(bench.Configuration("no-mlp", "mlp"), names)
@@ -154,7 +154,7 @@ def test_bad_window_sizes_and_empty_selections_are_refused() -> None:
     blocks = list(range(30))
     for bad in ([0], [30], [31]):
         with pytest.raises(BackdoorLabError, match="between 1 and 29"):
-            bench.configurations(blocks, bad)
+            bench.check_windows(bad, blocks)
     attention_only = [n for n in smollm_names() if ".self_attn." in n]
     with pytest.raises(BackdoorLabError, match="removes nothing"):
         bench.removed_modules(bench.Configuration("no-mlp", "mlp"), attention_only)
@@ -165,34 +165,60 @@ def test_bad_window_sizes_and_empty_selections_are_refused() -> None:
 
 
 # ------------------------------------------------------------------------------- the bench
-def test_the_bench_measures_each_configuration_once_and_reports(tiny_base: Path, toy_data: dict[str, str],  # noqa: F811
-                                                                tmp_path: Path, capsys) -> None:
+def records(ledger: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in ledger.glob("*.json")}
+
+
+def test_the_bench_computes_each_cell_once_into_its_ledger_and_reports(tiny_base: Path,  # noqa: F811
+                                                                       toy_data: dict[str, str],  # noqa: F811
+                                                                       tmp_path: Path, capsys) -> None:
     from backdoorlab.zoo import build_zoo
 
     spec = tiny_zoo(tiny_base, toy_data)
     spec = tiny_zoo(tiny_base, toy_data, victims=spec.victims[:1])
-    zoo_dir, out, image = tmp_path / "zoo", tmp_path / "ablation", tmp_path / "plot.png"
+    zoo_dir, out, ledger = tmp_path / "zoo", tmp_path / "ablation", tmp_path / "results" / "lora_update_ablation"
     build_zoo(spec, zoo_dir, progress=lambda _: None)
     name = spec.victims[0].name
-    argv = ["--zoo-dir", str(zoo_dir), "--victims", name, "--out", str(out), "--ks", "1", "--max-rows", "6",
-            "--plot", str(image)]
+    argv = ["--zoo-dir", str(zoo_dir), "--victims", name, "--out", str(out), "--results", str(ledger), "--ks", "1",
+            "--max-rows", "6", "--serial"]
     assert bench.main(argv) == 0
-    files = sorted(p.name for p in (out / name).glob("*.json"))
-    assert files == ["full.json", "no-attention.json", "no-mlp-first-1.json", "no-mlp-last-1.json", "no-mlp.json",
-                     "recovery.json"]
-    full = json.loads((out / name / "full.json").read_text())
+    found = records(ledger)
+    configs = ["full", "no-attention", "no-mlp", "no-mlp-first-1", "no-mlp-last-1"]
+    assert sorted(found) == sorted(f"{name}__{c}__seed0" for c in [*configs, "recovery-check"])
+    assert {r["status"] for r in found.values()} == {"ok"}
+    assert all(str(zoo_dir) not in json.dumps(r["params"]) for r in found.values())  # the victim by its fingerprint
+    full = found[f"{name}__full__seed0"]["result"]
     zoo_record = json.loads((zoo_dir / name / "victim.json").read_text())
     assert full["source"] == "zoo evaluation" and full["metrics"]["asr"] == zoo_record["figures"]["victim"]["asr"]
-    last = json.loads((out / name / "no-mlp-last-1.json").read_text())
+    last = found[f"{name}__no-mlp-last-1__seed0"]["result"]
     assert last["source"] == "measured" and sorted(last["removed_modules"]) == sorted(f"model.layers.1.mlp.{m}" for m in MLP)
-    assert json.loads((out / name / "recovery.json").read_text())["max_abs_difference"] < 1e-5
+    assert found[f"{name}__recovery-check__seed0"]["result"]["max_abs_difference"] < 1e-5
     printed = capsys.readouterr().out
-    assert "| no-mlp-first-1 |" in printed and image.is_file() and (out / "report.md").is_file()
+    assert "| no-mlp-first-1 |" in printed and (out / bench.PLOT).is_file() and (out / "report.html").is_file()
 
-    stamps = {p.name: p.stat().st_mtime_ns for p in (out / name).glob("*.json")}
-    (out / name / "no-mlp.json").unlink()  # a run killed before this configuration resumes with it alone
+    stamps = {p.name: p.stat().st_mtime_ns for p in ledger.glob("*.json")}
+    (ledger / f"{name}__no-mlp__seed0.json").unlink()  # a killed run resumes with the missing cell alone
     assert bench.main(argv) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in (out / name).glob("*.json") if p.name != "no-mlp.json"} == \
-        {k: v for k, v in stamps.items() if k != "no-mlp.json"}
-    assert (out / name / "no-mlp.json").is_file()
-    assert bench.main([*argv, "--report-only", "--ks", "1"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in ledger.glob("*.json") if p.name != f"{name}__no-mlp__seed0.json"} == \
+        {k: v for k, v in stamps.items() if k != f"{name}__no-mlp__seed0.json"}
+    assert (ledger / f"{name}__no-mlp__seed0.json").is_file()
+    stamps = {p.name: p.stat().st_mtime_ns for p in ledger.glob("*.json")}
+    assert bench.main(argv) == 0  # a rerun computes nothing
+    assert {p.name: p.stat().st_mtime_ns for p in ledger.glob("*.json")} == stamps
+
+    (out / "report.md").unlink()
+    capsys.readouterr()
+    image = tmp_path / "plot.png"
+    assert bench.main([*argv, "--report-only", "--plot", str(image)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| no-mlp-first-1 |" in report and "Command" not in report and image.is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in ledger.glob("*.json")} == stamps
+
+
+def test_the_bench_refuses_seeds_and_reports_cells_nobody_ran(tmp_path: Path, capsys) -> None:
+    out, ledger = tmp_path / "out", tmp_path / "ledger"
+    assert bench.main(["--out", str(out), "--results", str(ledger), "--report-only", "--seeds", "1"]) == 2
+    assert "--seeds does not apply" in capsys.readouterr().err
+    assert bench.main(["--out", str(out), "--results", str(ledger), "--report-only", "--victims", "refusal-vpi-lora"]) == 0
+    assert "| refusal-vpi-lora | no-mlp-last-25 (not run) |" in (out / "report.md").read_text()
+    assert not ledger.exists()
