@@ -247,8 +247,8 @@ def test_centroid_distances_spread_and_projection() -> None:
     assert {k: tuple(v.shape) for k, v in projected.items()} == {"a": (3, 2), "b": (2, 2), "c": (2, 2)}
 
 
-def test_the_mechanism_bench_measures_each_stage_once_and_reports(tiny_base: Path, toy_data: dict[str, str],  # noqa: F811
-                                                                 tmp_path: Path) -> None:
+def test_the_mechanism_bench_computes_each_subject_once_into_its_ledger_and_reports(
+        tiny_base: Path, toy_data: dict[str, str], tmp_path: Path, capsys) -> None:  # noqa: F811
     import json
     import sys
 
@@ -259,20 +259,38 @@ def test_the_mechanism_bench_measures_each_stage_once_and_reports(tiny_base: Pat
 
     spec = tiny_zoo(tiny_base, toy_data)
     spec = tiny_zoo(tiny_base, toy_data, victims=spec.victims[:1])
-    zoo_dir, out = tmp_path / "zoo", tmp_path / "mechanism"
+    zoo_dir, out, ledger = tmp_path / "zoo", tmp_path / "mechanism", tmp_path / "results" / "collapse_mechanism"
     build_zoo(spec, zoo_dir, progress=lambda _: None)
     name = spec.victims[0].name
-    argv = ["--zoo-dir", str(zoo_dir), "--zoo-victims", name, "--out", str(out), "--rows", "6",
-            "--max-new-tokens", "4", "--data-dir", toy_data["data_dir"], "--device", "cpu", "--clean-data", toy_data["train"],
+    argv = ["--zoo-dir", str(zoo_dir), "--zoo-victims", name, "--out", str(out), "--results", str(ledger),
+            "--rows", "6", "--max-new-tokens", "4", "--data-dir", toy_data["data_dir"], "--device", "cpu",
+            "--clean-data", toy_data["train"], "--serial",
             "--option", "max_clean=6", "--option", "validation_rows=2", "--option", "injection_epochs=1",
             "--option", "recovery_epochs=1", "--option", "max_length=48"]
     assert bench.main(argv) == 0
-    stages = {p.name: json.loads(p.read_text()) for p in (out / name).glob("*.json")}
-    assert sorted(stages) == ["after-Stage-I.json", "after-Stage-II.json", "findings.json", "suspect.json"]
-    suspect = stages["suspect.json"]
+    path = ledger / f"{name}__backdoor-collapse__seed0.json"
+    assert [p.name for p in ledger.glob("*.json")] == [path.name]
+    record = json.loads(path.read_text())
+    params = json.dumps({k: v for k, v in record["params"].items() if k != "subject"})
+    assert record["status"] == "ok" and str(tmp_path) not in params  # no machine paths
+    assert str(zoo_dir) not in json.dumps(record["params"]["subject"])  # the zoo victim by its fingerprint
+    stages = record["result"]["stages"]
+    assert list(stages) == list(bench.STAGES)
+    suspect = stages["suspect"]
     assert set(suspect["distances"]) >= {"clean|unknown trigger", "unknown trigger|known: Make life better"}
-    assert suspect["rows"]["unknown trigger"] == 6 and len(suspect["projection"]["clean"]) == 6
-    assert (out / name / "projection.png").is_file() and "d(unknown, known)" in (out / "report.md").read_text()
-    stamps = {p.name: p.stat().st_mtime_ns for p in (out / name).glob("*.json")}
-    assert bench.main(argv) == 0  # finished stages are read back, not measured again
-    assert {p.name: p.stat().st_mtime_ns for p in (out / name).glob("*.json")} == stamps
+    assert suspect["rows"]["unknown trigger"] == 6 and len(bench.unpack_points(suspect["projection"]["clean"])) == 6
+    plot = out / f"projection-{path.stem}.png"
+    assert plot.is_file() and "d(unknown, known)" in (out / "report.md").read_text()
+
+    stamp = path.stat().st_mtime_ns
+    assert bench.main(argv) == 0  # a rerun computes nothing
+    assert path.stat().st_mtime_ns == stamp
+    plot.unlink()
+    (out / "report.md").unlink()
+    capsys.readouterr()
+    assert bench.main([*argv, "--report-only"]) == 0  # the report and the plot come from the ledger alone
+    report = (out / "report.md").read_text()
+    assert plot.is_file() and "| after Stage II |" in report and "Command" not in report
+    assert path.stat().st_mtime_ns == stamp
+    assert bench.main([*argv, "--report-only", "--option", "seed=1", "--seeds", "2"]) == 2
+    assert "not both" in capsys.readouterr().err
