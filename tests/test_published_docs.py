@@ -57,8 +57,8 @@ def test_a_ledger_record_reaches_its_page(publish: ModuleType, shared_data_dir: 
     docs = tmp_path / "docs"
     publish.generate(docs, ledger)
     page = (docs / "results" / "attribution.md").read_text(encoding="utf-8")
-    assert "| alpaca_begin | ok | 60" in page or "98.8" in page, page
-    assert "| agnews_sentence | not run |" in page
+    assert "| alpaca_begin | 98.8% |" in page, page  # the record's figure, formatted
+    assert "| alpaca_begin | attribution | 0 | ok | 60 |" in page and "| agnews_sentence | attribution | 0 | not run |" in page
     index = (docs / "benchmarks.md").read_text(encoding="utf-8")
     assert "| [Backdoor attribution](results/attribution.md) | 1 |" in index
 
@@ -66,7 +66,8 @@ def test_a_ledger_record_reaches_its_page(publish: ModuleType, shared_data_dir: 
     text = record.read_text(encoding="utf-8")
     record.write_text(text.replace('"code": "', '"code": "0'))  # as if computed by other code
     publish.generate(docs, ledger)
-    assert "| alpaca_begin | stale |" in (docs / "results" / "attribution.md").read_text(encoding="utf-8")
+    stale = (docs / "results" / "attribution.md").read_text(encoding="utf-8")
+    assert "| alpaca_begin | attribution | 0 | stale |" in stale and "98.8%" not in stale
 
 
 def test_the_publisher_copies_plots_beside_the_pages(publish: ModuleType, tmp_path: Path) -> None:
