@@ -189,9 +189,10 @@ def test_the_defense_removes_a_backdoor_it_was_not_told_about(backdoored_classif
     """The suspect flips "cf"-opened positive reviews to negative; after both stages it must not,
     while still classifying clean reviews.
 
-    Catches skipping Stage II (``if self.recovery_epochs == 0`` always taken) and a Stage II that trains
-    on the injection rows (``known.injection_rows`` in place of ``known.recovery_rows``): both leave the
-    unknown backdoor in place."""
+    Catches skipping Stage II (``if self.recovery_epochs == 0`` always taken), a Stage II that trains
+    on the injection rows (``known.injection_rows`` in place of ``known.recovery_rows``) and a Stage I
+    without the cluster loss (``ClusterObjective(alpha=0.0)``): each leaves the unknown backdoor in
+    place, as does plain fine-tuning on the same clean rows for as many epochs."""
     test_rows = list(films(40, offset=300))
     assert attack_success(backdoored_classifier, test_rows) >= 0.9  # a real backdoor
     defense = get_defense("backdoor-collapse", max_clean=32, validation_rows=16, learning_rate=3e-3,
