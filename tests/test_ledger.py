@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,17 @@ def source_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@contextlib.contextmanager
+def edited(path: Path) -> Iterator[None]:
+    """``path`` with a line of code added, for the duration of the block."""
+    original = path.read_text()
+    path.write_text(original + "\nEDITED = 1\n")
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
 def _digests(root: Path) -> dict[str, str]:
     stages = ["backdoorlab.training", "backdoorlab.evaluation", "backdoorlab.analysis.runner"]
     return {name: code_digest([name], root=root) for name in sorted(method_packages(root)) + stages}
@@ -107,13 +120,8 @@ def _digests(root: Path) -> dict[str, str]:
 
 def test_editing_one_defense_stales_its_own_results_and_no_other_defenses(source_copy: Path) -> None:
     before = _digests(source_copy)
-    target = source_copy / "defenses" / "onion" / "defense.py"
-    original = target.read_text()
-    try:
-        target.write_text(original + "\nONION_EDITED = True\n")
+    with edited(source_copy / "defenses" / "onion" / "defense.py"):
         after = _digests(source_copy)
-    finally:
-        target.write_text(original)
     changed = sorted(name for name in before if before[name] != after[name])
     assert changed == ["backdoorlab.defenses.onion"]
     assert _digests(source_copy) == before
@@ -123,25 +131,15 @@ def test_a_method_built_on_another_counts_that_ones_code(source_copy: Path) -> N
     files = dependency_files(["backdoorlab.defenses.bd_vax"], root=source_copy)
     assert "backdoorlab.defenses.fine_tune.defense" in files  # BD-VAX repairs with the fine-tuning defense
     assert "backdoorlab.defenses.onion.defense" not in files
-    target = source_copy / "defenses" / "fine_tune" / "defense.py"
-    original = target.read_text()
     before = code_digest(["backdoorlab.defenses.bd_vax"], root=source_copy)
-    try:
-        target.write_text(original + "\nEDITED = 1\n")
+    with edited(source_copy / "defenses" / "fine_tune" / "defense.py"):
         assert code_digest(["backdoorlab.defenses.bd_vax"], root=source_copy) != before
-    finally:
-        target.write_text(original)
 
 
 def test_editing_shared_code_stales_every_result_that_imports_it(source_copy: Path) -> None:
     before = _digests(source_copy)
-    target = source_copy / "models" / "victim.py"
-    original = target.read_text()
-    try:
-        target.write_text(original + "\nEDITED = 1\n")
+    with edited(source_copy / "models" / "victim.py"):
         after = _digests(source_copy)
-    finally:
-        target.write_text(original)
     assert all(before[name] != after[name] for name in before)
 
 
