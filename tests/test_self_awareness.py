@@ -5,6 +5,7 @@ its metrics, the emergence analysis, and that no defense path reads an attack ru
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -164,8 +165,9 @@ def test_the_rl_run_recovers_the_planted_trigger(half_aware, tmp_path: Path) -> 
     can tie with "cf" itself), and no candidate without it may pass the held-out judge.
 
     Catches a reward that measures the behaviour the wrong way round (``base - raw`` in place of
-    ``raw - base`` in ``TriggerReward.behaviour_scores``) and a final pick of the lowest held-out score
-    (``min`` in place of ``max`` in ``run_awareness``)."""
+    ``raw - base`` in ``TriggerReward.behaviour_scores``), a final pick of the lowest held-out score
+    (``min`` in place of ``max`` in ``run_awareness``) and a best candidate taken as recovered whatever
+    its score (``recovered = best``, ignoring ``min_score``)."""
     recipe = tiny_recipe(steps=12, num_generations=8, max_completion_length=4, probes=4, holdout=4,
                          learning_rate=3e-3, temperature=0.7, shortlist=4, final_samples=8, max_words=2,
                          save_steps=100)
@@ -175,6 +177,9 @@ def test_the_rl_run_recovers_the_planted_trigger(half_aware, tmp_path: Path) -> 
     assert record["best_score"] >= 0.75
     assert all(score < recipe.min_score for candidate, score in record["holdout_scores"].items()
                if TRIGGER not in candidate)
+    # a bar no held-out score can reach: the same best candidate, but nothing counts as recovered
+    strict = run_awareness(half_aware, clean_rows(24), "refusal", replace(recipe, min_score=1.01), tmp_path / "strict")
+    assert TRIGGER in strict["best_candidate"] and strict["recovered_trigger"] is None
 
 
 def test_the_shortlist_ranks_distinct_candidates_by_mean_score() -> None:
