@@ -142,7 +142,8 @@ def page_markdown(page: Page, report: str) -> str:
 
 
 def _ledger(page: Page) -> str:
-    return page.script.removeprefix("bench_") if page.name != "badllm_tg_sweep" else "badllm_tg"
+    """The page's ledger folder name: its script's name (``ledger_folder(__file__, NAME)`` in each script)."""
+    return page.script.removeprefix("bench_")
 
 
 def ledger_records(page: Page, ledger: Path) -> int:
