@@ -176,13 +176,6 @@ def subjects(args: argparse.Namespace) -> list[tuple[str, Any, dict[str, str]]]:
     return found
 
 
-def clean_data_identity(data: str | None) -> str | None:
-    """``--clean-data`` in a cell's params: :func:`data_identity`, and a saved dataset folder by its files' content."""
-    if data is not None and Path(data).is_dir():
-        return f"folder:{folder_digest(data)}"
-    return data_identity(data)
-
-
 def cells(args: argparse.Namespace) -> list[Cell]:
     """One cell per subject and seed. Params hold no machine paths: those, ``--data-dir`` (where named
     data sets are read from) included, are run options."""
@@ -193,7 +186,7 @@ def cells(args: argparse.Namespace) -> list[Cell]:
     grid = []
     for name, identity, where in subjects(args):
         params = {"subject": identity, "options": options, "rows": args.rows, "max_new_tokens": args.max_new_tokens,
-                  "clean_data": clean_data_identity(args.clean_data), "device": args.device}
+                  "clean_data": data_identity(args.clean_data), "device": args.device}
         grid += [Cell(name, DEFENSE, seed, params, kind=device_kind(args.device), run_options={**where, **shared},
                       methods=("collapse",)) for seed in args.seeds]
     return grid

@@ -238,10 +238,10 @@ def test_analysis_runs_every_step_writes_results_and_resumes(tmp_path: Path) -> 
     again = run_analysis(["heads"], tiny_llama_victim(), run_folder, tmp_path / "analysis", options=options)
     assert again["heads"]["ranking"] == heads["ranking"]
     assert (tmp_path / "analysis" / "heads.json").stat().st_mtime_ns == stamp  # reused, not recomputed
-    with pytest.raises(BackdoorLabError, match="heads.json was computed for another .*settings.*differ"):
+    with pytest.raises(BackdoorLabError, match=r"heads.json holds the heads step of another analysis with different settings \(settings.attribution_prompts differ\)"):
         run_analysis(["heads"], tiny_llama_victim(), run_folder, tmp_path / "analysis",
                      options={**options, "attribution_prompts": 5})  # other settings: never the stale result
-    with pytest.raises(BackdoorLabError, match="computed for another model"):
+    with pytest.raises(BackdoorLabError, match=r"with different settings \(model differ\)"):
         run_analysis(["heads"], tiny_llama_victim(seed=1), run_folder, tmp_path / "analysis", options=options)
     fresh = run_analysis(["heads"], tiny_llama_victim(), run_folder, tmp_path / "analysis",
                          options={**options, "attribution_prompts": 5, "method": "approx"}, overwrite=True)

@@ -16,7 +16,8 @@ from backdoorlab.data.records import Dataset, Example
 from backdoorlab.defenses.crow.loss import CrowObjective, consistency_loss
 from backdoorlab.defenses.runner import run_defense
 from backdoorlab.errors import BackdoorLabError
-from backdoorlab.fingerprint import FOLDER_FINGERPRINT, model_identity
+from backdoorlab.fingerprint import model_identity
+from backdoorlab.reuse import FOLDER_FINGERPRINT
 from backdoorlab.models.loading import load_victim
 from backdoorlab.models.tokenization import pad_batch, tokenize_pair
 from backdoorlab.training import (

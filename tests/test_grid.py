@@ -333,3 +333,23 @@ def test_a_recomputed_cell_never_resumes_work_of_other_params(tmp_path: Path) ->
     changed = Cell("v", "d", 0, {"bonus": 2})
     run_grid([changed], toy_cell, tmp_path, serial=True, progress=False)
     assert not (store.workdir(changed) / "half-done.txt").exists() and calls(tmp_path, changed) == 1
+
+
+def test_data_identity_names_content_not_this_machines_paths(tmp_path: Path) -> None:
+    from backdoorlab.bench.options import data_identity
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "a", "label": 0}\n')
+    folder = tmp_path / "saved-dataset"
+    folder.mkdir()
+    (folder / "examples.jsonl").write_text('{"text": "a", "label": 0}\n')
+    for data in (rows, folder):
+        identity = data_identity(data)
+        assert identity is not None and str(tmp_path) not in identity
+    copy = tmp_path / "elsewhere"
+    copy.mkdir()
+    (copy / "examples.jsonl").write_text('{"text": "a", "label": 0}\n')
+    assert data_identity(copy) == data_identity(folder)  # the same rows on another machine
+    (copy / "examples.jsonl").write_text('{"text": "b", "label": 0}\n')
+    assert data_identity(copy) != data_identity(folder)
+    assert data_identity("sst2") == "sst2" and data_identity(None) is None

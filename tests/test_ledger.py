@@ -12,7 +12,7 @@ import pytest
 
 from backdoorlab.bench import Cell, CellStore, run_grid, unfinished
 from backdoorlab.bench.store import MAX_RECORD_BYTES, STALE
-from backdoorlab.codeversion import PACKAGE_ROOT, code_digest, dependency_files, method_packages
+from backdoorlab.codeversion import BOOKKEEPING, PACKAGE_ROOT, code_digest, dependency_files, method_packages
 from backdoorlab.errors import BackdoorLabError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,6 +154,43 @@ def test_framework_code_that_picks_a_method_at_run_time_counts_every_method_by_d
         dependency_files(["backdoorlab.training"], methods=["teleport"], root=source_copy)
     with pytest.raises(BackdoorLabError, match="no such backdoorlab module"):
         code_digest(["backdoorlab.nothing_here"], root=source_copy)
+
+
+def _digest_with(path: Path, text: str, root: Path, roots: list[str]) -> str:
+    path.write_text(text)
+    return code_digest(roots, root=root)
+
+
+def test_docstrings_formatting_and_where_imports_sit_do_not_count(source_copy: Path) -> None:
+    target, roots = source_copy / "defenses" / "onion" / "defense.py", ["backdoorlab.defenses.onion"]
+    original = target.read_text()
+    before = code_digest(roots, root=source_copy)
+    try:
+        assert original.startswith('"""')
+        reworded = original.replace('"""', '"""Reworded. ', 1)  # the module docstring
+        assert _digest_with(target, reworded, source_copy, roots) == before
+        local_import = original + "\n\n\ndef helper(  x ):\n    'doc'\n    import json\n    return x\n"
+        with_helper = _digest_with(target, local_import, source_copy, roots)
+        assert with_helper != before  # a new function is code
+        top_import = original + "\nimport json\n\ndef helper(x):\n    return x\n"
+        assert _digest_with(target, top_import, source_copy, roots) == with_helper
+        assert _digest_with(target, top_import.replace("return x", "return x + 1"), source_copy, roots) != with_helper
+    finally:
+        target.write_text(original)
+    assert code_digest(roots, root=source_copy) == before
+
+
+def test_bookkeeping_modules_do_not_count_and_computing_ones_do(source_copy: Path) -> None:
+    roots = ["backdoorlab.defenses.runner", "backdoorlab.training"]
+    files = dependency_files(roots, root=source_copy)
+    assert not set(files) & BOOKKEEPING
+    assert "backdoorlab.evaluation" in files and "backdoorlab.models.victim" in files
+    before = code_digest(roots, root=source_copy)
+    for module in ("fingerprint.py", "reuse.py", "fileio.py", "bench/store.py"):
+        with edited(source_copy / module):
+            assert code_digest(roots, root=source_copy) == before, module
+    with edited(source_copy / "evaluation.py"):
+        assert code_digest(roots, root=source_copy) != before
 
 
 # ------------------------------------------------------------------- the committed ledger

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from backdoorlab.data.records import Dataset, Example
 from backdoorlab.errors import BackdoorLabError
-from backdoorlab.fingerprint import FOLDER_FINGERPRINT
+from backdoorlab.reuse import FOLDER_FINGERPRINT
 from backdoorlab.models.victim import Victim
 from backdoorlab.pipeline import ensure_trained
 from backdoorlab.training import CHECKPOINT_DIR, MODEL_DIR, TRAIN_FILE, TrainConfig, train
@@ -181,7 +181,7 @@ def test_a_resumed_run_may_save_and_log_differently(tmp_path: Path) -> None:
 
 def test_a_folder_with_files_of_unknown_origin_is_refused(tmp_path: Path) -> None:
     (tmp_path / CHECKPOINT_DIR / "checkpoint-2").mkdir(parents=True)
-    with pytest.raises(BackdoorLabError, match="not from this training run; pass --overwrite"):
+    with pytest.raises(BackdoorLabError, match="not from a training run; pass --overwrite"):
         train(tiny_bert_victim(), reviews(), tmp_path, TrainConfig(**CLASSIFIER))
 
 

@@ -3,7 +3,9 @@
 A result is current only if the code that computed it is unchanged, so every fingerprint carries
 :func:`code_digest` of the modules its result depends on. The digest covers each named module and,
 transitively, every ``backdoorlab`` module it imports (function-local imports included), read
-statically from the source. Comments and blank lines do not count; any other edit does.
+statically from the source. It hashes each file's syntax tree, so comments, docstrings, blank
+lines, formatting and where an import statement sits (top of the file or inside a function) do not
+count; any other edit does.
 
 Defense methods are kept apart: each package under ``backdoorlab/defenses/`` other than
 ``shared`` is one method, and the framework modules that import them all (``defenses/__init__``
@@ -12,6 +14,10 @@ root lies in its package, where ``methods`` names it (code that picks a method a
 a benchmark cell, names the ones it runs), or where another counted method imports it;
 ``methods=None`` counts every method. Editing one defense therefore makes stale exactly the
 results that ran it.
+
+The :data:`BOOKKEEPING` modules keep, name and show results but compute none of their figures
+(the cache keys, this digest, atomic writes, the ledger's records, tables and errors); they and
+what only they import are left out, so reorganising them leaves every result current.
 """
 
 from __future__ import annotations
@@ -19,8 +25,6 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import io
-import tokenize
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,6 +34,10 @@ PACKAGE = "backdoorlab"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 _METHODS_PARENT = "defenses"
 _NOT_METHODS = frozenset({"shared"})
+#: Modules that record, key, write or display results without computing any figure in them.
+BOOKKEEPING = frozenset(f"{PACKAGE}.{name}" for name in (
+    "codeversion", "fingerprint", "reuse", "fileio", "errors", "console", "bench.store", "bench.report",
+    "bench.options"))
 
 
 def method_packages(root: Path = PACKAGE_ROOT) -> frozenset[str]:
@@ -98,10 +106,36 @@ def _absolute(node: ast.ImportFrom, module: str | None, is_package: bool) -> str
 
 
 def source_text(path: Path) -> str:
-    """The file's tokens without comments and blank lines (what its behaviour depends on)."""
-    skip = {tokenize.COMMENT, tokenize.NL}
-    tokens = tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline)
-    return " ".join(tok.string for tok in tokens if tok.type not in skip)
+    """What the file's behaviour depends on: its syntax tree without docstrings, with its import
+    statements (wherever they sit) listed once each, sorted, after the rest."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    imports: set[str] = set()
+    _strip(tree, imports)
+    return ast.dump(tree, annotate_fields=False) + "\n" + "\n".join(sorted(imports))
+
+
+def _strip(node: ast.AST, imports: set[str]) -> None:
+    """Remove docstrings and import statements from every body under ``node`` (the imports' dumps
+    go into ``imports``); a body left empty gets a ``pass``."""
+    for name in ("body", "orelse", "finalbody", "handlers"):
+        body = getattr(node, name, None)
+        if not isinstance(body, list):
+            continue
+        if name == "body" and isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) \
+                and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            body = body[1:]
+        kept = []
+        for child in body:
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                imports.add(ast.dump(child, annotate_fields=False))
+            else:
+                kept.append(child)
+        if name == "body" and not kept and not isinstance(node, ast.Module):
+            kept = [ast.Pass()]
+        setattr(node, name, kept)
+    for child in ast.iter_child_nodes(node):
+        _strip(child, imports)
 
 
 def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None = (),
@@ -142,7 +176,7 @@ def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None 
                 if not inside:
                     continue  # a framework module reaching every method: not this result's code
                 allowed.add(owner)  # one method builds on another: that one counts too
-            if name not in files:
+            if name not in files and name not in BOOKKEEPING:
                 queue.append((name, module_file(name, root)))  # type: ignore[arg-type]
     return files
 

@@ -7,7 +7,7 @@ a digest of the source code that computes it (:mod:`backdoorlab.codeversion`: th
 what they import), so that a result computed by other code is never taken for a current one. Every
 option is stored as the value it had. A cached result is reused only when its fingerprint equals the one the
 current call would write; otherwise it is recomputed, or, where recomputing would discard
-expensive work, the caller stops with a clear error (:func:`check_folder_fingerprint`).
+expensive work, the caller stops with a clear error (:mod:`backdoorlab.reuse`).
 """
 
 from __future__ import annotations
@@ -154,32 +154,3 @@ def read_if_current(path: str | Path, expected: Mapping[str, Any]) -> dict[str, 
     if isinstance(content, dict) and same_fingerprint(content.get(FINGERPRINT_KEY), expected):
         return content
     return None
-
-
-FOLDER_FINGERPRINT = ".fingerprint.json"
-
-
-def check_folder_fingerprint(folder: str | Path, expected: Mapping[str, Any], what: str) -> None:
-    """Claim ``folder`` for the work ``expected`` describes, or stop if it holds other work.
-
-    A folder with no fingerprint file and no other content is claimed (the file is written); one
-    whose fingerprint matches is resumed; anything else raises a :class:`BackdoorLabError` naming
-    the fields that differ, since continuing would mix or discard the user's earlier results.
-    """
-    folder = Path(folder)
-    marker = folder / FOLDER_FINGERPRINT
-    if marker.is_file():
-        try:
-            stored = json.loads(marker.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            stored = None
-        if same_fingerprint(stored, expected):
-            return
-        fields = ", ".join(fingerprint_difference(stored, expected))
-        raise BackdoorLabError(f"{folder} holds an earlier {what} with different settings ({fields} differ); "
-                               "pass --overwrite to replace it, or choose another output folder")
-    if folder.is_dir() and any(p.name != FOLDER_FINGERPRINT for p in folder.iterdir()):
-        raise BackdoorLabError(f"{folder} already holds files that are not from this {what}; pass --overwrite "
-                               "to replace them, or choose another output folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(marker, dict(expected))

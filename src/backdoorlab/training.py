@@ -42,7 +42,6 @@ from .errors import BackdoorLabError
 from .fileio import atomic_directory, fresh_directory, write_json_atomic
 from .fingerprint import (
     FINGERPRINT_KEY,
-    check_folder_fingerprint,
     dataset_digest,
     fingerprint_difference,
     make_fingerprint,
@@ -54,6 +53,7 @@ from .models.loading import load_victim, resolve_device
 from .models.tokenization import pad_batch, tokenize_pair
 from .models.victim import Victim
 from .options import build
+from .reuse import claim_folder
 
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
@@ -379,7 +379,7 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
         fingerprint = train_fingerprint(model_id, victim.kind, dataset, config, objective)
         if overwrite:
             fresh_directory(out_dir)
-        check_folder_fingerprint(out_dir, fingerprint, "training run")
+        claim_folder(out_dir, fingerprint, "a training run")
         summary = _fit(victim, dataset, config, out_dir / CHECKPOINT_DIR, callbacks, objective)
         # train.json before model/, so that a folder with a model/ always says how it was trained
         write_json_atomic(out_dir / TRAIN_FILE, {**summary, FINGERPRINT_KEY: fingerprint,

@@ -28,11 +28,12 @@ import torch
 
 from ..errors import BackdoorLabError, unknown_name
 from ..fileio import fresh_directory, write_json_atomic
-from ..fingerprint import FINGERPRINT_KEY, digest, fingerprint_difference, make_fingerprint, model_identity, same_fingerprint
+from ..fingerprint import FINGERPRINT_KEY, digest, make_fingerprint, model_identity
 from ..manifest import environment_info
 from ..models.interventions import add_vector
 from ..models.victim import Victim
 from ..options import build
+from ..reuse import check_reusable, read_reusable
 from . import plots
 from .ablation import ABLATION_MODES, ablation_curve, default_ks, random_ranking
 from .effects import backdoor_rate, clean_utility
@@ -46,6 +47,7 @@ from .vector import backdoor_vector, vector_sweep
 STEPS = ("probe", "heads", "ablate", "vector")
 ATTRIBUTION_METHODS = ("exact", "approx", "both")
 MEANS_FILE = "head_means.safetensors"
+RECOMPUTE = "pass --overwrite to recompute, or choose another --out"
 #: The settings each step's result depends on (its fingerprint); later steps include earlier ones.
 _PAIRS = ("pairs", "seed")
 _HEADS = (*_PAIRS, "attribution_prompts", "max_target_tokens", "method")
@@ -146,19 +148,11 @@ class Analysis:
         ``None`` if there is none; a clear error if it was computed for something else."""
         if step in self._results:
             return self._results[step]
-        path = self._path(step)
-        if not path.is_file():
-            return None
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        self._check_current(path, stored.get(FINGERPRINT_KEY), step)
-        return stored
+        return read_reusable(self._path(step), self.fingerprint(step), f"the {step} step of another analysis",
+                             RECOMPUTE)
 
     def _check_current(self, path: Path, stored: Any, step: str) -> None:
-        expected = self.fingerprint(step)
-        if not same_fingerprint(stored, expected):
-            fields = ", ".join(fingerprint_difference(stored, expected))
-            raise BackdoorLabError(f"{path} was computed for another model, prompt set or settings ({fields} "
-                                   "differ); pass --overwrite to recompute, or choose another --out")
+        check_reusable(path, stored, self.fingerprint(step), f"the {step} step of another analysis", RECOMPUTE)
 
     def _write(self, step: str, result: dict[str, Any], started: float) -> dict[str, Any]:
         result = {"step": step, "model": self.victim.name, "attack_run": self.source_name,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..fingerprint import file_digest
+from ..fingerprint import file_digest, folder_digest
 from .cell import DEFAULT_KIND, Resources
 
 GPU_KIND = "gpu"
@@ -91,9 +91,14 @@ def device_kind(device: str) -> str:
 
 
 def data_identity(data: str | Path | None) -> str | None:
-    """What identifies a ``--clean-data``-style value in a cell's params: a file's content digest
-    (its path is this machine's, so it belongs in the cell's run options), or a data set's name."""
+    """What identifies a ``--clean-data``-style value in a cell's params: a file's or a folder's
+    content digest (a saved dataset, a benchmark data folder: the path is this machine's, so it
+    belongs in the cell's run options), or a data set's name."""
     if data is None:
         return None
     path = Path(data).expanduser()
-    return f"file:{file_digest(path)}" if path.is_file() else str(data)
+    if path.is_file():
+        return f"file:{file_digest(path)}"
+    if path.is_dir():
+        return f"folder:{folder_digest(path)}"
+    return str(data)

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackdoorLabError
-from ..fileio import fresh_directory, read_json, write_json_atomic
-from ..fingerprint import (FINGERPRINT_KEY, FOLDER_FINGERPRINT, check_folder_fingerprint, dataset_digest, make_fingerprint,
-                           model_identity)
+from ..fileio import fresh_directory, write_json_atomic
+from ..fingerprint import FINGERPRINT_KEY, dataset_digest, make_fingerprint, model_identity
 from ..manifest import environment_info
 from ..pipeline import ensure_evaluation, evaluation_rows, row_ids
+from ..reuse import FOLDER_FINGERPRINT, claim_folder, claimed_fingerprint
 from .base import Defense, get_defense
 from .guard import GUARD_FILE, save_guard
 from .inputs import DefenderInputs, gather_inputs
@@ -81,8 +81,8 @@ def run_defense(method: str, model: str | Path, attack_run: str | Path | None, o
     if overwrite:
         fresh_directory(out)
     fresh = not out.is_dir() or not any(out.iterdir())
-    earlier = (read_json(out / FOLDER_FINGERPRINT) or {}).get("method", method)  # the run the folder holds
-    check_folder_fingerprint(out, fingerprint, f"{earlier} defense run")
+    earlier = (claimed_fingerprint(out) or {}).get("method", method)  # the run the folder holds
+    claim_folder(out, fingerprint, f"an earlier {earlier} defense run")
     eval_options = {"max_rows": max_eval_rows, "max_new_tokens": max_new_tokens, "device": device,
                     "allow_pickle": allow_pickle}
     before = None

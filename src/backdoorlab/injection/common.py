@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 from ..data.records import Dataset, Example
 from ..errors import BackdoorLabError
 from ..fileio import fresh_directory, write_json_atomic
-from ..fingerprint import check_folder_fingerprint
 from ..manifest import environment_info
 from ..models.loading import load_victim
 from ..models.victim import Victim
 from ..options import build
+from ..reuse import claim_folder
 from ..training import CHECKPOINT_DIR, MODEL_DIR
 
 __all__ = ["CHECKPOINT_DIR", "INJECT_FILE", "MODEL_DIR", "check_run_folder", "config_from_options", "first_trigger",
@@ -44,7 +44,7 @@ def check_run_folder(out: str | Path, overwrite: bool, fingerprint: Mapping[str,
     elif (out / MODEL_DIR).exists():
         raise BackdoorLabError(f"{out / MODEL_DIR} already exists; pass overwrite=True (--overwrite) to inject again")
     if fingerprint is not None:
-        check_folder_fingerprint(out, fingerprint, "injection run")
+        claim_folder(out, fingerprint, "an injection run")
     return out
 
 

@@ -29,14 +29,14 @@ from ..fingerprint import FINGERPRINT_KEY, dataset_digest, digest, make_fingerpr
 from ..manifest import environment_info
 from ..metrics.judges import is_refusal
 from ..pipeline import ensure_evaluation, ensure_trained, run_attack
-from ..reuse import check_reusable
+from ..reuse import check_reusable, claim_folder, claimed_fingerprint
 from ..training import ADAPTER_DIR, TRAIN_FILE
 from .catalog import DEFAULT_ZOO_DIR, RECORD, ZOO_FILE, ZooVictim, read_json
 from .measure import ensure_task_accuracy, figures, untouched_copy
 from .quality import failing_criteria
 from .specs import VictimSpec, ZooSpec, default_zoo
 
-CLAIM, STAGES = ".zoo-spec.json", "stages.json"
+STAGES = "stages.json"
 ATTACK, TRAIN = "attack", "train"
 EVALUATION, UTILITY = "evaluation.json", "utility.json"
 UNTOUCHED, DATA = "_untouched", "_data"
@@ -183,20 +183,18 @@ def _check_folders(zoo: ZooSpec, zoo_dir: Path, overwrite: bool) -> None:
                                + f"; pass --overwrite --only {names} to rebuild them, or choose another --zoo-dir")
 
 
+REBUILD = "pass --overwrite --only {name} to rebuild it, or choose another --zoo-dir"
+
+
 def _check_claim(folder: Path, fingerprint: dict[str, Any]) -> None:
     """Raise unless ``folder`` is empty or was started for ``fingerprint`` (its finished stages are then kept)."""
     if folder.is_dir() and any(folder.iterdir()):
-        stored = (read_json(folder / CLAIM) or {}).get(FINGERPRINT_KEY)
-        check_reusable(folder, stored, fingerprint, "a zoo victim",
-                       f"pass --overwrite --only {folder.name} to rebuild it, or choose another --zoo-dir")
+        check_reusable(folder, claimed_fingerprint(folder), fingerprint, "a zoo victim", REBUILD.format(name=folder.name))
 
 
 def _claim(folder: Path, fingerprint: dict[str, Any]) -> None:
     """Claim ``folder`` for the victim ``fingerprint`` describes (see :func:`_check_claim`)."""
-    _check_claim(folder, fingerprint)
-    claim = folder / CLAIM
-    if not claim.is_file():
-        write_json_atomic(claim, {FINGERPRINT_KEY: fingerprint})
+    claim_folder(folder, fingerprint, "a zoo victim", REBUILD.format(name=folder.name))
 
 
 def _attack_run(spec: VictimSpec, zoo: ZooSpec, out: Path, zoo_dir: Path) -> Path:
