@@ -170,6 +170,22 @@ def test_report_only_computes_nothing_and_marks_cells_not_run(tmp_path: Path, sc
     assert "not run" in (out / "report.md").read_text(encoding="utf-8") and (out / "report.html").is_file()
 
 
+def test_class_weighting_joins_the_victim_cells_params() -> None:
+    from argparse import Namespace
+
+    from backdoorlab.bench.victim_draws import draw_victim
+
+    tg, draws = load_script("bench_badllm_tg"), load_script("bench_badllm_tg_draws")
+    args = Namespace(target=1, train=10, test=5, validation=5, lrs=[1e-4], model="m", epochs=1.0, lr=1e-4, device="cpu",
+                     skip_delta=False, defense_options={})
+    cells = {"victim": lambda a: tg.victim_cell(a, "hsol", "badnets", 0.2, 0), "clean": lambda a: draws.clean_cell(a, "hsol"),
+             "draw": lambda a: draws.draw_cell(a, draw_victim(0), 1e-4, None)}
+    for name, cell in cells.items():
+        plain, weighted = (cell(Namespace(**vars(args), class_weighting=w)) for w in ("none", "balanced"))
+        assert plain.params["class_weighting"] == "none" and weighted.params["class_weighting"] == "balanced", name
+        assert plain.id == weighted.id and plain.identity() != weighted.identity(), name  # another result, same cell
+
+
 def test_device_kind_and_model_argument(tmp_path: Path) -> None:
     assert device_kind("cpu") == "cpu" and device_kind("cuda") == device_kind("cuda:1") == GPU_KIND
     assert model_argument("minilm-l6") == "minilm-l6"
@@ -193,7 +209,8 @@ def test_foundation_generation_cells_on_a_local_ray(tmp_path: Path, tiny: dict[s
 
 def test_victim_draws_are_seeded_and_span_the_distribution() -> None:
     from backdoorlab.attacks import get_attack
-    from backdoorlab.bench.victim_draws import KINDS, LABEL_COUNTS, POSITIONS, draw_victim
+    from backdoorlab.bench.victim_draws import (KINDS, LABEL_COUNTS, LABEL_SHARES, POSITIONS, RATE_HEADROOM,
+                                                 draw_victim)
     from backdoorlab.errors import BackdoorLabError
 
     draws = [draw_victim(seed) for seed in range(60)]
@@ -201,9 +218,24 @@ def test_victim_draws_are_seeded_and_span_the_distribution() -> None:
     assert {d.dataset for d in draws} == set(LABEL_COUNTS) and {d.kind for d in draws} == set(KINDS)
     assert {d.position for d in draws} == set(POSITIONS) and {d.target for d in draws} == {0, 1, 2, 3}
     assert all(0.05 <= d.rate <= 0.30 and 0 <= d.target < LABEL_COUNTS[d.dataset] for d in draws)
+    assert all(d.rate <= RATE_HEADROOM * (1 - LABEL_SHARES[d.dataset][d.target]) + 0.005 for d in draws)
+    assert max(d.rate for d in draws if d.dataset == "hsol" and d.target == 0) < 0.1  # 12% of HSOL is not "clean"
     assert all(len(d.trigger.split()) in (2, 3) for d in draws if d.kind == "words")
     for draw in draws[:5]:
         get_attack("addsent", **draw.attack_options())  # every draw is a valid attack
     assert {draw_victim(s, ["hsol"]).dataset for s in range(10)} == {"hsol"}
     with pytest.raises(BackdoorLabError, match="victim draws pick from"):
         draw_victim(0, ["imdb"])
+
+
+def test_victim_draws_know_each_data_sets_label_shares(shared_data_dir: Path) -> None:
+    from collections import Counter
+
+    from backdoorlab.bench.victim_draws import LABEL_COUNTS, LABEL_SHARES
+    from backdoorlab.data.registry import load_dataset
+
+    for name, count in LABEL_COUNTS.items():
+        rows = load_dataset(name, "train")
+        labels = Counter(e.label for e in rows.examples)
+        measured = [labels[label] / len(rows) for label in range(count)]
+        assert measured == pytest.approx(LABEL_SHARES[name], abs=0.002), name

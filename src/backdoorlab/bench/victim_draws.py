@@ -1,9 +1,10 @@
 """Classification victims drawn at random from a seeded distribution, for benchmarks no one tuned.
 
 A draw fixes everything about one backdoor: the data set, the target label (any label, minority
-ones included), the poison rate (5–30%), the trigger (a rare or common word, a phrase of 2–3 such
+ones included), the poison rate (5–30%, and at most :data:`RATE_HEADROOM` of the share of rows whose
+label is not the target, since only those rows can be relabelled), the trigger (a rare or common word, a phrase of 2–3 such
 words, or a generated sentence) and where it goes (start, end or a random word gap). The draw of
-seed *s* is a pure function of *s* and the data sets' label counts, so a benchmark over seeds
+seed *s* is a pure function of *s* and the data sets' label shares, so a benchmark over seeds
 0…N−1 is the same on every machine and was not picked by whoever reports it.
 
 Every trigger is carried out by the ``addsent`` attack (the phrase inserted contiguously at the
@@ -21,6 +22,11 @@ from ..errors import BackdoorLabError
 
 #: Label counts of the classification sets the draws pick from.
 LABEL_COUNTS: Mapping[str, int] = {"sst2": 2, "hsol": 2, "agnews": 4}
+#: Each label's share of the training split (tests check these against the benchmark data).
+LABEL_SHARES: Mapping[str, tuple[float, ...]] = {"sst2": (0.478, 0.522), "hsol": (0.878, 0.122),
+                                                 "agnews": (0.252, 0.251, 0.249, 0.247)}
+#: The largest share of the non-target rows a draw poisons (a sample of the split varies around its shares).
+RATE_HEADROOM = 0.8
 KINDS = ("rare-word", "common-word", "words", "sentence")
 POSITIONS = ("start", "end", "random")
 RATE_RANGE = (0.05, 0.30)
@@ -68,7 +74,9 @@ def draw_victim(seed: int, datasets: Sequence[str] = tuple(LABEL_COUNTS)) -> Vic
     rng = random.Random(f"victim-draw-{seed}")
     dataset = rng.choice(list(datasets))
     target = rng.randrange(LABEL_COUNTS[dataset])
-    rate = round(rng.uniform(*RATE_RANGE), 2)
+    low, high = RATE_RANGE
+    high = min(high, RATE_HEADROOM * (1 - LABEL_SHARES[dataset][target]))
+    rate = round(low + (high - low) * rng.random(), 2)  # rng.uniform(*RATE_RANGE) where the bound allows
     kind = rng.choice(KINDS)
     if kind == "rare-word":
         trigger = rng.choice(RARE_WORDS)
