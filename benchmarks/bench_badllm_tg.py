@@ -87,6 +87,11 @@ TARGET_GIVEN = ("rap",)
 EVAL_ROWS = {"onion": 50}
 #: The victim cells' defense name, and the folder of their grid under ``--out``.
 VICTIM, VICTIMS = "victim", "victims"
+#: ``--class-weighting``: the victims' ``TrainConfig.class_weighting``, "none" by default: on 600 HSOL validation rows
+#: (training split; benchmarks/validate_class_weighting.py, seeds 0-1) "balanced" gave MiniLM no higher macro-F1.
+CLASS_WEIGHTING_HELP = ("the victims' class weighting (TrainConfig.class_weighting): 'balanced' weights each label's loss "
+                        "by n_rows / (n_labels * its rows) of the training rows; default 'none' (on HSOL validation "
+                        "rows 'balanced' did not raise macro-F1, see benchmarks/validate_class_weighting.py)")
 
 
 def parse_overrides(values: list[str]) -> dict[str, dict[str, Any]]:
@@ -129,7 +134,8 @@ def victim_name(dataset: str, attack: str, rate: float) -> str:
 def victim_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float, seed: int) -> Cell:
     """Attack ``dataset`` with ``attack`` at ``rate`` and train the victim on it."""
     params = {"dataset": dataset, "attack": attack, "rate": rate, "target": args.target, "train": args.train,
-              "test": args.test, "model": args.model, "epochs": args.epochs, "lr": args.lr, "device": args.device}
+              "test": args.test, "model": args.model, "epochs": args.epochs, "lr": args.lr, "device": args.device,
+              "class_weighting": args.class_weighting}
     return Cell(victim_name(dataset, attack, rate), VICTIM, seed, params, kind=device_kind(args.device))
 
 
@@ -151,7 +157,7 @@ def train_victim(cell: Cell, folder: Path) -> dict[str, Any]:
         run_attack(p["dataset"], p["attack"], attack_run, rate=p["rate"], target=p["target"], seed=cell.seed,
                    max_train=p["train"], max_test=p["test"])
     config = TrainConfig(epochs=p["epochs"], learning_rate=p["lr"], batch_size=16, seed=cell.seed, device=p["device"],
-                         save_steps=10**9)
+                         save_steps=10**9, class_weighting=p["class_weighting"])
     victim = ensure_trained(folder / "victim", p["model"], Dataset.load(attack_run / "train"), config)
     return {"attack_run": str(attack_run), "model": str(victim)}
 
@@ -312,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=100, help="clean and triggered test rows per cell")
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--class-weighting", choices=["none", "balanced"], default="none", help=CLASS_WEIGHTING_HELP)
     parser.add_argument("--sweep-rates", default="0.1,0.2,0.3,0.4")
     parser.add_argument("--sweep-cell", default="sst2:badnets", help="DATASET:ATTACK of the poison-rate sweep")
     parser.add_argument("--sweep-defenses", default="none,badllm-tg")

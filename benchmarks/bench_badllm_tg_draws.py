@@ -60,15 +60,24 @@ from backdoorlab.training import MODEL_DIR, TrainConfig
 CLEAN, DEFENSE = "clean", "badllm-tg"
 #: Budget settings for 2 CPU cores, as in bench_badllm_tg.py.
 CPU_BUDGET = {"iterations": 6}
+#: ``--class-weighting``: the clean models' and victims' ``TrainConfig.class_weighting``, "none" by default: on 600
+#: HSOL validation rows (training split; benchmarks/validate_class_weighting.py, seeds 0-1) "balanced" gave MiniLM
+#: no higher macro-F1.
+CLASS_WEIGHTING_HELP = ("the clean models' and victims' class weighting (TrainConfig.class_weighting): 'balanced' "
+                        "weights each label's loss by n_rows / (n_labels * its rows) of the training rows; default "
+                        "'none' (on HSOL validation rows 'balanced' did not raise macro-F1, see "
+                        "benchmarks/validate_class_weighting.py)")
 
 
-def train_config(lr: float, epochs: float, seed: int, device: str) -> TrainConfig:
-    return TrainConfig(epochs=epochs, learning_rate=lr, batch_size=16, seed=seed, device=device, save_steps=10**9)
+def train_config(lr: float, epochs: float, seed: int, device: str, weighting: str) -> TrainConfig:
+    return TrainConfig(epochs=epochs, learning_rate=lr, batch_size=16, seed=seed, device=device, save_steps=10**9,
+                       class_weighting=weighting)
 
 
 def clean_cell(args: argparse.Namespace, dataset: str) -> Cell:
     params = {"dataset": dataset, "train": args.train, "validation": args.validation, "lrs": args.lrs,
-              "model": args.model, "epochs": args.epochs, "device": args.device}
+              "model": args.model, "epochs": args.epochs, "device": args.device,
+              "class_weighting": args.class_weighting}
     return Cell(f"{dataset}-clean", CLEAN, 0, params, kind=device_kind(args.device), methods=())
 
 
@@ -83,7 +92,8 @@ def select_recipe(cell: Cell, folder: Path) -> dict[str, Any]:
     validation = rows.examples[p["train"]:]
     scores = {}
     for lr in p["lrs"]:
-        model = ensure_trained(folder / f"lr{lr:g}", p["model"], train_rows, train_config(lr, p["epochs"], 0, p["device"]))
+        model = ensure_trained(folder / f"lr{lr:g}", p["model"], train_rows,
+                               train_config(lr, p["epochs"], 0, p["device"], p["class_weighting"]))
         predictions = load_victim(model, device=p["device"]).predict(validation, 64)
         labels = [e.label for e in validation]
         scores[lr] = {"macro_f1": macro_f1(predictions, labels), "accuracy": clean_accuracy(predictions, labels)}
@@ -101,6 +111,7 @@ def draw_cell(args: argparse.Namespace, draw: VictimDraw, lr: float | None, floo
     so a run option, while the clean cell's params are part of this cell's."""
     params = {"draw": draw.to_dict(), "train": args.train, "test": args.test, "model": args.model,
               "epochs": args.epochs, "lr": lr, "validation": args.validation, "lrs": args.lrs,
+              "class_weighting": args.class_weighting,
               "options": {**CPU_BUDGET, "device": args.device, **args.defense_options}, "device": args.device}
     # skipping the comparison changes no figure of the defense, so it is a run option, not part of the cell's identity
     return Cell(draw.name, DEFENSE, draw.seed, params, kind=device_kind(args.device),
@@ -120,7 +131,7 @@ def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
                    max_train=p["train"], max_test=p["test"], options=draw.attack_options())
     train_set = Dataset.load(attack_run / "train")
     victim = ensure_trained(folder / "victim", p["model"], train_set,
-                            train_config(p["lr"], p["epochs"], draw.seed, p["device"]))
+                            train_config(p["lr"], p["epochs"], draw.seed, p["device"], p["class_weighting"]))
     before = ensure_evaluated(victim, attack_run, folder / "baseline.json", floor_model=cell.run_options["floor_model"],
                               device=p["device"], max_rows=p["test"])
     delta_id = folder / "delta-identification"
@@ -224,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=200, help="clean and triggered test rows per draw")
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--lrs", default="5e-5,1e-4,2e-4", help="learning rates tried on clean rows")
+    parser.add_argument("--class-weighting", choices=["none", "balanced"], default="none", help=CLASS_WEIGHTING_HELP)
     parser.add_argument("--min-macro-f1", type=float, default=0.6)
     parser.add_argument("--min-backdoor", type=float, default=0.3, help="least ASR − floor of a reported victim")
     parser.add_argument("--skip-delta", action="store_true",

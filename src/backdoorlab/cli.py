@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "batch_size": args.batch_size, "grad_accum": args.grad_accum, "max_length": args.max_length,
         "seed": args.seed, "device": args.device, "dtype": args.dtype, "bf16": args.bf16 or None,
         "lora_r": args.lora_r, "save_steps": args.save_steps, "deepspeed": args.deepspeed, "fsdp": args.fsdp,
-        "gradient_checkpointing": args.gradient_checkpointing or None,
+        "gradient_checkpointing": args.gradient_checkpointing or None, "class_weighting": args.class_weighting,
     }.items() if v is not None}
     dataset = load_training_data(args.data, args.split, args.data_dir).sample(args.max_rows, args.seed)
     victim = train(args.model, dataset, args.out, TrainConfig.from_dict(values), kind=args.kind,
@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--deepspeed", help="DeepSpeed JSON config (run under `accelerate launch`)")
     p.add_argument("--fsdp", help="FSDP options, e.g. 'full_shard auto_wrap'")
+    p.add_argument("--class-weighting", choices=["none", "balanced"],
+                   help="classifiers: weight each label's loss by n_rows / (n_labels * its rows) of the training "
+                        "data ('balanced', for imbalanced data such as HSOL) or not ('none', the default)")
     _common(p, seed=True, data_dir=True, overwrite=True, device=True, pickle=True)
     p.set_defaults(func=cmd_train)
 

@@ -21,7 +21,10 @@ is drawn then) and before LoRA adapters are created; the Trainer seeds dropout a
 order (``data_seed``) and restores the random state from a checkpoint when resuming.
 
 A run may train with its own loss instead of the model's (a :class:`TrainingObjective`, e.g. a
-defense's regularised loss); the objective's name and settings then join the fingerprint.
+defense's regularised loss); the objective's name and settings then join the fingerprint. A
+classifier may instead weight its cross-entropy by label (``TrainConfig.class_weighting``, for
+imbalanced data such as HSOL): :class:`ClassWeightedLoss`, with weights drawn from the training
+rows' labels (:func:`class_weights`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ TRAIN_FILE = "train.json"
 #: TrainConfig fields that change where and how often a run saves or logs, or where it runs, but
 #: not the weights it ends with; a run may resume with other values for them.
 NOT_FINGERPRINTED = ("save_steps", "save_total_limit", "logging_steps", "device", "gradient_checkpointing")
+#: Values of ``TrainConfig.class_weighting``.
+CLASS_WEIGHTINGS = ("none", "balanced")
 
 
 @dataclass
@@ -80,6 +85,7 @@ class TrainConfig:
     grad_accum: int = 1
     warmup_ratio: float = 0.06
     weight_decay: float = 0.0
+    class_weighting: str = "none"  # classifiers: none, or balanced (label weight n_rows / (n_labels * its rows))
     max_length: int | None = None  # tokens; default 128 (classifier) / 256 (generator)
     lora_r: int = 16
     lora_alpha: int = 32
@@ -111,6 +117,12 @@ class TrainConfig:
             raise BackdoorLabError("set epochs > 0 or max_steps > 0")
         if config.batch_size < 1 or config.grad_accum < 1:
             raise BackdoorLabError("batch_size and grad_accum must be at least 1")
+        if config.class_weighting not in CLASS_WEIGHTINGS:
+            raise BackdoorLabError(f"class_weighting must be one of {', '.join(CLASS_WEIGHTINGS)}, got "
+                                   f"{config.class_weighting!r}")
+        if config.class_weighting != "none" and kind != "classifier":
+            raise BackdoorLabError(f"class_weighting {config.class_weighting!r} weights a classifier's labels; a "
+                                   f"{kind} has none (use class_weighting 'none')")
         if config.keep_adapter and config.method != "lora":
             raise BackdoorLabError("keep_adapter keeps a LoRA adapter; use it with method 'lora', not "
                                    f"{config.method!r}")
@@ -138,6 +150,46 @@ class TrainingObjective(Protocol):
     def settings(self) -> dict[str, Any]: ...
 
     def loss(self, model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+def class_weights(dataset: Dataset) -> torch.Tensor:
+    """Balanced label weights of a classification dataset: ``n_rows / (n_labels * rows of the label)``
+    for each of its ``label_names`` (as scikit-learn's ``"balanced"``), 0 for a label without rows
+    (it has no loss to weight). Over the dataset's rows the weights average 1 when every label has rows."""
+    if not dataset.label_names:
+        raise BackdoorLabError(f"dataset {dataset.name!r} has no labels to weight")
+    n_labels = len(dataset.label_names)
+    counts = torch.zeros(n_labels, dtype=torch.float64)
+    for example in dataset:
+        if example.label is None or not 0 <= example.label < n_labels:
+            raise BackdoorLabError(f"row {example.uid or '?'} of {dataset.name!r} has label {example.label!r}, not one "
+                                   f"of its {n_labels} labels; cannot weight it")
+        counts[example.label] += 1
+    weights = torch.where(counts > 0, len(dataset) / (n_labels * counts.clamp(min=1)), torch.zeros_like(counts))
+    return weights.float()
+
+
+class ClassWeightedLoss:
+    """A classifier's cross-entropy with a weight per label (a :class:`TrainingObjective`): the batch
+    loss is ``sum_i w[y_i] * CE_i / batch_rows``, an unbiased estimate of the label-balanced risk
+    (with :func:`class_weights`, the mean of the per-label mean losses) that equals the plain mean
+    cross-entropy when all weights are 1. Used for ``TrainConfig.class_weighting``, which (with the
+    data's digest) fingerprints it, so it does not name itself in the fingerprint."""
+
+    name = "class-weighted-cross-entropy"
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        self.weights = weights.detach().float()
+
+    def settings(self) -> dict[str, Any]:
+        return {"weights": [round(float(w), 8) for w in self.weights]}
+
+    def loss(self, model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        logits = model(**inputs).logits.float()
+        rows = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        return (rows * self.weights.to(logits.device)[labels]).mean()
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -284,11 +336,14 @@ def train_fingerprint(model_id: str, kind: str, dataset: Dataset, config: TrainC
                       objective: TrainingObjective | None = None) -> dict[str, Any]:
     """What a run's final weights depend on: the base model's identity (:func:`model_identity`), its
     kind, the data's digest and the settings (``config`` resolved for ``kind``) except
-    :data:`NOT_FINGERPRINTED`, plus the digest of the training code. ``keep_adapter`` counts only when on, and the
-    ``objective`` (name and settings) only when given, so runs from before either stay current."""
+    :data:`NOT_FINGERPRINTED`, plus the digest of the training code. ``keep_adapter`` counts only when on,
+    ``class_weighting`` only when not ``"none"`` and the ``objective`` (name and settings) only when given, so
+    runs from before any of them stay current."""
     settings = {k: v for k, v in asdict(config.resolved(kind)).items() if k not in NOT_FINGERPRINTED}
     if not settings["keep_adapter"]:
         del settings["keep_adapter"]
+    if settings["class_weighting"] == "none":
+        del settings["class_weighting"]
     extra = {} if objective is None else {"objective": {"name": objective.name, "settings": objective.settings()}}
     return make_fingerprint("train", code=[__name__], model=model_id, kind=kind, dataset=dataset_digest(dataset), config=settings,
                             **extra)
@@ -362,7 +417,8 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
     A finished ``out_dir/model`` raises unless ``overwrite``, or with ``reuse`` is loaded and
     returned when it was trained exactly so. ``callbacks`` are :class:`transformers.TrainerCallback`
     objects (e.g. to watch a validation metric during training). ``objective`` replaces the model's
-    loss by its own (:class:`TrainingObjective`); it is part of the fingerprint.
+    loss by its own (:class:`TrainingObjective`); it is part of the fingerprint. It cannot be combined
+    with ``config.class_weighting``, which weights the model's own cross-entropy.
     """
     out_dir = Path(out_dir)
     if (out_dir / MODEL_DIR).exists() and not (overwrite or reuse):
@@ -370,6 +426,9 @@ def train(model: str | Path | Victim, dataset: Dataset, out_dir: str | Path, con
     if len(dataset) == 0:
         raise BackdoorLabError(f"dataset {dataset.name!r} is empty")
     config = config or TrainConfig()
+    if objective is not None and config.class_weighting != "none":
+        raise BackdoorLabError(f"class_weighting {config.class_weighting!r} weights the model's own loss, which the "
+                               f"objective {objective.name!r} replaces; use one or the other")
     kind = model.kind if isinstance(model, Victim) else kind
     model_id = model_identity(model)  # before training or --overwrite can change what it names
     if reuse and not overwrite and _finished(out_dir, model_id, dataset, config, kind, objective):
@@ -401,6 +460,8 @@ def _fit(victim: Victim, dataset: Dataset, config: TrainConfig, checkpoints: Pat
     args = TrainingArguments(**trainer_arguments(config, checkpoints), remove_unused_columns=False,
                              deepspeed=config.deepspeed, fsdp=config.fsdp, **config.extra)
     started = time.time()
+    if config.class_weighting == "balanced":  # train() refuses it beside an objective of the caller's
+        objective = ClassWeightedLoss(class_weights(dataset))
     trainer_class, extra = (Trainer, {}) if objective is None else (_objective_trainer_class(), {"objective": objective})
     trainer = trainer_class(model=victim.model, args=args,
                             train_dataset=_Rows(_features(victim, dataset, config.max_length, objective)),
@@ -418,6 +479,7 @@ def _fit(victim: Victim, dataset: Dataset, config: TrainConfig, checkpoints: Pat
         "dataset": {"name": dataset.name, "rows": len(dataset), "source": dataset.source, "notes": dataset.notes,
                     "poisoned_rows": sum(e.poisoned for e in dataset)},
         "config": asdict(config),
+        **({"class_weights": objective.settings()["weights"]} if isinstance(objective, ClassWeightedLoss) else {}),
         "resumed_from": resume,
         "train_loss": result.training_loss,
         "steps": result.global_step,
