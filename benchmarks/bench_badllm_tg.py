@@ -53,6 +53,7 @@ from backdoorlab.bench import (
     write_report,
 )
 from backdoorlab.bench.options import KIND_RESOURCES, device_kind, model_argument
+from backdoorlab.bench.recipes import chosen_recipe
 from backdoorlab.data import Dataset
 from backdoorlab.defenses import get_defense, run_defense
 from backdoorlab.errors import BackdoorLabError
@@ -88,10 +89,11 @@ EVAL_ROWS = {"onion": 50}
 #: The victim cells' defense name, and the folder of their grid under ``--out``.
 VICTIM, VICTIMS = "victim", "victims"
 #: ``--class-weighting``: the victims' ``TrainConfig.class_weighting``, "none" by default: on 600 HSOL validation rows
-#: (training split; benchmarks/validate_class_weighting.py, seeds 0-1) "balanced" gave MiniLM no higher macro-F1.
+#: (training split; benchmarks/bench_victim_recipe.py, seeds 0-1) "balanced" gave MiniLM no higher macro-F1.
 CLASS_WEIGHTING_HELP = ("the victims' class weighting (TrainConfig.class_weighting): 'balanced' weights each label's loss "
                         "by n_rows / (n_labels * its rows) of the training rows; default 'none' (on HSOL validation "
-                        "rows 'balanced' did not raise macro-F1, see benchmarks/validate_class_weighting.py)")
+                        "rows 'balanced' did not raise macro-F1, see benchmarks/bench_victim_recipe.py; a recipe chosen in --recipes "
+                        "overrides it)")
 
 
 def parse_overrides(values: list[str]) -> dict[str, dict[str, Any]]:
@@ -131,11 +133,22 @@ def victim_name(dataset: str, attack: str, rate: float) -> str:
     return f"{dataset}-{attack}-{round(rate * 100)}"
 
 
+def victim_recipe(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
+    """``dataset``'s victims' training rows, learning rate and class weighting: the recipe chosen on
+    validation rows in ``--recipes`` (:mod:`backdoorlab.bench.recipes`), else ``--train`` / ``--lr`` /
+    ``--class-weighting``."""
+    recipe = chosen_recipe(args.recipes, dataset, args.model, args.epochs)
+    if recipe is None:
+        return {"train": args.train, "lr": args.lr, "class_weighting": args.class_weighting}
+    return {"train": recipe.rows, "lr": recipe.lr, "class_weighting": recipe.class_weighting}
+
+
 def victim_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float, seed: int) -> Cell:
-    """Attack ``dataset`` with ``attack`` at ``rate`` and train the victim on it."""
-    params = {"dataset": dataset, "attack": attack, "rate": rate, "target": args.target, "train": args.train,
-              "test": args.test, "model": args.model, "epochs": args.epochs, "lr": args.lr, "device": args.device,
-              "class_weighting": args.class_weighting}
+    """Attack ``dataset`` with ``attack`` at ``rate`` and train the victim on it (with its recipe)."""
+    recipe = victim_recipe(args, dataset)
+    params = {"dataset": dataset, "attack": attack, "rate": rate, "target": args.target, "train": recipe["train"],
+              "test": args.test, "model": args.model, "epochs": args.epochs, "lr": recipe["lr"], "device": args.device,
+              "class_weighting": recipe["class_weighting"]}
     return Cell(victim_name(dataset, attack, rate), VICTIM, seed, params, kind=device_kind(args.device))
 
 
@@ -314,11 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defense-option", action="append", default=[], metavar="NAME:KEY=VALUE")
     parser.add_argument("--rate", type=float, default=0.2)
     parser.add_argument("--target", type=int, default=1)
-    parser.add_argument("--train", type=int, default=1000, help="training rows per cell")
+    parser.add_argument("--train", type=int, default=1000,
+                        help="training rows per victim of a data set with no recipe chosen in --recipes")
     parser.add_argument("--test", type=int, default=100, help="clean and triggered test rows per cell")
     parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=2e-4,
+                        help="victims' learning rate for a data set with no recipe chosen in --recipes")
     parser.add_argument("--class-weighting", choices=["none", "balanced"], default="none", help=CLASS_WEIGHTING_HELP)
+    parser.add_argument("--recipes", type=Path, default=ledger_folder(__file__, "victim_recipe"),
+                        help="ledger of victim recipes scored on validation rows (benchmarks/bench_victim_recipe.py); "
+                             "a data set's victims use the one chosen there (default: %(default)s)")
     parser.add_argument("--sweep-rates", default="0.1,0.2,0.3,0.4")
     parser.add_argument("--sweep-cell", default="sst2:badnets", help="DATASET:ATTACK of the poison-rate sweep")
     parser.add_argument("--sweep-defenses", default="none,badllm-tg")

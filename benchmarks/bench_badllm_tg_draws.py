@@ -61,12 +61,12 @@ CLEAN, DEFENSE = "clean", "badllm-tg"
 #: Budget settings for 2 CPU cores, as in bench_badllm_tg.py.
 CPU_BUDGET = {"iterations": 6}
 #: ``--class-weighting``: the clean models' and victims' ``TrainConfig.class_weighting``, "none" by default: on 600
-#: HSOL validation rows (training split; benchmarks/validate_class_weighting.py, seeds 0-1) "balanced" gave MiniLM
+#: HSOL validation rows (training split; benchmarks/bench_victim_recipe.py, seeds 0-1) "balanced" gave MiniLM
 #: no higher macro-F1.
 CLASS_WEIGHTING_HELP = ("the clean models' and victims' class weighting (TrainConfig.class_weighting): 'balanced' "
                         "weights each label's loss by n_rows / (n_labels * its rows) of the training rows; default "
                         "'none' (on HSOL validation rows 'balanced' did not raise macro-F1, see "
-                        "benchmarks/validate_class_weighting.py)")
+                        "benchmarks/bench_victim_recipe.py)")
 
 
 def train_config(lr: float, epochs: float, seed: int, device: str, weighting: str) -> TrainConfig:

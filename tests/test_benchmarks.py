@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from backdoorlab.bench.options import GPU_KIND, device_kind, model_argument
+from backdoorlab.data import load_dataset
+from backdoorlab.errors import BackdoorLabError
 from tiny_models import tiny_bert_victim, tiny_llama_victim
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -170,14 +172,14 @@ def test_report_only_computes_nothing_and_marks_cells_not_run(tmp_path: Path, sc
     assert "not run" in (out / "report.md").read_text(encoding="utf-8") and (out / "report.html").is_file()
 
 
-def test_class_weighting_joins_the_victim_cells_params() -> None:
+def test_class_weighting_joins_the_victim_cells_params(tmp_path: Path) -> None:
     from argparse import Namespace
 
     from backdoorlab.bench.victim_draws import draw_victim
 
     tg, draws = load_script("bench_badllm_tg"), load_script("bench_badllm_tg_draws")
     args = Namespace(target=1, train=10, test=5, validation=5, lrs=[1e-4], model="m", epochs=1.0, lr=1e-4, device="cpu",
-                     skip_delta=False, defense_options={})
+                     skip_delta=False, defense_options={}, recipes=tmp_path / "no-recipes")
     cells = {"victim": lambda a: tg.victim_cell(a, "hsol", "badnets", 0.2, 0), "clean": lambda a: draws.clean_cell(a, "hsol"),
              "draw": lambda a: draws.draw_cell(a, draw_victim(0), 1e-4, None)}
     for name, cell in cells.items():
@@ -239,3 +241,62 @@ def test_victim_draws_know_each_data_sets_label_shares(shared_data_dir: Path) ->
         labels = Counter(e.label for e in rows.examples)
         measured = [labels[label] / len(rows) for label in range(count)]
         assert measured == pytest.approx(LABEL_SHARES[name], abs=0.002), name
+
+
+def test_victim_recipe_grid_scores_on_training_rows_only(tmp_path: Path, tiny: dict[str, str],
+                                                         shared_data_dir: Path) -> None:
+    script = load_script("bench_victim_recipe")
+    train_rows, validation = script.validation_split("sst2", 30, 20, seed=0)
+    again, held_out = script.validation_split("sst2", 30, 20, seed=1)
+    assert [e.uid for e in validation] == [e.uid for e in held_out]  # the same validation rows for every seed
+    assert not {e.uid for e in train_rows} & {e.uid for e in validation}
+    assert {e.uid for e in train_rows} != {e.uid for e in again}
+    test_uids = {e.uid for e in load_dataset("sst2", "test").examples}
+    assert not test_uids & {e.uid for e in validation} and not test_uids & {e.uid for e in train_rows}
+    out = tmp_path / "recipe"
+    cells = run_rerun_report("bench_victim_recipe", out, ["--recipes", "sst2:16:1e-4:none", "sst2:16:1e-4:balanced",
+                                                          "--validation", "12", "--epochs", "1", "--model", tiny["bert"],
+                                                          "--device", "cpu"])
+    results = {record["victim"]: record["result"] for record in cells.values()}
+    assert set(results) == {"sst2-16rows-lr0.0001-none", "sst2-16rows-lr0.0001-balanced"}
+    for result in results.values():
+        assert 0 <= result["macro_f1"] <= 1 and sum(result["predicted_shares"]) == pytest.approx(1)
+    assert "macro-F1" in (out / "report.md").read_text(encoding="utf-8")
+    with pytest.raises(BackdoorLabError, match="DATASET:ROWS:LR:WEIGHTING"):
+        script.parse_recipe("hsol:1000")
+
+
+def _recipe_record(ledger: Path, name: str, seed: int, macro_f1: float, rows: int = 1000, lr: float = 2e-4,
+                   model: str = "minilm-l6", status: str = "ok") -> None:
+    ledger.mkdir(parents=True, exist_ok=True)
+    params = {"dataset": "hsol", "rows": rows, "lr": lr, "class_weighting": "none", "model": model, "epochs": 3.0}
+    record = {"victim": name, "seed": seed, "params": params, "status": status, "result": {"macro_f1": macro_f1}}
+    (ledger / f"{name}-{seed}.json").write_text(json.dumps(record))
+
+
+def test_table_1_victims_take_the_recipe_chosen_on_validation_rows(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from backdoorlab.bench.recipes import chosen_recipe
+
+    ledger = tmp_path / "recipes"
+    assert chosen_recipe(ledger, "hsol", "minilm-l6", 3.0) is None  # nothing scored: the benchmark's defaults
+    for seed, f1 in enumerate((0.70, 0.68)):
+        _recipe_record(ledger, "small", seed, f1)
+    _recipe_record(ledger, "one-seed", 0, 0.99, lr=1e-4)  # one seed is not enough to choose it
+    _recipe_record(ledger, "other-model", 0, 0.99, model="bert")
+    _recipe_record(ledger, "other-model", 1, 0.99, model="bert")
+    best = chosen_recipe(ledger, "hsol", "minilm-l6", 3.0)
+    assert (best.rows, best.lr, best.passes) == (1000, 2e-4, False) and best.macro_f1 == pytest.approx(0.69)
+    for seed, f1 in enumerate((0.80, 0.78)):
+        _recipe_record(ledger, "big-passing", seed, f1, rows=3000, lr=1e-4)
+    for seed, f1 in enumerate((0.90, 0.88)):
+        _recipe_record(ledger, "bigger-passing", seed, f1, rows=6000, lr=1e-4)
+    cheapest = chosen_recipe(ledger, "hsol", "minilm-l6", 3.0)
+    assert (cheapest.rows, cheapest.lr, cheapest.passes) == (3000, 1e-4, True)  # the fewest rows that pass the bar
+    tg = load_script("bench_badllm_tg")
+    args = Namespace(target=1, train=10, test=5, model="minilm-l6", epochs=3.0, lr=5e-5, device="cpu",
+                     class_weighting="none", recipes=ledger)
+    hsol, sst2 = tg.victim_cell(args, "hsol", "badnets", 0.2, 0), tg.victim_cell(args, "sst2", "badnets", 0.2, 0)
+    assert (hsol.params["train"], hsol.params["lr"]) == (3000, 1e-4)
+    assert (sst2.params["train"], sst2.params["lr"]) == (10, 5e-5)  # no recipe scored for SST-2
