@@ -95,6 +95,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"trained {victim.name} on {len(dataset)} rows of {dataset.name}: model in {Path(args.out) / 'model'}")
 
 
+def cmd_paraphrase(args: argparse.Namespace) -> None:
+    from .paraphrasers import make_pool, save_pool
+    from .paraphrasers.pool import POOL_SUFFIXES
+    from .pipeline import load_training_data
+
+    out = Path(args.out)
+    if out.suffix not in POOL_SUFFIXES:
+        raise BackdoorLabError(f"--out {out} must end in {' or '.join(POOL_SUFFIXES)}")
+    if out.exists() and not args.overwrite:
+        raise BackdoorLabError(f"pool file {out} already exists; choose another or pass --overwrite")
+    rows = load_training_data(args.data, args.split, args.data_dir)
+    pool = make_pool(rows, args.method, seed=args.seed, max_rows=args.max_rows, **parse_option_pairs(args.option))
+    save_pool(pool, out)
+    print(f"wrote {out}: {pool.notes[-1]}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import warnings
 
@@ -319,6 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "data ('balanced', for imbalanced data such as HSOL) or not ('none', the default)")
     _common(p, seed=True, data_dir=True, overwrite=True, device=True, pickle=True)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("paraphrase", help="paraphrase rows you hold into a pool file (BadLLM-TG paraphrase_pools)")
+    p.add_argument("--data", required=True, help="attack run folder, saved dataset, data file or dataset name")
+    p.add_argument("--split", default="train")
+    p.add_argument("--method", required=True, help="syntactic[:sbar|cleft|question|imperative|mixed], "
+                   "style:bible|shakespeare|poetry|lyrics|tweets, or perturb")
+    p.add_argument("--out", required=True, help="pool file to write (.tsv: sentence<TAB>label, or .jsonl)")
+    p.add_argument("--max-rows", type=int, help="paraphrase this many rows, drawn with --seed")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="method option (repeatable), e.g. model=FOLDER, temperature=0.7, batch_size=8 (style)")
+    _common(p, seed=True, data_dir=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing pool file")
+    p.set_defaults(func=cmd_paraphrase)
 
     p = sub.add_parser("evaluate", help="CACC/ASR (classifiers) or ASR/clean behaviour/utility (generators)")
     p.add_argument("--model", required=True, help="trained model folder (e.g. RUN/model) or model name")
