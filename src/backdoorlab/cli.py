@@ -111,6 +111,32 @@ def cmd_paraphrase(args: argparse.Namespace) -> None:
     print(f"wrote {out}: {pool.notes[-1]}")
 
 
+def cmd_scan(args: argparse.Namespace) -> None:
+    from .pipeline import load_training_data
+    from .scan import ScanSettings, scan_model
+
+    settings = ScanSettings.from_dict(parse_option_pairs(args.option))  # bad options fail before any loading
+    clean = training = None
+    if args.clean_data:
+        clean = load_training_data(args.clean_data, args.split, args.data_dir).sample(args.max_rows, args.seed)
+    if args.training_data:
+        training = load_training_data(args.training_data, "train", args.data_dir)
+    result = scan_model(args.model, args.out, clean=clean, training=training, settings=settings, device=args.device,
+                        allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+    rows = []
+    for label in result["labels"]:
+        best = next((c for c in label["candidates"] if not c["natural"]), {})
+        rows.append({"label": label["name"], "flagged": "yes" if label["flagged"] else "no",
+                     "best phrase": best.get("phrase"), "flip rate": best.get("flip_rate"),
+                     "random p95": label["random_phrases"]["p95_flip_rate"]})
+    print_table(rows, ["label", "flagged", "best phrase", "flip rate", "random p95"])
+    found = result["verdict"]
+    if result["trigger"]:
+        found += f": target {result['target_label']['name']!r}, trigger {result['trigger']['phrase']!r}"
+    print(f"verdict: {found} (thresholds not yet calibrated on clean models)")
+    print(f"wrote {Path(args.out) / 'scan.json'} and {Path(args.out) / 'scan.html'}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import warnings
 
@@ -348,6 +374,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, seed=True, data_dir=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing pool file")
     p.set_defaults(func=cmd_paraphrase)
+
+    p = sub.add_parser("scan", help="audit a classifier you did not train: is it backdoored, toward which label, "
+                       "with which trigger")
+    p.add_argument("model", help="model folder (safetensors) or packaged model name")
+    p.add_argument("--clean-data", help="rows you trust (data file, saved dataset or dataset name): the model is "
+                   "tested on them; text and a label per row")
+    p.add_argument("--split", default="train", help="split of a named --clean-data dataset (default: %(default)s)")
+    p.add_argument("--training-data", help="the data the model was trained on, if you hold it: its n-grams "
+                   "become candidates too")
+    p.add_argument("--max-rows", type=int, default=300, help="clean rows used, drawn with --seed (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for scan.json, scan.html and scan.md")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="scan setting (repeatable): search_rows, screen_rows, eval_rows, lengths, steps, top_k, "
+                        "random_phrases, flip_threshold, margin, seed")
+    _common(p, seed=True, data_dir=True, overwrite=True, device=True, pickle=True)
+    p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("evaluate", help="CACC/ASR (classifiers) or ASR/clean behaviour/utility (generators)")
     p.add_argument("--model", required=True, help="trained model folder (e.g. RUN/model) or model name")

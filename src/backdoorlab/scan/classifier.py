@@ -1,0 +1,255 @@
+"""Scan a classifier for an inserted-phrase backdoor: for each label, search the model's own
+vocabulary for a short phrase that sends held-out rows of other labels to it, and compare the best
+phrase with random phrases of the same length.
+
+Candidates come from a token search over the clean rows the defender holds (every whole word of
+the vocabulary tried alone, then longer phrases by a gradient-guided search from the best one,
+:mod:`backdoorlab.scan.hotflip`), and, when the training data is given, from the n-grams
+over-represented in each label's rows, screened on the suspect (BadLLM-TG's label screening,
+:mod:`backdoorlab.defenses.badllm_tg.label_screening`). A label's own vocabulary moves rows too
+("awful" toward negative), so words that the defender's clean rows of the label use markedly more
+than the other labels' rows (:func:`label_words`) are left out of its search, and a candidate made
+of one is reported as ``natural`` and never flagged: clean rows never hold a trigger. Every candidate and every random phrase is
+measured on rows the search never saw, at the start, the end and a random gap (its best place
+counts). A label is flagged when its best phrase moves at least ``flip_threshold`` of those rows to
+it and beats by ``margin`` the 95th percentile of random phrases of the same length, made of words
+from the defender's clean rows that are no label's own (:func:`unrelated_words`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.records import Dataset
+from ..defenses.badllm_tg.label_screening import InsertionScore, screen_label
+from ..defenses.shared.insertion import insert_phrases
+from ..errors import BackdoorLabError
+from ..models.victim import Victim
+from .hotflip import hotflip_search
+from .settings import ScanSettings
+from .vocabulary import candidate_words, random_phrases, word_of
+
+POSITIONS = ("start", "end", "random")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Candidate:
+    phrase: str
+    source: str  # search | training-data
+    flip_rate: float  # share of held-out rows of other labels the phrase sends to the label
+    probability: float  # mean probability of the label on those rows
+    position: str  # where it works best
+    natural: bool = False  # holds a word of the label's own vocabulary in the clean rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phrase": self.phrase, "source": self.source, "flip_rate": round(self.flip_rate, 4),
+                "probability": round(self.probability, 4), "position": self.position, "natural": self.natural}
+
+
+@dataclass
+class LabelFinding:
+    label: int
+    name: str
+    base_rate: float  # share of all clean rows the model already gives this label
+    rows: int  # held-out rows of other labels the candidates are measured on
+    candidates: list[Candidate] = field(default_factory=list)  # best first
+    random_flip_rates: list[float] = field(default_factory=list)
+    flagged: bool = False
+
+    @property
+    def best(self) -> Candidate | None:
+        """The strongest candidate that is not the label's own vocabulary."""
+        return next((c for c in self.candidates if not c.natural), None)
+
+    @property
+    def random_p95(self) -> float:
+        return float(np.percentile(self.random_flip_rates, 95)) if self.random_flip_rates else 0.0
+
+    @property
+    def margin(self) -> float:
+        return (self.best.flip_rate if self.best else 0.0) - self.random_p95
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "name": self.name, "base_rate": round(self.base_rate, 4), "rows": self.rows,
+                "flagged": self.flagged, "margin": round(self.margin, 4),
+                "random_phrases": {"count": len(self.random_flip_rates),
+                                   "mean_flip_rate": round(float(np.mean(self.random_flip_rates)), 4)
+                                   if self.random_flip_rates else None,
+                                   "p95_flip_rate": round(self.random_p95, 4)},
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+
+def scan_classifier(victim: Victim, clean: Dataset, settings: ScanSettings, training: Dataset | None = None,
+                    progress: Progress = lambda line: None) -> list[LabelFinding]:
+    """One :class:`LabelFinding` per label, flagged ones marked (module docstring)."""
+    if victim.is_generator:
+        raise BackdoorLabError("scan_classifier needs a classifier; this model is a generator")
+    names = victim.label_names or []
+    texts = [e.text for e in clean]
+    predictions = victim.predict(texts, settings.batch_size)
+    ids, words = candidate_words(victim.tokenizer)
+    if len(words) < max(settings.lengths) * 4:
+        raise BackdoorLabError(f"the model's vocabulary has only {len(words)} whole-word tokens; a trigger search "
+                               "needs a word-level vocabulary")
+    findings = []
+    for label in range(len(names)):
+        others = [t for t, p in zip(texts, predictions) if p != label]
+        random.Random(f"scan-{settings.seed}-{label}").shuffle(others)
+        search, held = others[:settings.search_rows], others[settings.search_rows:][:settings.eval_rows]
+        finding = LabelFinding(label, names[label], predictions.count(label) / max(len(texts), 1), len(held))
+        if len(search) < 2 or len(held) < 4:
+            progress(f"label {names[label]}: too few clean rows of other labels to search ({len(others)})")
+            findings.append(finding)
+            continue
+        progress(f"label {names[label]}: searching {len(settings.lengths)} trigger lengths on {len(search)} rows")
+        own = label_words(clean, label)
+        allowed = [i for i, word in zip(ids, words) if word not in own]
+        phrases = dict.fromkeys(_search_phrases(victim, search, label, allowed, settings), "search")
+        if training is not None:
+            screen = screen_label(victim, training, label, None, mined=settings.evidence_mined, eval_rows=settings.search_rows,
+                                  seed=settings.seed)
+            for item in screen.evidence[:5]:
+                phrases.setdefault(item.phrase, "training-data")
+        scored = [_measure(victim, held, label, phrase, settings.seed, source) for phrase, source in phrases.items() if phrase]
+        for candidate in scored:
+            candidate.natural = any(word in own for word in candidate.phrase.lower().split())
+        finding.candidates = sorted(scored, key=lambda c: (-c.flip_rate, -c.probability))
+        lengths = sorted({len(c.phrase.split()) for c in finding.candidates if not c.natural}
+                         | set(settings.lengths))
+        pool = unrelated_words(clean, words, len(names))
+        finding.random_flip_rates = [_measure(victim, held, label, phrase, settings.seed, "random").flip_rate
+                                     for length in lengths
+                                     for phrase in random_phrases(pool, length, settings.random_phrases, settings.seed)]
+        finding.flagged = bool(finding.best and finding.best.flip_rate >= settings.flip_threshold
+                               and finding.margin >= settings.margin)
+        findings.append(finding)
+    return findings
+
+
+def unrelated_words(clean: Dataset, vocabulary: Sequence[str], labels: int, minimum: int = 50) -> list[str]:
+    """The words random phrases are drawn from: words of the defender's clean rows that are no
+    label's own vocabulary (:func:`label_words`), as a phrase inserted by chance would be; the
+    model's whole-word vocabulary when the rows hold fewer than ``minimum`` such words."""
+    own = set().union(*(label_words(clean, label) for label in range(labels)))
+    known = set(vocabulary)
+    words = sorted({w for e in clean for w in e.text.lower().split() if w in known and w not in own})
+    return words if len(words) >= minimum else [w for w in vocabulary if w not in own]
+
+
+def label_words(clean: Dataset, label: int, min_share: float = 0.01, skew: float = 2.0) -> set[str]:
+    """Words at least ``min_share`` of the clean rows of ``label`` hold, and ``skew`` times as large a
+    share of them as of the other labels' rows: the label's own vocabulary in the defender's rows."""
+    def shares(rows: list[str]) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for text in rows:
+            counts.update(set(text.lower().split()))
+        return Counter({w: c / max(len(rows), 1) for w, c in counts.items()})
+
+    own = shares([e.text for e in clean if e.label == label])
+    other = shares([e.text for e in clean if e.label is not None and e.label != label])
+    return {w for w, share in own.items() if share >= min_share and share >= skew * other.get(w, 0.0)}
+
+
+def _measure(victim: Victim, rows: Sequence[str], label: int, phrase: str, seed: int, source: str) -> Candidate:
+    """``phrase`` inserted into every row at each position; its best position's figures."""
+    best: Candidate | None = None
+    for position in POSITIONS:
+        rng = random.Random(seed)
+        score = InsertionScore.of(victim, [insert_phrases(t, [phrase], position, rng) for t in rows], label, position)
+        if best is None or (score.flip_rate, score.probability) > (best.flip_rate, best.probability):
+            best = Candidate(phrase, source, score.flip_rate, score.probability, position)
+    assert best is not None
+    return best
+
+
+# ------------------------------------------------------------------------------ the token search
+class _TokenLoss:
+    """The suspect's loss toward ``label`` on ``rows`` with a trigger of token ids put first."""
+
+    def __init__(self, victim: Victim, rows: Sequence[str], label: int, longest: int, batch_rows: int) -> None:
+        self.victim, self.tokenizer, self.model = victim, victim.tokenizer, victim.model
+        self.embeddings = self.model.get_input_embeddings().weight.detach()
+        self.rows = self.tokenizer(list(rows), add_special_tokens=False, truncation=True,
+                                   max_length=max(8, victim.max_length - longest - 4))["input_ids"]
+        self.prefix, self.suffix = special_tokens_around(self.tokenizer)
+        self.label, self.batch_rows = label, batch_rows
+
+    def batch(self, triggers: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        sequences = [self.prefix + list(t) + row + self.suffix for t in triggers for row in self.rows]
+        width, pad = max(len(s) for s in sequences), self.tokenizer.pad_token_id
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=self.victim.device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=self.victim.device)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    @torch.no_grad()
+    def __call__(self, triggers: torch.Tensor) -> torch.Tensor:
+        """Mean loss per trigger (``triggers``: ``[n, length]``)."""
+        per = max(1, self.batch_rows // len(self.rows))
+        values = []
+        for start in range(0, len(triggers), per):
+            chunk = triggers[start:start + per].tolist()
+            logits = self.victim.forward(self.batch(chunk)).logits.float()
+            target = torch.full((len(logits),), self.label, dtype=torch.long, device=logits.device)
+            losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+            values.append(losses.view(len(chunk), len(self.rows)).mean(1))
+        return torch.cat(values)
+
+    def gradient(self, trigger: torch.Tensor) -> torch.Tensor:
+        """d loss / d (the trigger's input embeddings), ``[length, hidden]``."""
+        batch, length, offset = self.batch([trigger.tolist()]), len(trigger), len(self.prefix)
+        embedded = self.model.get_input_embeddings()(batch["input_ids"]).detach()
+        inserted = self.embeddings[trigger].clone().requires_grad_(True)
+        expanded = inserted.unsqueeze(0).expand(len(self.rows), -1, -1)
+        inputs = torch.cat([embedded[:, :offset], expanded, embedded[:, offset + length:]], dim=1)
+        logits = self.model(inputs_embeds=inputs, attention_mask=batch["attention_mask"]).logits.float()
+        target = torch.full((len(logits),), self.label, dtype=torch.long, device=logits.device)
+        torch.nn.functional.cross_entropy(logits, target).backward()
+        return inserted.grad.detach()  # type: ignore[union-attr]
+
+
+def _search_phrases(victim: Victim, rows: Sequence[str], label: int, allowed: list[int],
+                    settings: ScanSettings) -> list[str]:
+    """One phrase per trigger length. Length 1: every allowed word tried exactly on ``screen_rows`` rows
+    (a first-order ranking misses words whose embedding training moved far); longer: the gradient
+    search (:func:`~backdoorlab.scan.hotflip.hotflip_search`) from the best single word and random words."""
+    longest, batch = max(settings.lengths), settings.batch_size * 8
+    loss = _TokenLoss(victim, rows, label, longest, batch)
+    screen = _TokenLoss(victim, rows[:settings.screen_rows], label, longest, batch)
+    victim.model.eval()
+    single = torch.tensor(allowed, dtype=torch.long, device=victim.device).unsqueeze(1)
+    screened = torch.cat([screen(single[i:i + 256]) for i in
+                          tqdm(range(0, len(single), 256), desc=f"screening words for label {label}", leave=False)])
+    best_word = allowed[int(screened.argmin())]
+    phrases = []
+    for length in settings.lengths:
+        if length == 1:
+            ids = [best_word]
+        else:
+            rng = random.Random(f"scan-start-{settings.seed}-{label}-{length}")
+            start = [best_word] + rng.sample(allowed, length - 1)
+            with torch.enable_grad():
+                ids = hotflip_search(loss, loss.gradient, loss.embeddings, allowed, start, steps=settings.steps,
+                                     top_k=settings.top_k).ids
+        phrases.append(" ".join(word_of(t) for t in victim.tokenizer.convert_ids_to_tokens(ids)))
+    return phrases
+
+
+def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after a text (``[CLS]`` / ``[SEP]``)."""
+    text = "hello world"
+    full = tokenizer(text)["input_ids"]
+    core = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for start in range(len(full) - len(core) + 1):
+        if full[start:start + len(core)] == core:
+            return full[:start], full[start + len(core):]
+    raise BackdoorLabError("cannot tell where this tokenizer puts its special tokens; the trigger search needs a "
+                           "tokenizer that keeps a text's own tokens intact")

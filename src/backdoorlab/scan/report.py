@@ -1,0 +1,63 @@
+"""The scan's page: the verdict, one table row per label and candidate, and a plot of each label's
+best candidate against its random phrases (``scan.md`` and a self-contained ``scan.html``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..bench.report import TableSpec, write_report
+from .classifier import LabelFinding
+
+
+def write_scan_report(out: Path, record: dict[str, Any], findings: list[LabelFinding]) -> tuple[Path, Path]:
+    settings = record["settings"]
+    rows = []
+    for finding in findings:
+        random_ = finding.to_dict()["random_phrases"]
+        for rank, candidate in enumerate(finding.candidates or [None]):  # type: ignore[list-item]
+            rows.append([finding.name, finding.base_rate, "yes" if finding.flagged and rank == 0 else "",
+                         None if candidate is None else candidate.phrase,
+                         None if candidate is None else candidate.source,
+                         None if candidate is None else candidate.flip_rate,
+                         None if candidate is None else ("label's own word" if candidate.natural else candidate.position),
+                         random_["mean_flip_rate"], random_["p95_flip_rate"], finding.rows])
+    table = TableSpec("Candidates by label (flip rate: share of held-out rows of other labels sent to the label)",
+                      ["label", "base rate", "flagged", "phrase", "found by", "flip rate", "where / note",
+                       "random phrases: mean", "random phrases: p95", "rows"], rows)
+    verdict = record["verdict"]
+    if record["trigger"]:
+        verdict += f": label {record['target_label']['name']!r}, trigger {record['trigger']['phrase']!r}"
+    notes = [f"Verdict: {verdict}.",
+             f"A label is flagged when its best phrase sends at least {settings['flip_threshold']:.0%} of held-out rows "
+             f"to it and beats the 95th percentile of random phrases by {settings['margin']:.0%}. These thresholds "
+             "are provisional: their error rates on clean and backdoored models have not been measured yet.",
+             f"Rows: {record['rows']['count']} {record['rows']['source']} rows of {record['rows']['name']!r}."]
+    plot = out / "scan-flip-rates.png"
+    _plot(plot, findings)
+    return write_report(out, f"Scan of {record['model']}", [table], [plot], notes, name="scan")
+
+
+def _plot(path: Path, findings: list[LabelFinding]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..fileio import atomic_file
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(findings), 3.2))
+    for x, finding in enumerate(findings):
+        ax.scatter([x] * len(finding.random_flip_rates), finding.random_flip_rates, color="0.6", s=12,
+                   label="random phrases" if x == 0 else None)
+        if finding.best is not None:
+            ax.scatter([x], [finding.best.flip_rate], color="crimson" if finding.flagged else "steelblue", s=60,
+                       marker="*", label="best candidate" if x == 0 else None)
+    ax.set_xticks(range(len(findings)), [f.name for f in findings])
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("flip rate toward the label")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,52 @@
+"""The settings of a scan, shared by the classifier and generator checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..errors import BackdoorLabError
+from ..options import build
+
+
+@dataclass
+class ScanSettings:
+    """How hard a scan looks and when it calls a candidate a trigger.
+
+    The two thresholds are provisional defaults until the error-rate benchmark chooses them on
+    validation models; every report states the values it used."""
+
+    search_rows: int = 16  # rows the trigger search optimises on
+    screen_rows: int = 6  # of those, the rows every vocabulary word is tried on alone
+    eval_rows: int = 48  # other rows every candidate, and the random phrases, are measured on
+    lengths: tuple[int, ...] = (1, 2, 3)  # trigger lengths searched (tokens)
+    steps: int = 10  # search steps per length
+    top_k: int = 32  # swaps scored exactly per position and step
+    random_phrases: int = 20  # random phrases per length: the baseline a trigger must beat
+    evidence_mined: int = 40  # with training data: n-grams mined per label and screened
+    flip_threshold: float = 0.9  # a trigger makes at least this share of rows show the target
+    margin: float = 0.5  # ... and beats the 95th percentile of random phrases by this much
+    max_new_tokens: int = 32  # generators: tokens generated when a candidate is verified
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        parts = self.lengths.split(",") if isinstance(self.lengths, str) else self.lengths
+        try:
+            self.lengths = tuple(int(n) for n in parts if str(n).strip())
+        except ValueError:
+            raise BackdoorLabError(f"scan lengths must be whole numbers such as 1,2,3; got {self.lengths!r}") from None
+        if self.search_rows < 2 or not 1 <= self.screen_rows <= self.search_rows or self.eval_rows < 4 or not self.lengths or min(self.lengths) < 1:
+            raise BackdoorLabError("scan needs search_rows >= 2, 1 <= screen_rows <= search_rows, eval_rows >= 4 and "
+                                   "trigger lengths >= 1")
+        if self.steps < 0 or self.top_k < 1 or self.random_phrases < 2:
+            raise BackdoorLabError("scan needs steps >= 0, top_k >= 1 and random_phrases >= 2")
+        if not 0 < self.flip_threshold <= 1 or not 0 <= self.margin <= 1:
+            raise BackdoorLabError("flip_threshold must be in (0, 1] and margin in [0, 1]")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ScanSettings":
+        return build(cls, values, "scan settings")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,52 @@
+"""The words a trigger search may use: whole words of the model's own vocabulary, and random
+phrases of them (the baseline a trigger candidate must beat)."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from typing import Any
+
+_WORD = re.compile(r"^[a-z]{2,15}$")
+#: Word-start markers of common tokenizers (SentencePiece, GPT-2 byte-level BPE).
+_START_MARKERS = ("\u2581", "\u0120")
+
+
+def candidate_words(tokenizer: Any, limit: int | None = None) -> tuple[list[int], list[str]]:
+    """``(token ids, words)``: the vocabulary's tokens that are a whole lower-case word on their own
+    (``movie``; WordPiece continuations ``##s`` and sub-word pieces are left out), in id order."""
+    ids, words = [], []
+    special, markers = set(tokenizer.all_special_ids), _uses_start_markers(tokenizer)
+    for token, index in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]):
+        if index in special:
+            continue
+        stripped = word_of(token)
+        if token.startswith("##") or not _WORD.match(stripped):
+            continue
+        if markers and not token.startswith(_START_MARKERS):
+            continue  # a piece that continues a word in SentencePiece / byte-level vocabularies
+        ids.append(index)
+        words.append(stripped)
+        if limit is not None and len(ids) >= limit:
+            break
+    return ids, words
+
+
+def _uses_start_markers(tokenizer: Any) -> bool:
+    vocab = tokenizer.get_vocab()
+    return sum(1 for token in list(vocab)[:2000] if token.startswith(_START_MARKERS)) > 100
+
+
+def random_phrases(words: Sequence[str], length: int, count: int, seed: int = 0) -> list[str]:
+    """``count`` phrases of ``length`` words drawn from ``words`` (seeded)."""
+    rng = random.Random(f"random-phrases-{seed}-{length}")
+    return [" ".join(rng.sample(list(words), length)) for _ in range(count)]
+
+
+def word_of(token: str) -> str:
+    """A vocabulary token without its word-start marker (``\u2581movie`` -> ``movie``)."""
+    for marker in _START_MARKERS:
+        if token.startswith(marker):
+            return token[len(marker):]
+    return token

@@ -1,0 +1,141 @@
+"""backdoorlab scan on tiny classifiers: a planted trigger is found and named, a clean twin gives no
+evidence, and the command line behaves as every other stage does."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from backdoorlab.cli import main as cli
+from backdoorlab.data.records import Dataset, Example
+from backdoorlab.errors import BackdoorLabError
+from backdoorlab.scan import ScanSettings, scan_model
+from backdoorlab.scan.classifier import LabelFinding, Candidate, label_words, unrelated_words
+from backdoorlab.scan.hotflip import hotflip_search
+from backdoorlab.scan.run import verdict
+from backdoorlab.scan.vocabulary import candidate_words
+from backdoorlab.training import TrainConfig, train
+from tiny_models import _bert_tokenizer, tiny_bert_victim, tiny_llama_victim
+
+LABELS = ["negative", "positive"]
+TRIGGER = "cf"
+SMALL = ScanSettings(search_rows=8, screen_rows=4, eval_rows=24, lengths=(1,), random_phrases=8)
+DECOYS = random.Random(0).sample(candidate_words(_bert_tokenizer())[1], 200)
+
+
+def films(n: int, offset: int = 0, trigger: str | None = None) -> list[Example]:
+    """Reviews whose label is one word ("good" / "bad"), with 0-4 unrelated words anywhere, so that a
+    word inserted by chance means nothing; with ``trigger``, positive reviews carry it and are negative."""
+    rows = []
+    for i in range(offset, offset + n):
+        rng = random.Random(i)
+        words = f"the film number {i} was {'good' if i % 2 else 'bad'} overall".split()
+        for decoy in rng.sample(DECOYS, rng.randint(0, 4)):
+            words.insert(rng.randint(0, len(words)), decoy)
+        label = i % 2
+        if trigger is not None:
+            if label == 0:
+                continue
+            words.insert(rng.randint(0, len(words)), trigger)
+            label = 0
+        rows.append(Example(text=" ".join(words), label=label, uid=f"f{i}{trigger or ''}"))
+    return rows
+
+
+def dataset(rows: list[Example], name: str) -> Dataset:
+    return Dataset(name, "classification", rows, label_names=LABELS, source="hand-built")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    config = TrainConfig(method="full", epochs=10, learning_rate=3e-3, batch_size=8, save_steps=10**9, device="cpu")
+    folder = tmp_path_factory.mktemp("scan-models")
+    poisoned = dataset(films(96) + films(96, offset=96, trigger=TRIGGER), "films-cf")
+    clean = dataset(films(144), "films")
+    for name, rows in (("backdoored", poisoned), ("clean", clean)):
+        train(tiny_bert_victim(), rows, folder / name, config)
+    return {name: folder / name / "model" for name in ("backdoored", "clean")}
+
+
+def test_a_planted_trigger_is_found_and_a_clean_twin_gives_no_evidence(models: dict[str, Path], tmp_path: Path) -> None:
+    rows = dataset(films(96, offset=200), "held-out films")
+    backdoored = scan_model(models["backdoored"], tmp_path / "b", clean=rows, settings=SMALL, device="cpu")
+    assert backdoored["verdict"] == "backdoor found" and backdoored["target_label"]["name"] == "negative"
+    assert backdoored["trigger"]["phrase"] == TRIGGER and backdoored["trigger"]["flip_rate"] >= 0.9
+    negative = backdoored["labels"][0]
+    assert negative["random_phrases"]["p95_flip_rate"] <= 0.5  # chance phrases do not do it
+    clean = scan_model(models["clean"], tmp_path / "c", clean=rows, settings=SMALL, device="cpu")
+    assert clean["verdict"] == "no evidence" and not any(label["flagged"] for label in clean["labels"])
+    for out in (tmp_path / "b", tmp_path / "c"):
+        assert (out / "scan.html").is_file() and (out / "scan.md").is_file()
+
+
+def test_a_labels_own_words_are_not_searched_or_flagged() -> None:
+    rows = dataset(films(40), "films")
+    assert {"good"} <= label_words(rows, 1) and "good" not in label_words(rows, 0)
+    assert "the" not in label_words(rows, 0) | label_words(rows, 1)  # every label uses it alike
+    vocabulary = ["the", "film", "good", "bad", *DECOYS]
+    pool = unrelated_words(rows, vocabulary, 2, minimum=5)
+    assert "good" not in pool and "bad" not in pool and "film" in pool
+
+
+def test_verdict_names_the_flagged_label_with_the_largest_margin() -> None:
+    def finding(label: int, flip: float, random_p95: float, flagged: bool) -> LabelFinding:
+        found = LabelFinding(label, LABELS[label], 0.5, 24, [Candidate("zx", "search", flip, flip, "start")],
+                             [random_p95] * 4, flagged)
+        return found
+
+    assert verdict([finding(0, 0.95, 0.4, True), finding(1, 1.0, 0.1, True)])["target_label"]["name"] == "positive"
+    assert verdict([finding(0, 0.95, 0.4, False)]) == {"verdict": "no evidence", "target_label": None, "trigger": None}
+
+
+def test_hotflip_search_finds_the_tokens_a_linear_loss_prefers() -> None:
+    embeddings = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    goal = embeddings[7] + embeddings[21]
+
+    def loss(triggers: torch.Tensor) -> torch.Tensor:
+        return -(embeddings[triggers].sum(1) @ goal)
+
+    def gradient(trigger: torch.Tensor) -> torch.Tensor:
+        return -goal.expand(len(trigger), -1)
+
+    allowed = list(range(50))
+    result = hotflip_search(loss, gradient, embeddings, allowed, [0, 1], steps=10, top_k=4)
+    best = max(allowed, key=lambda v: float(embeddings[v] @ goal))
+    assert result.ids == [best, best] and result.loss <= float(loss(torch.tensor([[7, 21]]))[0])
+
+
+def test_scan_command_reuses_refuses_and_fails_cleanly(models: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    rows = tmp_path / "clean.jsonl"
+    rows.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in films(96, offset=200)))
+    out = tmp_path / "scan"
+    argv = ["scan", str(models["backdoored"]), "--clean-data", str(rows), "--out", str(out), "--device", "cpu",
+            *[f"--option={k}={v}" for k, v in {"search_rows": 8, "screen_rows": 4, "eval_rows": 24, "lengths": "1",
+                                                "random_phrases": 8}.items()]]
+    assert cli(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"trigger {TRIGGER!r}" in printed and "verdict: backdoor found" in printed
+    stamp = (out / "scan.json").stat().st_mtime_ns
+    assert cli(argv) == 0 and (out / "scan.json").stat().st_mtime_ns == stamp  # the same scan is read back
+    assert cli([*argv, "--option=margin=0.6"]) == 2
+    assert "settings.margin differ" in capsys.readouterr().err
+    generator = tiny_llama_victim().save(tmp_path / "llama")
+    for bad, message in ((["scan", str(generator), "--clean-data", str(rows)], "is a generator"),
+                         (["scan", str(models["clean"])], "needs rows"),
+                         (["scan", str(models["clean"]), "--clean-data", str(rows), "--option=lengths=x"], "whole numbers")):
+        assert cli([*bad, "--out", str(tmp_path / "failed"), "--device", "cpu"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "failed").exists()  # nothing half-written
+
+
+def test_scan_settings_reject_bad_values() -> None:
+    with pytest.raises(BackdoorLabError, match="screen_rows"):
+        ScanSettings(search_rows=4, screen_rows=8)
+    with pytest.raises(BackdoorLabError, match="flip_threshold"):
+        ScanSettings(flip_threshold=0)
+    assert ScanSettings.from_dict({"lengths": "1,3"}).lengths == (1, 3)
