@@ -67,6 +67,12 @@ PAGES = (
          "python benchmarks/bench_badllm_tg_draws.py --draws 30",
          "Victims nobody picked: seeded draws of data set, target, rate and trigger. Only draws whose victim is a "
          "real backdoored classifier enter the summary; each ASR stands beside the clean model's floor."),
+    Page("scan", "bench_scan", ("--draws", "30", "--validation-draws", "10"), "backdoorlab scan: error rates",
+         "python benchmarks/bench_scan.py --draws 30 --validation-draws 10",
+         "The scan's verdict on victims of the seeded draw distribution and on their clean twins (the same data set and "
+         "recipe, no poison): TPR (the right target named, on victims whose backdoor is real), FPR (any label flagged on "
+         "a clean twin) and exact trigger recovery, with thresholds chosen on the first ten draws and reported on the "
+         "others."),
     Page("generative_defenses", "bench_generative_defenses", (), "Generative defense table (the victim zoo)",
          "python benchmarks/bench_generative_defenses.py",
          "Every generative defense on every default zoo victim (SmolLM2-135M, LoRA): ASR beside the untouched "

@@ -300,3 +300,37 @@ def test_table_1_victims_take_the_recipe_chosen_on_validation_rows(tmp_path: Pat
     hsol, sst2 = tg.victim_cell(args, "hsol", "badnets", 0.2, 0), tg.victim_cell(args, "sst2", "badnets", 0.2, 0)
     assert (hsol.params["train"], hsol.params["lr"]) == (3000, 1e-4)
     assert (sst2.params["train"], sst2.params["lr"]) == (10, 5e-5)  # no recipe scored for SST-2
+
+
+def _scan_record(defense: str, seed: int, target: int, labels: list[tuple[float, float, str]], asr: float = 1.0) -> dict:
+    result = {"target": target, "trigger": "zephyr", "asr": asr, "asr_floor": 0.1,
+              "labels": [{"label": i, "flip_rate": f, "random_p95": r, "phrase": p} for i, (f, r, p) in enumerate(labels)]}
+    return {"defense": defense, "seed": seed, "status": "ok", "result": result}
+
+
+def test_scan_error_rates_choose_thresholds_on_validation_draws_only() -> None:
+    bench = load_script("bench_scan")
+    victim = _scan_record("backdoored", 0, 1, [(0.2, 0.1, "x"), (1.0, 0.2, "zephyr")])
+    weak = _scan_record("backdoored", 1, 0, [(0.7, 0.1, "zephyr"), (0.1, 0.1, "y")])
+    fake = _scan_record("backdoored", 2, 0, [(1.0, 0.0, "zephyr"), (0.0, 0.0, "y")], asr=0.3)  # no real backdoor
+    twin = _scan_record("clean", 0, 1, [(0.75, 0.1, "good"), (0.3, 0.1, "z")])
+    figures = bench.rates([victim, weak, fake, twin], 0.9, 0.5)
+    assert figures == {"victims": 2, "clean": 1, "tpr": 0.5, "fpr": 0.0, "exact": 0.5}
+    assert bench.rates([victim, weak, twin], 0.6, 0.5)["fpr"] == 1.0  # the twin's 75% then counts as a trigger
+    flip, margin = bench.choose([victim, weak, twin])
+    figures = bench.rates([victim, weak, twin], flip, margin)
+    assert figures["fpr"] == 0.0 and figures["tpr"] == 0.5 and flip > 0.75
+
+
+def test_scan_benchmark_on_a_tiny_model(tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path) -> None:
+    out = tmp_path / "scan"
+    cells = run_rerun_report("bench_scan", out, [
+        "--draws", "1", "--validation-draws", "0", "--datasets", "sst2", "--train", "24", "--test", "8",
+        "--clean-rows", "40", "--model", tiny["bert"], "--epochs", "1", "--device", "cpu",
+        *[f"--scan-option={k}={v}" for k, v in {"search_rows": 4, "screen_rows": 2, "shortlist": 20, "eval_rows": 8,
+                                                "lengths": "1", "random_phrases": 4}.items()]])
+    kinds = sorted(record["defense"] for record in cells.values())
+    assert kinds == ["backdoored", "clean"]
+    for record in cells.values():
+        assert len(record["result"]["labels"]) == 2 and record["result"]["verdict"] in ("backdoor found", "no evidence")
+    assert "Scan error rates" in (out / "report.md").read_text(encoding="utf-8")

@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=300, help="clean rows used, drawn with --seed (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for scan.json, scan.html and scan.md")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="scan setting (repeatable): search_rows, screen_rows, eval_rows, lengths, steps, top_k, "
+                   help="scan setting (repeatable): search_rows, screen_rows, shortlist, eval_rows, lengths, steps, top_k, "
                         "random_phrases, flip_threshold, margin, seed")
     _common(p, seed=True, data_dir=True, overwrite=True, device=True, pickle=True)
     p.set_defaults(func=cmd_scan)

@@ -218,17 +218,20 @@ class _TokenLoss:
 
 def _search_phrases(victim: Victim, rows: Sequence[str], label: int, allowed: list[int],
                     settings: ScanSettings) -> list[str]:
-    """One phrase per trigger length. Length 1: every allowed word tried exactly on ``screen_rows`` rows
-    (a first-order ranking misses words whose embedding training moved far); longer: the gradient
+    """One phrase per trigger length. Length 1: every allowed word tried exactly on one row, and the
+    ``shortlist`` best on ``screen_rows`` rows (a first-order ranking misses words whose embedding
+    training moved far); longer: the gradient
     search (:func:`~backdoorlab.scan.hotflip.hotflip_search`) from the best single word and random words."""
     longest, batch = max(settings.lengths), settings.batch_size * 8
     loss = _TokenLoss(victim, rows, label, longest, batch)
-    screen = _TokenLoss(victim, rows[:settings.screen_rows], label, longest, batch)
     victim.model.eval()
-    single = torch.tensor(allowed, dtype=torch.long, device=victim.device).unsqueeze(1)
-    screened = torch.cat([screen(single[i:i + 256]) for i in
-                          tqdm(range(0, len(single), 256), desc=f"screening words for label {label}", leave=False)])
-    best_word = allowed[int(screened.argmin())]
+    words = torch.tensor(allowed, dtype=torch.long, device=victim.device)
+    for screen_rows, keep in ((1, settings.shortlist), (settings.screen_rows, 1)):  # all words on one row, the shortlist on more
+        screen = _TokenLoss(victim, rows[:screen_rows], label, longest, batch)
+        losses = torch.cat([screen(words[i:i + 256].unsqueeze(1)) for i in
+                            tqdm(range(0, len(words), 256), desc=f"screening words for label {label}", leave=False)])
+        words = words[losses.argsort()[:keep]]
+    best_word = int(words[0])
     phrases = []
     for length in settings.lengths:
         if length == 1:

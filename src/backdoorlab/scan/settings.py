@@ -17,7 +17,8 @@ class ScanSettings:
     validation models; every report states the values it used."""
 
     search_rows: int = 16  # rows the trigger search optimises on
-    screen_rows: int = 6  # of those, the rows every vocabulary word is tried on alone
+    screen_rows: int = 6  # of those, the rows the shortlist of single words is tried on
+    shortlist: int = 500  # single words kept after trying every vocabulary word on one row
     eval_rows: int = 48  # other rows every candidate, and the random phrases, are measured on
     lengths: tuple[int, ...] = (1, 2, 3)  # trigger lengths searched (tokens)
     steps: int = 10  # search steps per length
@@ -39,8 +40,8 @@ class ScanSettings:
         if self.search_rows < 2 or not 1 <= self.screen_rows <= self.search_rows or self.eval_rows < 4 or not self.lengths or min(self.lengths) < 1:
             raise BackdoorLabError("scan needs search_rows >= 2, 1 <= screen_rows <= search_rows, eval_rows >= 4 and "
                                    "trigger lengths >= 1")
-        if self.steps < 0 or self.top_k < 1 or self.random_phrases < 2:
-            raise BackdoorLabError("scan needs steps >= 0, top_k >= 1 and random_phrases >= 2")
+        if self.steps < 0 or self.top_k < 1 or self.random_phrases < 2 or self.shortlist < 1:
+            raise BackdoorLabError("scan needs steps >= 0, top_k >= 1, random_phrases >= 2 and shortlist >= 1")
         if not 0 < self.flip_threshold <= 1 or not 0 <= self.margin <= 1:
             raise BackdoorLabError("flip_threshold must be in (0, 1] and margin in [0, 1]")
 
