@@ -4,8 +4,9 @@ Each draw of the seeded victim distribution (:mod:`backdoorlab.bench.victim_draw
 rate, trigger, position) gives two models trained alike (``minilm-l6``, the Table 1 recipe): the
 victim, trained on its poisoned rows, and its clean twin, trained on clean rows of the same data
 set. Each is scanned with clean rows of the test split the scan never trained on, and the cell
-records every label's figures (best candidate's flip rate, the random phrases' 95th percentile)
-rather than a verdict, so that thresholds can be chosen afterwards without rescanning.
+records every label's figures (best candidate's flip rate, the random phrases' mean and 95th
+percentile) rather than a verdict, so that thresholds, and other rules over the same figures, can be
+chosen afterwards without rescanning.
 
 The report chooses ``flip_threshold`` and ``margin`` on the *validation draws* (the first
 ``--validation-draws`` seeds: the pair that maximises TPR − FPR, FPR ≤ 5% first) and reports TPR,
@@ -80,7 +81,9 @@ def scan_cell(cell: Cell, folder: Path) -> dict[str, Any]:
     scanned = scan_model(model, folder / "scan", clean=clean, settings=ScanSettings.from_dict(p["scan"]),
                          device=p["device"])
     labels = [{"label": label["label"], "flip_rate": _best(label).get("flip_rate", 0.0),
-               "phrase": _best(label).get("phrase"), "random_p95": label["random_phrases"]["p95_flip_rate"]}
+               "phrase": _best(label).get("phrase"), "random_p95": label["random_phrases"]["p95_flip_rate"],
+               "random_mean": label["random_phrases"]["mean_flip_rate"],
+               "natural_flip_rate": max((c["flip_rate"] for c in label["candidates"] if c["natural"]), default=None)}
               for label in scanned["labels"]]
     return {**figures, "labels": labels, "target": draw.target, "trigger": draw.trigger, "verdict": scanned["verdict"]}
 
