@@ -56,7 +56,7 @@ def cells(args: argparse.Namespace) -> list[Cell]:
                   "model": args.model, "epochs": args.epochs, "lr": args.lr, "device": args.device,
                   "scan": args.scan_options}
         for kind in (BACKDOORED, CLEAN):
-            found.append(Cell(draw.name, kind, seed, params, kind=device_kind(args.device), code=("backdoorlab.scan",)))
+            found.append(Cell(draw.name, kind, seed, params, kind=device_kind(args.device)))
     return found
 
 

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from .codeversion import code_digest
-from .errors import BackdoorLabError
-from .fileio import write_json_atomic
 
 FINGERPRINT_KEY = "fingerprint"
 #: Weight and configuration files whose bytes identify a model folder.

@@ -32,6 +32,7 @@ from ..data.records import Dataset
 from ..defenses.badllm_tg.label_screening import InsertionScore, screen_label
 from ..defenses.shared.insertion import insert_phrases
 from ..errors import BackdoorLabError
+from ..models.tokenization import pad_batch
 from ..models.victim import Victim
 from .hotflip import hotflip_search
 from .settings import ScanSettings
@@ -184,11 +185,10 @@ class _TokenLoss:
         self.label, self.batch_rows = label, batch_rows
 
     def batch(self, triggers: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        sequences = [self.prefix + list(t) + row + self.suffix for t in triggers for row in self.rows]
-        width, pad = max(len(s) for s in sequences), self.tokenizer.pad_token_id
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=self.victim.device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=self.victim.device)
-        return {"input_ids": ids, "attention_mask": mask}
+        features = [{"input_ids": ids, "attention_mask": [1] * len(ids)}
+                    for ids in (self.prefix + list(t) + row + self.suffix for t in triggers for row in self.rows)]
+        batch = pad_batch(features, self.tokenizer.pad_token_id, side="right")
+        return {k: v.to(self.victim.device) for k, v in batch.items()}
 
     @torch.no_grad()
     def __call__(self, triggers: torch.Tensor) -> torch.Tensor:
