@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import shutil
 from collections.abc import Iterator
@@ -191,6 +192,79 @@ def test_bookkeeping_modules_do_not_count_and_computing_ones_do(source_copy: Pat
             assert code_digest(roots, root=source_copy) == before, module
     with edited(source_copy / "evaluation.py"):
         assert code_digest(roots, root=source_copy) != before
+
+
+SCRIPT = """\"\"\"A benchmark script.\"\"\"
+import json
+from pathlib import Path
+
+SCALE = 2
+LABELS = {"a": "first"}
+
+
+def helper(x):
+    return x * SCALE
+
+
+def cell(cell, workdir: Path):
+    return {"score": helper(cell.seed)}
+
+
+def table(records):
+    return json.dumps([LABELS[r["victim"]] for r in records])
+
+
+if __name__ == "__main__":
+    print(table([]))
+"""
+
+
+def test_a_script_function_counts_only_the_script_code_it_reaches(tmp_path: Path) -> None:
+    script = tmp_path / "bench_x.py"
+    script.write_text(SCRIPT)
+    entry = f"{script}::cell"
+    before = code_digest([entry])
+    edits = {"the table": ('"first"', '"second"'), "the main block": ("print(table([]))", "print(1)"),
+             "an import only the table uses": ("import json\n", "import json\nimport csv\n")}
+    for what, (old, new) in edits.items():
+        script.write_text(SCRIPT.replace(old, new))
+        assert code_digest([entry]) == before, what
+    for what, (old, new) in {"a helper it calls": ("x * SCALE", "x * SCALE + 1"),
+                             "a constant the helper reads": ("SCALE = 2", "SCALE = 3"),
+                             "the function itself": ('{"score"', '{"points"')}.items():
+        script.write_text(SCRIPT.replace(old, new))
+        assert code_digest([entry]) != before, what
+    script.write_text(SCRIPT)
+    assert code_digest([entry]) == before
+    with pytest.raises(BackdoorLabError, match="defines no top-level 'missing'"):
+        code_digest([f"{script}::missing"])
+
+
+def _load_script(path: Path):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_records_hashed_with_their_whole_script_stay_current_until_it_changes(tmp_path: Path) -> None:
+    script = tmp_path / "bench_y.py"
+    script.write_text(SCRIPT)
+    fn = _load_script(script).cell
+    cells = [Cell("a", "d", 0, {}), Cell("a", "d", 1, {})]
+    kwargs = {"results": tmp_path / "ledger", "serial": True, "progress": False}
+    assert run_grid(cells, fn, tmp_path / "runs", **kwargs).computed == 2
+    store = CellStore(tmp_path / "runs", fn, tmp_path / "ledger")
+    old_form = store.path(cells[0])  # a record written when the digest covered the whole script
+    record = json.loads(old_form.read_text())
+    record["fingerprint"] = store._fingerprint(cells[0], whole_script=True)
+    old_form.write_text(json.dumps(record))
+    assert store.lookup(cells[0])["status"] == "ok"
+
+    script.write_text(SCRIPT.replace('"first"', '"second"'))  # the table only
+    store = CellStore(tmp_path / "runs", fn, tmp_path / "ledger")
+    assert [store.lookup(c)["status"] for c in cells] == [STALE, "ok"]
+    assert run_grid(cells, fn, tmp_path / "runs", **kwargs).computed == 1
 
 
 # ------------------------------------------------------------------- the committed ledger

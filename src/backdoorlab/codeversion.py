@@ -15,6 +15,12 @@ a benchmark cell, names the ones it runs), or where another counted method impor
 ``methods=None`` counts every method. Editing one defense therefore makes stale exactly the
 results that ran it.
 
+A root may also be one function of a script, ``path/to/script.py::name`` (how a benchmark names
+its cell function): only the script's top-level statements that ``name`` reaches count (the
+definitions and constants it uses, transitively, and the imports they name), with every
+top-level statement that binds no name; the script's other functions (its tables, its command
+line, other grids' cells) do not. Editing a report function leaves every cell current.
+
 The :data:`BOOKKEEPING` modules keep, name and show results but compute none of their figures
 (the cache keys, this digest, atomic writes, the ledger's records, tables and errors); they and
 what only they import are left out, so reorganising them leaves every result current.
@@ -31,6 +37,8 @@ from pathlib import Path
 from .errors import BackdoorLabError
 
 PACKAGE = "backdoorlab"
+#: Separates a script from one of its functions in a root (``bench.py::apply_defense``).
+ENTRY_SEPARATOR = "::"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 _METHODS_PARENT = "defenses"
 _NOT_METHODS = frozenset({"shared"})
@@ -77,7 +85,11 @@ def imported_modules(path: Path, module: str | None, root: Path = PACKAGE_ROOT) 
 @functools.lru_cache(maxsize=4096)
 def _imported_modules(path: Path, module: str | None, root: Path, size: int, mtime: int) -> frozenset[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    is_package = path.name == "__init__.py"
+    return _modules_in(tree, module, path.name == "__init__.py", root)
+
+
+def _modules_in(tree: ast.AST, module: str | None, is_package: bool, root: Path) -> frozenset[str]:
+    """The ``backdoorlab`` modules imported anywhere under ``tree``."""
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -108,10 +120,93 @@ def _absolute(node: ast.ImportFrom, module: str | None, is_package: bool) -> str
 def source_text(path: Path) -> str:
     """What the file's behaviour depends on: its syntax tree without docstrings, with its import
     statements (wherever they sit) listed once each, sorted, after the rest."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return _tree_text(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+
+
+def _tree_text(tree: ast.Module) -> str:
     imports: set[str] = set()
     _strip(tree, imports)
     return ast.dump(tree, annotate_fields=False) + "\n" + "\n".join(sorted(imports))
+
+
+def split_entry(item: str | Path) -> tuple[Path, str | None]:
+    """``(script, function)`` of a root ``script.py::function``; ``(script, None)`` for a plain path."""
+    text = str(item)
+    script, sep, function = text.rpartition(ENTRY_SEPARATOR)
+    if sep and script.endswith(".py") and function.isidentifier():
+        return Path(script), function
+    return Path(text), None
+
+
+def entry_tree(path: Path, function: str) -> ast.Module:
+    """The part of the script at ``path`` that ``function`` depends on (module docstring): its
+    top-level statements that bind a name ``function`` reaches, and those that bind none (the
+    ``if __name__ == "__main__"`` block and the script's docstring excepted), in file order."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    binders: dict[str, list[int]] = {}
+    always: list[int] = []
+    for index, statement in enumerate(tree.body):
+        if _is_main_guard(statement) or (index == 0 and _is_docstring(statement)):
+            continue
+        names = _bound_names(statement)
+        for name in names:
+            binders.setdefault(name, []).append(index)
+        if not names:
+            always.append(index)
+    if function not in binders:
+        raise BackdoorLabError(f"cannot hash the code of {path}{ENTRY_SEPARATOR}{function}: the script defines no "
+                               f"top-level {function!r}")
+    kept = set(always)
+    queue = [function, *(name for i in always for name in _used_names(tree.body[i]))]
+    seen: set[str] = set()
+    while queue:
+        name = queue.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for index in binders.get(name, []):
+            if index not in kept:
+                kept.add(index)
+                queue.extend(_used_names(tree.body[index]))
+    return ast.Module(body=[tree.body[i] for i in sorted(kept)], type_ignores=[])
+
+
+def _is_docstring(statement: ast.stmt) -> bool:
+    return isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) \
+        and isinstance(statement.value.value, str)
+
+
+def _is_main_guard(statement: ast.stmt) -> bool:
+    test = getattr(statement, "test", None)
+    return isinstance(statement, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) \
+        and test.left.id == "__name__"
+
+
+def _bound_names(statement: ast.stmt) -> set[str]:
+    """The module-level names a top-level statement binds."""
+    if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {statement.name}
+    names: set[str] = set()
+    for node in ast.walk(statement):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+    return names
+
+
+def _used_names(statement: ast.stmt) -> set[str]:
+    """Every name a statement reads, in its nested functions too."""
+    return {node.id for node in ast.walk(statement) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+
+
+@functools.lru_cache(maxsize=512)
+def _entry(path: Path, function: str, size: int, mtime: int) -> tuple[str, ast.Module]:
+    """``(hash of the entry's source, the entry's tree)``, cached while the file is unchanged."""
+    text = _tree_text(entry_tree(path, function))  # strips the tree it is given: hash a parse of its own
+    return hashlib.sha256(text.encode("utf-8")).hexdigest(), entry_tree(path, function)
 
 
 def _strip(node: ast.AST, imports: set[str]) -> None:
@@ -143,17 +238,22 @@ def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None 
     """Every source file the ``roots`` and the method packages ``methods`` (names such as ``onion``;
     ``None``: all) depend on, by module name (scripts by their file name).
 
-    A root is a module name (``backdoorlab.defenses.onion``) or the path of a script that imports
-    the package. See the module docstring for how method packages are counted."""
+    A root is a module name (``backdoorlab.defenses.onion``), the path of a script that imports
+    the package, or one function of a script (``script.py::name``; see the module docstring). See the module docstring for how method packages are counted."""
     all_methods = method_packages(root)
     allowed = set(all_methods) if methods is None else {_method_name(m, all_methods) for m in methods}
     queue: list[tuple[str | None, Path]] = [(m, module_file(m, root)) for m in sorted(allowed)]  # type: ignore[misc]
+    entries: list[tuple[Path, str]] = []
     for item in roots:
-        if isinstance(item, Path) or str(item).endswith(".py"):
-            path = Path(item).resolve()
+        script, function = split_entry(item)
+        if isinstance(item, Path) or str(script).endswith(".py"):
+            path = script.resolve()
             if not path.is_file():
                 raise BackdoorLabError(f"cannot hash the code of {path}: no such file")
-            queue.append((None, path))
+            if function is None:
+                queue.append((None, path))
+            else:
+                entries.append((path, function))
             continue
         path = module_file(str(item), root)
         if path is None:
@@ -163,6 +263,12 @@ def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None 
             allowed.add(owner)
         queue.append((str(item), path))
     files: dict[str, Path] = {}
+    for path, function in entries:
+        files[f"{path.name}{ENTRY_SEPARATOR}{function}"] = path
+        stat = path.stat()
+        tree = _entry(path, function, stat.st_size, stat.st_mtime_ns)[1]
+        queue.extend((name, module_file(name, root)) for name in _modules_in(tree, None, False, root)  # type: ignore[misc]
+                     if name not in BOOKKEEPING)
     while queue:
         module, path = queue.pop()
         key = module or path.name
@@ -201,5 +307,8 @@ def code_digest(roots: Iterable[str | Path], methods: Iterable[str] | None = (),
     sha = hashlib.sha256()
     for key in sorted(files):
         stat = files[key].stat()
-        sha.update(f"{key}:{_file_hash(files[key], stat.st_size, stat.st_mtime_ns)}\n".encode())
+        _, function = split_entry(key)
+        digest = (_file_hash(files[key], stat.st_size, stat.st_mtime_ns) if function is None
+                  else _entry(files[key], function, stat.st_size, stat.st_mtime_ns)[0])
+        sha.update(f"{key}:{digest}\n".encode())
     return sha.hexdigest()
