@@ -53,8 +53,10 @@ from backdoorlab.bench import (
     write_report,
 )
 from backdoorlab.bench.options import KIND_RESOURCES, device_kind, model_argument
-from backdoorlab.bench.recipes import chosen_recipe
-from backdoorlab.data import Dataset
+from backdoorlab.bench.recipes import chosen_recipe, validation_split
+from backdoorlab.attacks.run import AttackRun
+from backdoorlab.data import Dataset, load_dataset
+from backdoorlab.paraphrasers import make_pool, save_pool
 from backdoorlab.defenses import get_defense, run_defense
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.pipeline import ensure_evaluated, ensure_trained, run_attack
@@ -68,12 +70,25 @@ PAPER_AVERAGE_ASR = {"none": 93.29, "onion": 68.62, "rap": 88.33, "muscle-lora":
                      "badllm-tg": 14.29}
 PAPER_BADLLM_TG_CACC = 88.62
 #: Placeholder for the paraphrase pools of a cell's data set: the StyleBkd paraphraser's output on its dev split,
-#: one pool per shipped style (rows neither trained nor tested on; see docs/badllm_tg.md for what this assumes).
+#: one pool per shipped style (rows neither trained nor tested on). The attack's own paraphraser made them: an
+#: oracle-assisted defender (see docs/badllm_tg.md).
 STYLE_POOLS = "style-dev-pools"
+#: Placeholder for pools the defender makes itself (:mod:`backdoorlab.paraphrasers`, no attack tool): each
+#: syntactic template of :data:`DEFENDER_POOL_METHODS` applied to :data:`DEFENDER_POOL_ROWS` rows of the data set
+#: that the victim was neither trained nor tested on.
+DEFENDER_POOLS = "defender-pools"
+#: The defender's paraphrasers in its pools: the rule-based templates. The only offline chat model (SmolLM2-135M)
+#: keeps about 2 style rewrites in 10 at about 30 s a row (docs/paraphrasers.md), too few and too slow for a pool.
+DEFENDER_POOL_METHODS = ("syntactic:sbar", "syntactic:cleft", "syntactic:question", "syntactic:imperative")
+DEFENDER_POOL_ROWS = 200
 #: Method labels beyond the registry names: label → (defense name, options).
 VARIANTS = {"badllm-tg-faithful": ("badllm-tg", {"variant": "faithful"}),
             "badllm-tg-delta": ("badllm-tg", {"identify": "delta"}),
-            "badllm-tg-paraphrase": ("badllm-tg", {"paraphrase_pools": STYLE_POOLS}),
+            "badllm-tg-oracle-pools": ("badllm-tg", {"paraphrase_pools": STYLE_POOLS}),
+            "badllm-tg-defender-pools": ("badllm-tg", {"paraphrase_pools": DEFENDER_POOLS}),
+            "badllm-tg-rows-kept": ("badllm-tg", {"adv_rows": "kept"}),
+            "badllm-tg-balanced": ("badllm-tg", {"adv_class_weighting": "balanced"}),
+            "badllm-tg-lr-5e-5": ("badllm-tg", {"adv_lr": 5e-5}),
             "backdoor-collapse-every-label": ("backdoor-collapse", {"every_label": True}),
             "backdoor-collapse-every-label-1e-4": ("backdoor-collapse", {"every_label": True, "learning_rate": 1e-4}),
             "backdoor-collapse-1e-4": ("backdoor-collapse", {"learning_rate": 1e-4}),
@@ -84,10 +99,17 @@ CPU_BUDGET = {"muscle-lora": {"epochs": 3}, "badacts": {"bound_epochs": 5}, "oni
 #: Methods whose threat model hands the defender the target label: RAP protects a label the defender names
 #: (BadLLM-TG, which also accepts one, must identify it itself here).
 TARGET_GIVEN = ("rap",)
+#: Labels run only on some attacks (paraphrase pools test style and syntax hypotheses).
+ONLY_ATTACKS = {"badllm-tg-oracle-pools": ("stylebkd", "synbkd"), "badllm-tg-defender-pools": ("stylebkd", "synbkd")}
 #: Test rows per split for the slowest defenses (ONION scores every leave-one-out variant with an LM).
 EVAL_ROWS = {"onion": 50}
 #: The victim cells' defense name, and the folder of their grid under ``--out``.
 VICTIM, VICTIMS = "victim", "victims"
+#: The clean model of a data set and seed (the ASR floor's model): its victim-grid cell's defense name.
+CLEAN = "clean-model"
+#: Insertion attacks, the only ones ``--validation`` can run (a paraphrase attack reads its pools by row).
+INSERTION_ATTACKS = ("badnets", "addsent")
+DEFAULT_OUT, VALIDATION_LEDGER = "runs/bench-badllm-tg", "badllm_tg_validation"
 #: ``--class-weighting``: the victims' ``TrainConfig.class_weighting``, "none" by default: on 600 HSOL validation rows
 #: (training split; benchmarks/bench_victim_recipe.py, seeds 0-1) "balanced" gave MiniLM no higher macro-F1.
 CLASS_WEIGHTING_HELP = ("the victims' class weighting (TrainConfig.class_weighting): 'balanced' weights each label's loss "
@@ -110,6 +132,21 @@ def parse_overrides(values: list[str]) -> dict[str, dict[str, Any]]:
             value = raw
         overrides.setdefault(label, {})[key] = value
     return overrides
+
+
+def defender_pools(dataset: str, attack_run: Path, folder: Path, seed: int) -> list[str]:
+    """:data:`DEFENDER_POOLS` for a cell: the defender's paraphrases of clean rows it holds outside the suspect's
+    training and test rows (the attack run's defender view: the dev split, else unused training rows)."""
+    rows = AttackRun(attack_run).defender_view({"clean_rows"}).clean_rows
+    if rows is None:
+        raise BackdoorLabError(f"{dataset} has no clean rows outside {attack_run}'s splits to make the defender's pools")
+    paths = []
+    for method in DEFENDER_POOL_METHODS:
+        path = folder / f"{method.replace(':', '-')}.tsv"
+        if not path.is_file():
+            save_pool(make_pool(rows, method, seed=seed, max_rows=DEFENDER_POOL_ROWS), path)
+        paths.append(str(path))
+    return paths
 
 
 def style_pools(dataset: str) -> list[str]:
@@ -149,7 +186,29 @@ def victim_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float
     params = {"dataset": dataset, "attack": attack, "rate": rate, "target": args.target, "train": recipe["train"],
               "test": args.test, "model": args.model, "epochs": args.epochs, "lr": recipe["lr"], "device": args.device,
               "class_weighting": recipe["class_weighting"]}
+    if args.validation:
+        params["validation"] = args.validation
     return Cell(victim_name(dataset, attack, rate), VICTIM, seed, params, kind=device_kind(args.device))
+
+
+def clean_cell(victim: Cell) -> Cell:
+    """The clean model of a victim's data set and seed: the victim's recipe on the same rows, unpoisoned."""
+    params = {k: v for k, v in victim.params.items() if k not in ("attack", "rate", "target")}
+    return Cell(f"{victim.params['dataset']}-clean", CLEAN, victim.seed, params, kind=victim.kind)
+
+
+def training_rows(p: Mapping[str, Any], seed: int, folder: Path) -> tuple[str, str | None]:
+    """``(training data, test data)`` for :func:`run_attack`: the data set's name and ``None`` (its own test
+    split), or with ``validation`` rows carved from its training split, saved datasets of the training rows
+    and of the validation rows, which then stand in for the test rows (:func:`bench.recipes.validation_split`)."""
+    if not p.get("validation"):
+        return p["dataset"], None
+    train_folder, validation_folder = folder / "validation-split" / "train", folder / "validation-split" / "validation"
+    if not (train_folder / "dataset.json").is_file() or not (validation_folder / "dataset.json").is_file():
+        train, held_out = validation_split(p["dataset"], p["validation"], p["train"], seed)
+        train.save(train_folder, overwrite=True)
+        train.with_examples(held_out, note="validation rows (training split)").save(validation_folder, overwrite=True)
+    return str(train_folder), str(validation_folder)
 
 
 def defense_cell(args: argparse.Namespace, victim: Cell, label: str, overrides: dict[str, dict[str, Any]]) -> Cell:
@@ -157,20 +216,27 @@ def defense_cell(args: argparse.Namespace, victim: Cell, label: str, overrides: 
     method, options, stage, module = defense_setup(label, overrides)
     params = {**victim.params, "method": method, "options": options, "stage": stage,
               "eval_rows": min(args.test, EVAL_ROWS.get(label, args.test))}
-    victim_dir = str(CellStore(args.out / VICTIMS, train_victim).workdir(victim))
-    return Cell(victim.victim, label, victim.seed, params, kind=victim.kind, run_options={"victim_dir": victim_dir},
+    victims = CellStore(args.out / VICTIMS, train_victim)
+    run_options = {"victim_dir": str(victims.workdir(victim))}
+    if method == "none":  # the undefended row also measures the clean model's ASR floor on the same rows
+        run_options["clean_dir"] = str(victims.workdir(clean_cell(victim)))
+    return Cell(victim.victim, label, victim.seed, params, kind=victim.kind, run_options=run_options,
                 code=(module,), methods=())
 
 
 def train_victim(cell: Cell, folder: Path) -> dict[str, Any]:
     """A victim cell: the attack run (``folder/attack``) and the victim trained on it (``folder/victim``)."""
     p = cell.params
-    attack_run = folder / "attack"
-    if not (attack_run / "manifest.json").is_file():
-        run_attack(p["dataset"], p["attack"], attack_run, rate=p["rate"], target=p["target"], seed=cell.seed,
-                   max_train=p["train"], max_test=p["test"])
+    train_data, test_data = training_rows(p, cell.seed, folder)
     config = TrainConfig(epochs=p["epochs"], learning_rate=p["lr"], batch_size=16, seed=cell.seed, device=p["device"],
                          save_steps=10**9, class_weighting=p["class_weighting"])
+    if cell.defense == CLEAN:
+        rows = load_dataset(train_data, "train").sample(p["train"], cell.seed)  # run_attack's rows, unpoisoned
+        return {"model": str(ensure_trained(folder / "victim", p["model"], rows, config))}
+    attack_run = folder / "attack"
+    if not (attack_run / "manifest.json").is_file():
+        run_attack(train_data, p["attack"], attack_run, rate=p["rate"], target=p["target"], seed=cell.seed,
+                   max_train=p["train"], max_test=p["test"], test_data=test_data)
     victim = ensure_trained(folder / "victim", p["model"], Dataset.load(attack_run / "train"), config)
     return {"attack_run": str(attack_run), "model": str(victim)}
 
@@ -184,6 +250,8 @@ def apply_defense(cell: Cell, folder: Path) -> dict[str, Any]:
     options = dict(p["options"])
     if options.get("paraphrase_pools") == STYLE_POOLS:
         options["paraphrase_pools"] = style_pools(p["dataset"])
+    elif options.get("paraphrase_pools") == DEFENDER_POOLS:
+        options["paraphrase_pools"] = defender_pools(p["dataset"], attack_run, folder / "pools", cell.seed)
     if not victim.is_dir():
         raise BackdoorLabError(f"no trained victim in {victim}: the victim cell {cell.victim} (seed {cell.seed}) "
                                "did not finish")
@@ -196,6 +264,13 @@ def apply_defense(cell: Cell, folder: Path) -> dict[str, Any]:
     run_defense(p["method"], model, attack_run, folder / "defense", options=options, baseline=baseline,
                 target_label=target, pretrained_model=p["model"], max_eval_rows=p["eval_rows"], device=p["device"])
     row = defense_row(cell, folder / "defense", attack_run)
+    if "clean_dir" in cell.run_options:
+        clean = Path(cell.run_options["clean_dir"]) / "victim" / MODEL_DIR
+        if not clean.is_dir():
+            raise BackdoorLabError(f"no clean model in {clean}: its victim-grid cell did not finish")
+        floor = ensure_evaluated(clean, attack_run, folder / "clean-model.json", device=p["device"],
+                                 max_rows=p["eval_rows"])
+        row.update(ASR_floor=floor["asr"], clean_CACC=floor["cacc"], clean_macro_F1=floor["macro_f1"])
     print(f"[{cell.victim}] {cell.defense}: CACC {100 * row['CACC']:.1f} ASR {100 * row['ASR']:.1f} "
           f"({time.time() - started:.0f} s)", flush=True)
     return row
@@ -213,7 +288,7 @@ def defense_row(cell: Cell, defense_dir: Path, attack_run: Path) -> dict[str, An
     row = row_key(cell.identity())
     after = json.loads((defense_dir / "metrics.json").read_text(encoding="utf-8"))["after"]
     record = json.loads((defense_dir / "defense.json").read_text(encoding="utf-8"))
-    row.update(CACC=after["cacc"], ASR=after["asr"], n_clean=after["n_clean"],
+    row.update(CACC=after["cacc"], macro_F1=after["macro_f1"], ASR=after["asr"], n_clean=after["n_clean"],
                n_asr=after["n_asr_rows"], seconds=record.get("seconds"))
     identified = (record["findings"].get("target_identification") or {}).get("target")
     if identified is not None:
@@ -242,14 +317,21 @@ def _generator_share(log_file: Path) -> dict[str, int]:
             "generator_working": sum(c["flip_rate"] >= 0.8 for c in own)}
 
 
+def with_floors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with its victim's ASR floor (the clean model's rate of the target on the same triggered rows,
+    measured by the undefended cell)."""
+    floors = {(r["dataset"], r["attack"], r["rate"], r["seed"]): r["ASR_floor"] for r in rows if "ASR_floor" in r}
+    return [{**r, "ASR_floor": floors.get((r["dataset"], r["attack"], r["rate"], r["seed"]))} for r in rows]
+
+
 def average_rows(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
     averages = []
     for label in labels:
         done = [r for r in rows if r["defense"] == label and "ASR" in r]
         if done:
             averages.append({"dataset": "average", "attack": f"{len(done)} cells", "defense": label,
-                             "CACC": sum(r["CACC"] for r in done) / len(done),
-                             "ASR": sum(r["ASR"] for r in done) / len(done),
+                             **{key: statistics.fmean(r[key] for r in done) if all(r.get(key) is not None for r in done)
+                                else None for key in ("CACC", "macro_F1", "ASR", "ASR_floor")},
                              "paper ASR": PAPER_AVERAGE_ASR[label] / 100 if label in PAPER_AVERAGE_ASR else None})
     return averages
 
@@ -295,7 +377,8 @@ def grid_cells(args: argparse.Namespace, settings: list[Setting], labels: list[s
                overrides: dict[str, dict[str, Any]]) -> tuple[list[Cell], list[Cell]]:
     """The victim cells of ``settings`` × seeds, and their defense cells × ``labels``."""
     victims = [victim_cell(args, *setting, seed) for setting in settings for seed in args.seeds]
-    return victims, [defense_cell(args, victim, label, overrides) for victim in victims for label in labels]
+    return victims, [defense_cell(args, victim, label, overrides) for victim in victims for label in labels
+                     if victim.params["attack"] in ONLY_ATTACKS.get(label, ATTACKS)]
 
 
 def unique(cells: list[Cell]) -> list[Cell]:
@@ -317,7 +400,7 @@ def rows_table(title: str, rows: list[dict[str, Any]], columns: list[str], seeds
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_grid_arguments(parser, "runs/bench-badllm-tg", ledger_folder(__file__, "badllm_tg"))
+    add_grid_arguments(parser, DEFAULT_OUT, ledger_folder(__file__, "badllm_tg"))
     parser.add_argument("--model", type=model_argument, default="minilm-l6",
                         help="victim: a packaged name or a BERT-like model folder")
     parser.add_argument("--datasets", default=",".join(DATASETS))
@@ -330,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=1000,
                         help="training rows per victim of a data set with no recipe chosen in --recipes")
     parser.add_argument("--test", type=int, default=100, help="clean and triggered test rows per cell")
+    parser.add_argument("--validation", type=int, default=0, metavar="N",
+                        help="carve N validation rows from each data set's training split (the same rows for every "
+                             "seed) and measure on them instead of the test rows, to choose settings; insertion "
+                             f"attacks only ({', '.join(INSERTION_ATTACKS)}); records go to results/{VALIDATION_LEDGER} "
+                             f"and work to {DEFAULT_OUT}-validation unless --results / --out say otherwise")
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--lr", type=float, default=2e-4,
                         help="victims' learning rate for a data set with no recipe chosen in --recipes")
@@ -344,6 +432,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    if args.validation:
+        others = sorted(set(args.attacks.split(",")) - set(INSERTION_ATTACKS))
+        if others or not args.no_sweep:
+            parser.error(f"--validation runs insertion attacks only ({', '.join(INSERTION_ATTACKS)}) and no sweep; "
+                         f"drop {', '.join(others) or 'the sweep (--no-sweep)'}")
+        # validation records choose settings and are no test figures: a ledger and victims of their own
+        if args.results == ledger_folder(__file__, "badllm_tg"):
+            args.results = ledger_folder(__file__, VALIDATION_LEDGER)
+        if args.out == Path(DEFAULT_OUT):
+            args.out = Path(f"{DEFAULT_OUT}-validation")
     overrides = parse_overrides(args.defense_option)
     labels = [d for d in args.defenses.split(",") if d]
     sweep_labels = [d for d in args.sweep_defenses.split(",") if d]
@@ -362,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     pending = set() if args.report_only else {
         (c.victim, c.seed) for c in unfinished(defense_cells, apply_defense, args.out, args.results)}
     needed = [v for v in unique(table1_victims + sweep_victims) if (v.victim, v.seed) in pending]
+    needed += unique([clean_cell(v) for v in needed if any(c.victim == v.victim and c.seed == v.seed
+                                                           and "clean_dir" in c.run_options for c in defense_cells)])
     victims = run_grid(needed, train_victim, **{**grid_kwargs(args), "out": args.out / VICTIMS, "results": None},
                        resources=KIND_RESOURCES)
     defenses = run_grid(defense_cells, apply_defense, **grid_kwargs(args), resources=KIND_RESOURCES)
@@ -372,8 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     tables, plots = [], []
     if table1_cells:
         chosen = [records[cell.id] for cell in table1_cells]
-        rows = [record_row(record) for record in chosen]
-        columns = ["dataset", "attack", "defense", "CACC", "ASR", "n_clean", "n_asr", "seconds", "error", "paper ASR"]
+        rows = with_floors([record_row(record) for record in chosen])
+        columns = ["dataset", "attack", "defense", "CACC", "macro_F1", "ASR", "ASR_floor", "n_clean", "n_asr",
+                   "seconds", "error", "paper ASR"]
         tables += [rows_table("Table 1", rows + average_rows(rows, labels), columns, args.seeds),
                    pivot_table("Table 1 (CACC / ASR, %)", chosen, cacc_asr)]
         notes.append(f"target-label identification: {identification_summary(rows)}")

@@ -112,17 +112,44 @@ def test_badllm_tg_grids_on_tiny_models(tmp_path: Path, tiny: dict[str, str], sh
             "--train", "40", "--test", "12", "--epochs", "1", "--sweep-rates", "0.2,0.3", "--sweep-defenses", "none",
             "--device", "cpu"]
     cells = run_rerun_report("bench_badllm_tg", out, argv)
-    # two victims (Table 1's cell is also the sweep's 20% point), three defense cells
+    # two victims (Table 1's cell is also the sweep's 20% point) and the data set's clean model, three defense cells
     assert sorted(p for p in cells if p.startswith("victims")) == [
-        "victims/cells/sst2-badnets-20__victim__seed0.json", "victims/cells/sst2-badnets-30__victim__seed0.json"]
+        "victims/cells/sst2-badnets-20__victim__seed0.json", "victims/cells/sst2-badnets-30__victim__seed0.json",
+        "victims/cells/sst2-clean__clean-model__seed0.json"]
     defended = {(r["victim"], r["defense"]): r["result"] for p, r in cells.items() if not p.startswith("victims")}
     assert sorted(defended) == [("sst2-badnets-20", "badllm-tg"), ("sst2-badnets-20", "none"), ("sst2-badnets-30", "none")]
+    for victim in ("sst2-badnets-20", "sst2-badnets-30"):  # the undefended rows carry the clean model's ASR floor
+        undefended = defended[victim, "none"]
+        assert 0 <= undefended["ASR_floor"] <= 1 and 0 <= undefended["clean_CACC"] <= 1
     tg = defended["sst2-badnets-20", "badllm-tg"]
+    assert "ASR_floor" not in tg and 0 <= tg["macro_F1"] <= 1
     assert tg["true_target"] == 1 and tg["identified_target"] in (0, 1) and tg["candidates"] == 2
     assert tg["n_clean"] == defended["sst2-badnets-20", "none"]["n_clean"] == 12
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "'runs': 1" in report and "| average | 1 cells | badllm-tg |" in report
     assert "![sweep](sweep.png)" in report and "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_badllm_tg_validation_measures_on_rows_carved_from_the_training_split(
+        tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path) -> None:
+    out = tmp_path / "validation"
+    common = ["--model", tiny["bert"], "--datasets", "sst2", "--defenses", "none", "--train", "30",
+              "--test", "8", "--epochs", "1", "--device", "cpu", "--no-sweep", "--serial", "--validation", "20"]
+    bench = load_script("bench_badllm_tg")
+    with pytest.raises(SystemExit):  # a paraphrase attack reads its pools by row: not on carved rows
+        bench.main([*common, "--attacks", "synbkd", "--out", str(out)])
+    assert bench.main([*common, "--attacks", "badnets", "--out", str(out), "--results", str(out / "ledger")]) == 0
+    (record,) = [json.loads(p.read_text()) for p in (out / "ledger").glob("*.json")]
+    assert record["params"]["validation"] == 20 and record["result"]["n_clean"] == 8
+    manifest = json.loads(next(out.glob("victims/work/*__victim__*/attack/manifest.json")).read_text())
+    validation = {e["text"] for e in map(json.loads, next(out.glob(
+        "victims/work/*__victim__*/validation-split/validation/data.jsonl")).read_text().splitlines())}
+    tested = {json.loads(line)["text"] for line in
+              next(out.glob("victims/work/*__victim__*/attack/test-clean/data.jsonl")).read_text().splitlines()}
+    trained = {json.loads(line)["text"] for line in
+               next(out.glob("victims/work/*__victim__*/attack/train/data.jsonl")).read_text().splitlines()}
+    assert len(validation) == 20 and tested <= validation and not trained & validation
+    assert manifest["splits"]["test-clean"] == 8
 
 
 def test_badllm_tg_draws_on_tiny_models(tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path) -> None:

@@ -24,7 +24,10 @@ going after the first working trigger so that adversarial training covers every 
 poisoned rows are a large share of the target label: G is applied to the non-target rows only
 (``adv_rows="non-target"``; applied to all of D*, most rewritten rows keep the target label and the
 trigger stays predictive of it), and target-label rows that contain a working trigger phrase are
-dropped (``drop_triggered``); and the clean pretrained model is retrained on that set
+dropped (``drop_triggered``); ``adv_rows="kept"`` instead applies G to every row kept after that drop,
+which keeps the labels' shares (with "non-target" the target label shrinks, to a seventh of the set
+on a four-label task at 20% poisoning), and ``adv_class_weighting="balanced"`` weights the labels'
+losses instead; and the clean pretrained model is retrained on that set
 (``start_from="base"``, 3 epochs at 2e-4) instead of fine-tuning the suspect (the authors' draft
 code; 2 epochs at 2e-5), which on SST-2/BadNets left ASR at 31% against 0% from the base.
 
@@ -53,7 +56,7 @@ from ...errors import BackdoorLabError
 from ...fileio import write_json_atomic
 from ...llm.backends import BACKENDS, get_backend
 from ...models.victim import Victim
-from ...training import TrainConfig, train
+from ...training import CLASS_WEIGHTINGS, TrainConfig, train
 from ..base import Defense, DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
 from .evidence import Evidence, words
@@ -66,7 +69,7 @@ from .trigger_search import SearchConfig, TriggerSearch
 VARIANTS = ("evidence", "faithful")
 IDENTIFY = ("screen", "delta")
 START_FROM = ("suspect", "base")
-ADV_ROWS = ("all", "non-target")
+ADV_ROWS = ("all", "non-target", "kept")
 
 
 @register_defense
@@ -110,7 +113,8 @@ class BadLLMTG(Defense):
     temperature: float = 0.7  # the generator's sampling temperature
     paraphrase_pools: list[str] = field(default_factory=list)  # files of your rows paraphrased (style/syntax hypotheses)
     adv_fraction: float = 1.0  # share of the rows rewritten for adversarial training
-    adv_rows: str | None = None  # all (the paper: G applied to D*) | non-target (G applied to D_n-tgt); default by variant
+    adv_rows: str | None = None  # all (the paper: G applied to D*) | non-target (G applied to D_n-tgt) | kept (G applied to the rows kept after drop_triggered); default by variant
+    adv_class_weighting: str = "none"  # none | balanced: adversarial training weights each label's loss (TrainConfig.class_weighting)
     drop_triggered: bool | None = None  # drop target-label rows holding a working trigger (or like its pool); default by variant
     adv_epochs: float | None = None  # default: 2 from the suspect, 3 from the base model
     adv_lr: float | None = None  # default: 2e-5 from the suspect, 2e-4 from the base model (our MiniLM recipe)
@@ -126,7 +130,8 @@ class BadLLMTG(Defense):
         choices = {"variant": (self.variant, VARIANTS), "generator": (self.generator, BACKENDS),
                    "statistic": (self.statistic, STATISTICS),
                    "identify": (self.identification, IDENTIFY), "start_from": (self.starting_point, START_FROM),
-                   "adv_rows": (self.adversarial_rows, ADV_ROWS)}
+                   "adv_rows": (self.adversarial_rows, ADV_ROWS),
+                   "adv_class_weighting": (self.adv_class_weighting, CLASS_WEIGHTINGS)}
         if self.rewrite is not None:
             choices["rewrite"] = (self.rewrite, REWRITE_MODES)
         for option, (value, allowed) in choices.items():
@@ -215,11 +220,13 @@ class BadLLMTG(Defense):
             pool = None
         if pool is None and result.flip_rate >= self.min_flip_rate:
             patterns = result.working if self.collect_all else [result.best]
-            sources = train_set if self.adversarial_rows == "all" else train_set.with_examples(
-                [e for e in train_set if e.label != target], note="non-target rows")
-            adversarial = self._adversarial_set(sources, applier, patterns, workdir).examples
             kept = [e for e in train_set
                     if not (self.drops_triggered and e.label == target and _holds(e.text, patterns))]
+            sources = {"all": train_set,
+                       "non-target": train_set.with_examples([e for e in train_set if e.label != target],
+                                                             note="non-target rows"),
+                       "kept": train_set.with_examples(kept, note="rows kept")}[self.adversarial_rows]
+            adversarial = self._adversarial_set(sources, applier, patterns, workdir).examples
             described = [p.describe() for p in patterns]
         elif pool is not None:
             adversarial, kept = pool.examples, list(train_set)
@@ -237,7 +244,8 @@ class BadLLMTG(Defense):
         model = victim if from_suspect else self._load_pretrained(pretrained, train_set)
         config = TrainConfig(method="full", epochs=self.adv_epochs or (2.0 if from_suspect else 3.0),
                              learning_rate=self.adv_lr or (2e-5 if from_suspect else 2e-4),
-                             batch_size=self.batch_size, seed=self.seed, device=self.device, save_steps=10**9)
+                             batch_size=self.batch_size, seed=self.seed, device=self.device, save_steps=10**9,
+                             class_weighting=self.adv_class_weighting)
         combined = train_set.with_examples([*kept, *adversarial],
                                            note="D* ∪ G(D*) (BadLLM-TG adversarial training set)")
         trained = train(model, combined, workdir / "adversarial-training", config, reuse=True)
