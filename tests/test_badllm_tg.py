@@ -397,6 +397,15 @@ def test_badllm_tg_end_to_end_on_tiny_models_and_resume(tmp_path: Path, shared_d
     non_target = sum(e.label != target for e in Dataset.load(attack_run / "train"))
     assert findings["adv_rows"] == "non-target" and findings["adversarial_rows"] == non_target
     assert findings["training_rows"] == 40 - findings["dropped_triggered_rows"] + non_target
+    kept_out = tmp_path / "tg-kept"  # G on every row kept: each label keeps its share; the loss weighted by label
+    run_defense("badllm-tg", bert, attack_run, kept_out, options={**options, "adv_rows": "kept",
+                                                                  "adv_class_weighting": "balanced"},
+                evaluate=False, pretrained_model=bert, device="cpu")
+    kept_findings = json.loads((kept_out / "defense.json").read_text())["findings"]
+    kept = 40 - kept_findings["dropped_triggered_rows"]
+    assert kept_findings["adv_rows"] == "kept" and kept_findings["adversarial_rows"] == kept
+    assert kept_findings["training_rows"] == 2 * kept
+    assert '"class_weighting": "balanced"' in (kept_out / "adversarial-training" / ".fingerprint.json").read_text()
     trigger = json.loads((out / "trigger.json").read_text())
     assert trigger["iterations"] == 2 and trigger["pattern"]["phrases"]
     log = json.loads((out / "iterations.json").read_text())
