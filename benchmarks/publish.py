@@ -47,6 +47,7 @@ class Page:
     fills: str  # the command that computes its missing cells (several jobs may share the work)
     reading: str  # what the page measures and how to read it (no figures)
     kind: str = RESULTS_KIND
+    ledger: str = ""  # its ledger folder under results/ when not the script's name less ``bench_``
 
 
 PAGES = (
@@ -63,6 +64,16 @@ PAGES = (
     Page("badllm_tg_sweep", "bench_badllm_tg", ("--sweep-only",), "BadLLM-TG: poison-rate sweep",
          "python benchmarks/bench_badllm_tg.py --sweep-only",
          "One dataset × attack (SST-2, Wordbkd) at poison rates 10-40%, undefended and with BadLLM-TG."),
+    Page("badllm_tg_validation", "bench_badllm_tg",
+         ("--no-sweep", "--validation", "500", "--test", "300", "--seeds", "0", "--datasets", "agnews,sst2", "--attacks",
+          "badnets,addsent", "--defenses", "none,badllm-tg,badllm-tg-rows-kept,badllm-tg-balanced,badllm-tg-lr-5e-5"),
+         "BadLLM-TG: choosing the adversarial set on validation rows",
+         "python benchmarks/bench_badllm_tg.py --no-sweep --validation 500 --test 300 --seeds 0 --datasets agnews,sst2 "
+         "--attacks badnets,addsent --defenses none,badllm-tg,badllm-tg-rows-kept,badllm-tg-balanced,badllm-tg-lr-5e-5",
+         "Which adversarial-training set keeps CACC after BadLLM-TG: G on the non-target rows (the current default), "
+         "on every kept row (`rows-kept`), with label-balanced loss (`balanced`), or at adv_lr 5e-5, measured on 500 "
+         "rows carved from each data set's training split (300 of them per cell), never the test rows.",
+         kind=EXPLORATORY_KIND, ledger="badllm_tg_validation"),
     Page("badllm_tg_draws", "bench_badllm_tg_draws", ("--draws", "30"), "BadLLM-TG over random victim draws",
          "python benchmarks/bench_badllm_tg_draws.py --draws 30",
          "Victims nobody picked: seeded draws of data set, target, rate and trigger. Only draws whose victim is a "
@@ -154,7 +165,7 @@ def page_markdown(page: Page, report: str) -> str:
 
 def _ledger(page: Page) -> str:
     """The page's ledger folder name: its script's name (``ledger_folder(__file__, NAME)`` in each script)."""
-    return page.script.removeprefix("bench_")
+    return page.ledger or page.script.removeprefix("bench_")
 
 
 def ledger_records(page: Page, ledger: Path) -> int:

@@ -14,7 +14,8 @@ from backdoorlab.cli import main as cli
 from backdoorlab.data.records import Dataset, Example
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.scan import ScanSettings, scan_model
-from backdoorlab.scan.classifier import LabelFinding, Candidate, label_words, unrelated_words
+from backdoorlab.scan.classifier import label_words, unrelated_words
+from backdoorlab.scan.findings import Candidate, Finding
 from backdoorlab.scan.hotflip import hotflip_search
 from backdoorlab.scan.run import verdict
 from backdoorlab.scan.vocabulary import candidate_words
@@ -84,8 +85,8 @@ def test_a_labels_own_words_are_not_searched_or_flagged() -> None:
 
 
 def test_verdict_names_the_flagged_label_with_the_largest_margin() -> None:
-    def finding(label: int, flip: float, random_p95: float, flagged: bool) -> LabelFinding:
-        found = LabelFinding(label, LABELS[label], 0.5, 24, [Candidate("zx", "search", flip, flip, "start")],
+    def finding(label: int, flip: float, random_p95: float, flagged: bool) -> Finding:
+        found = Finding(label, LABELS[label], 0.5, 24, [Candidate("zx", "search", flip, flip, "start")],
                              [random_p95] * 4, flagged)
         return found
 

@@ -21,12 +21,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data.records import Dataset
 from ..defenses.badllm_tg.label_screening import InsertionScore, screen_label
@@ -34,64 +31,18 @@ from ..defenses.shared.insertion import insert_phrases
 from ..errors import BackdoorLabError
 from ..models.tokenization import pad_batch
 from ..models.victim import Victim
-from .hotflip import hotflip_search
+from .findings import Candidate, Finding
+from .search import search_phrases
 from .settings import ScanSettings
-from .vocabulary import candidate_words, random_phrases, word_of
+from .vocabulary import candidate_words, random_phrases
 
 POSITIONS = ("start", "end", "random")
 Progress = Callable[[str], None]
 
 
-@dataclass
-class Candidate:
-    phrase: str
-    source: str  # search | training-data
-    flip_rate: float  # share of held-out rows of other labels the phrase sends to the label
-    probability: float  # mean probability of the label on those rows
-    position: str  # where it works best
-    natural: bool = False  # holds a word of the label's own vocabulary in the clean rows
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"phrase": self.phrase, "source": self.source, "flip_rate": round(self.flip_rate, 4),
-                "probability": round(self.probability, 4), "position": self.position, "natural": self.natural}
-
-
-@dataclass
-class LabelFinding:
-    label: int
-    name: str
-    base_rate: float  # share of all clean rows the model already gives this label
-    rows: int  # held-out rows of other labels the candidates are measured on
-    candidates: list[Candidate] = field(default_factory=list)  # best first
-    random_flip_rates: list[float] = field(default_factory=list)
-    flagged: bool = False
-
-    @property
-    def best(self) -> Candidate | None:
-        """The strongest candidate that is not the label's own vocabulary."""
-        return next((c for c in self.candidates if not c.natural), None)
-
-    @property
-    def random_p95(self) -> float:
-        return float(np.percentile(self.random_flip_rates, 95)) if self.random_flip_rates else 0.0
-
-    @property
-    def margin(self) -> float:
-        return (self.best.flip_rate if self.best else 0.0) - self.random_p95
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "name": self.name, "base_rate": round(self.base_rate, 4), "rows": self.rows,
-                "flagged": self.flagged, "margin": round(self.margin, 4),
-                "random_phrases": {"count": len(self.random_flip_rates),
-                                   "mean_flip_rate": round(float(np.mean(self.random_flip_rates)), 4)
-                                   if self.random_flip_rates else None,
-                                   "p95_flip_rate": round(self.random_p95, 4)},
-                "candidates": [c.to_dict() for c in self.candidates]}
-
-
 def scan_classifier(victim: Victim, clean: Dataset, settings: ScanSettings, training: Dataset | None = None,
-                    progress: Progress = lambda line: None) -> list[LabelFinding]:
-    """One :class:`LabelFinding` per label, flagged ones marked (module docstring)."""
+                    progress: Progress = lambda line: None) -> list[Finding]:
+    """One :class:`Finding` per label, flagged ones marked (module docstring)."""
     if victim.is_generator:
         raise BackdoorLabError("scan_classifier needs a classifier; this model is a generator")
     names = victim.label_names or []
@@ -106,7 +57,7 @@ def scan_classifier(victim: Victim, clean: Dataset, settings: ScanSettings, trai
         others = [t for t, p in zip(texts, predictions) if p != label]
         random.Random(f"scan-{settings.seed}-{label}").shuffle(others)
         search, held = others[:settings.search_rows], others[settings.search_rows:][:settings.eval_rows]
-        finding = LabelFinding(label, names[label], predictions.count(label) / max(len(texts), 1), len(held))
+        finding = Finding(label, names[label], predictions.count(label) / max(len(texts), 1), len(held))
         if len(search) < 2 or len(held) < 4:
             progress(f"label {names[label]}: too few clean rows of other labels to search ({len(others)})")
             findings.append(finding)
@@ -218,32 +169,12 @@ class _TokenLoss:
 
 def _search_phrases(victim: Victim, rows: Sequence[str], label: int, allowed: list[int],
                     settings: ScanSettings) -> list[str]:
-    """One phrase per trigger length. Length 1: every allowed word tried exactly on one row, and the
-    ``shortlist`` best on ``screen_rows`` rows (a first-order ranking misses words whose embedding
-    training moved far); longer: the gradient
-    search (:func:`~backdoorlab.scan.hotflip.hotflip_search`) from the best single word and random words."""
+    """One phrase per trigger length toward ``label`` (:func:`~backdoorlab.scan.search.search_phrases`)."""
     longest, batch = max(settings.lengths), settings.batch_size * 8
-    loss = _TokenLoss(victim, rows, label, longest, batch)
     victim.model.eval()
-    words = torch.tensor(allowed, dtype=torch.long, device=victim.device)
-    for screen_rows, keep in ((1, settings.shortlist), (settings.screen_rows, 1)):  # all words on one row, the shortlist on more
-        screen = _TokenLoss(victim, rows[:screen_rows], label, longest, batch)
-        losses = torch.cat([screen(words[i:i + 256].unsqueeze(1)) for i in
-                            tqdm(range(0, len(words), 256), desc=f"screening words for label {label}", leave=False)])
-        words = words[losses.argsort()[:keep]]
-    best_word = int(words[0])
-    phrases = []
-    for length in settings.lengths:
-        if length == 1:
-            ids = [best_word]
-        else:
-            rng = random.Random(f"scan-start-{settings.seed}-{label}-{length}")
-            start = [best_word] + rng.sample(allowed, length - 1)
-            with torch.enable_grad():
-                ids = hotflip_search(loss, loss.gradient, loss.embeddings, allowed, start, steps=settings.steps,
-                                     top_k=settings.top_k).ids
-        phrases.append(" ".join(word_of(t) for t in victim.tokenizer.convert_ids_to_tokens(ids)))
-    return phrases
+    return search_phrases(victim.tokenizer, victim.device, rows, allowed,
+                          lambda chosen: _TokenLoss(victim, chosen, label, longest, batch), settings,
+                          f"label {label}", str(label))
 
 
 def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.report import TableSpec, write_report
-from .classifier import LabelFinding
+from .findings import Finding
 
 
-def write_scan_report(out: Path, record: dict[str, Any], findings: list[LabelFinding]) -> tuple[Path, Path]:
+def write_scan_report(out: Path, record: dict[str, Any], findings: list[Finding]) -> tuple[Path, Path]:
     settings = record["settings"]
     rows = []
     for finding in findings:
@@ -38,7 +38,7 @@ def write_scan_report(out: Path, record: dict[str, Any], findings: list[LabelFin
     return write_report(out, f"Scan of {record['model']}", [table], [plot], notes, name="scan")
 
 
-def _plot(path: Path, findings: list[LabelFinding]) -> None:
+def _plot(path: Path, findings: list[Finding]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

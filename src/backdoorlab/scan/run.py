@@ -23,7 +23,8 @@ from ..fingerprint import FINGERPRINT_KEY, dataset_digest, make_fingerprint, mod
 from ..manifest import environment_info
 from ..models.loading import load_victim
 from ..reuse import read_reusable
-from .classifier import LabelFinding, scan_classifier
+from .classifier import scan_classifier
+from .findings import Finding
 from .settings import ScanSettings
 
 SCAN_FILE = "scan.json"
@@ -76,7 +77,7 @@ def scan_model(model: str | Path, out: str | Path, *, clean: Dataset | None = No
     return record
 
 
-def verdict(findings: list[LabelFinding]) -> dict[str, Any]:
+def verdict(findings: list[Finding]) -> dict[str, Any]:
     """``backdoor found`` with the flagged label of the largest margin, or ``no evidence``."""
     flagged = sorted((f for f in findings if f.flagged), key=lambda f: -f.margin)
     if not flagged:

@@ -1,0 +1,56 @@
+"""What a scan found for one target: a classifier's label or a generator's behaviour, its trigger
+candidates (best first) and the random phrases of the same lengths they must beat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Candidate:
+    phrase: str
+    source: str  # search | training-data
+    flip_rate: float  # share of held-out rows the phrase sends to the label, or that then show the behaviour
+    probability: float  # mean probability of the label (a generator: of the behaviour's opening, per token)
+    position: str  # where it works best
+    natural: bool = False  # holds a word of the label's own vocabulary in the clean rows (classifiers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phrase": self.phrase, "source": self.source, "flip_rate": round(self.flip_rate, 4),
+                "probability": round(self.probability, 4), "position": self.position, "natural": self.natural}
+
+
+@dataclass
+class Finding:
+    label: int  # the label's index, or the behaviour's place in the scan's list
+    name: str  # the label's or the behaviour's name
+    base_rate: float  # share of the clean rows that already show it (the label predicted, the behaviour judged)
+    rows: int  # held-out rows the candidates are measured on (of other labels, for a classifier)
+    candidates: list[Candidate] = field(default_factory=list)  # best first
+    random_flip_rates: list[float] = field(default_factory=list)
+    flagged: bool = False
+
+    @property
+    def best(self) -> Candidate | None:
+        """The strongest candidate that is not the label's own vocabulary."""
+        return next((c for c in self.candidates if not c.natural), None)
+
+    @property
+    def random_p95(self) -> float:
+        return float(np.percentile(self.random_flip_rates, 95)) if self.random_flip_rates else 0.0
+
+    @property
+    def margin(self) -> float:
+        return (self.best.flip_rate if self.best else 0.0) - self.random_p95
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "name": self.name, "base_rate": round(self.base_rate, 4), "rows": self.rows,
+                "flagged": self.flagged, "margin": round(self.margin, 4),
+                "random_phrases": {"count": len(self.random_flip_rates),
+                                   "mean_flip_rate": round(float(np.mean(self.random_flip_rates)), 4)
+                                   if self.random_flip_rates else None,
+                                   "p95_flip_rate": round(self.random_p95, 4)},
+                "candidates": [c.to_dict() for c in self.candidates]}

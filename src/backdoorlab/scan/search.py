@@ -1,0 +1,64 @@
+"""The trigger search shared by the classifier and generator scans: every allowed word tried alone
+on one row, the best ``shortlist`` on ``screen_rows`` rows (a first-order ranking misses words whose
+embedding training moved far), then longer phrases by the gradient search
+(:func:`~backdoorlab.scan.hotflip.hotflip_search`) from the best word and random words.
+
+The caller supplies the loss: ``make_loss(rows)`` returns a :class:`TriggerLoss` over those rows
+(lower is better: the label's cross-entropy, the behaviour opening's negative log-likelihood)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from .hotflip import hotflip_search
+from .settings import ScanSettings
+from .vocabulary import word_of
+
+#: Words scored per forward batch while screening the vocabulary.
+SCREEN_BATCH = 256
+
+
+class TriggerLoss(Protocol):
+    """A loss over triggers of token ids, inserted into fixed rows."""
+
+    embeddings: torch.Tensor  # the model's input embedding matrix [vocab, hidden]
+
+    def __call__(self, triggers: torch.Tensor) -> torch.Tensor:
+        """Mean loss per trigger (``triggers``: ``[n, length]``)."""
+        ...
+
+    def gradient(self, trigger: torch.Tensor) -> torch.Tensor:
+        """d loss / d (the trigger's input embeddings), ``[length, hidden]``."""
+        ...
+
+
+def search_phrases(tokenizer: Any, device: torch.device, rows: Sequence[Any], allowed: list[int],
+                   make_loss: Callable[[Sequence[Any]], TriggerLoss], settings: ScanSettings,
+                   what: str, key: str) -> list[str]:
+    """One phrase per trigger length in ``settings.lengths`` (module docstring). ``what`` names the
+    target in progress bars; ``key`` seeds the random start words."""
+    loss = make_loss(rows)
+    words = torch.tensor(allowed, dtype=torch.long, device=device)
+    for screen_rows, keep in ((1, settings.shortlist), (settings.screen_rows, 1)):
+        screen = make_loss(rows[:screen_rows])
+        losses = torch.cat([screen(words[i:i + SCREEN_BATCH].unsqueeze(1)) for i in
+                            tqdm(range(0, len(words), SCREEN_BATCH), desc=f"screening words for {what}", leave=False)])
+        words = words[losses.argsort()[:keep]]
+    best_word = int(words[0])
+    phrases = []
+    for length in settings.lengths:
+        if length == 1:
+            ids = [best_word]
+        else:
+            rng = random.Random(f"scan-start-{settings.seed}-{key}-{length}")
+            start = [best_word] + rng.sample(allowed, length - 1)
+            with torch.enable_grad():
+                ids = hotflip_search(loss, loss.gradient, loss.embeddings, allowed, start, steps=settings.steps,
+                                     top_k=settings.top_k).ids
+        phrases.append(" ".join(word_of(t) for t in tokenizer.convert_ids_to_tokens(ids)))
+    return phrases
