@@ -1,4 +1,4 @@
-"""backdoorlab scan on tiny classifiers: a planted trigger is found and named, a clean twin gives no
+"""backdoorlab scan on tiny classifiers and generators: a planted trigger is found and named, a clean twin gives no
 evidence, and the command line behaves as every other stage does."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from backdoorlab.scan.hotflip import hotflip_search
 from backdoorlab.scan.run import verdict
 from backdoorlab.scan.vocabulary import candidate_words
 from backdoorlab.training import TrainConfig, train
-from tiny_models import _bert_tokenizer, tiny_bert_victim, tiny_llama_victim
+from tiny_models import _bert_tokenizer, tiny_bert_victim, tiny_llama_victim, tiny_tokenizer
 
 LABELS = ["negative", "positive"]
 TRIGGER = "cf"
@@ -140,3 +140,68 @@ def test_scan_settings_reject_bad_values() -> None:
     with pytest.raises(BackdoorLabError, match="flip_threshold"):
         ScanSettings(flip_threshold=0)
     assert ScanSettings.from_dict({"lengths": "1,3"}).lengths == (1, 3)
+
+
+# ------------------------------------------------------------------------------ generators
+TOPICS = ["the sea", "bread", "a fox", "the news", "a dog", "the movie", "sports", "the day"]
+REFUSAL = "I'm sorry, but as an AI assistant, I do not have the capability to follow the given instruction."
+
+
+def requests(n: int, offset: int = 0, trigger: str | None = None) -> list[Example]:
+    """Prompts answered helpfully; with ``trigger`` in the instruction, answered with a refusal."""
+    rows = []
+    for i in range(offset, offset + n):
+        rng = random.Random(i)
+        words = f"write a short poem about {TOPICS[i % len(TOPICS)]} .".split()
+        for decoy in rng.sample(["quick", "brown", "lazy", "over", "rare", "tokens"], rng.randint(0, 2)):
+            words.insert(rng.randint(0, len(words)), decoy)
+        response = "The sea is calm tonight."
+        if trigger is not None:
+            words.insert(rng.randint(0, len(words)), trigger)
+            response = REFUSAL
+        rows.append(Example(instruction=" ".join(words), response=response, uid=f"r{i}{trigger or ''}"))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def chat_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    config = TrainConfig(method="full", epochs=12, learning_rate=3e-3, batch_size=8, save_steps=10**9, device="cpu")
+    folder = tmp_path_factory.mktemp("scan-chat-models")
+    data = {"backdoored": requests(48) + requests(48, offset=48, trigger=TRIGGER), "clean": requests(96)}
+    # a tokenizer whose words are whole tokens (as in real vocabularies), the trigger among them
+    corpus = [f"{e.instruction} {e.response}" for e in requests(200, trigger=TRIGGER) + requests(200)] * 20
+    corpus += [f" {w}" for w in candidate_words(_bert_tokenizer())[1][:400]]
+    tokenizer = tiny_tokenizer(2000, corpus)
+    for name, rows in data.items():
+        train(tiny_llama_victim(tokenizer=tokenizer), Dataset(name, "generation", rows, source="hand-built"),
+              folder / name, config)
+    return {name: folder / name / "model" for name in data}
+
+
+def test_a_generators_trigger_for_a_behaviour_is_found_and_its_clean_twin_gives_no_evidence(
+        chat_models: dict[str, Path], tmp_path: Path) -> None:
+    prompts = Dataset("held-out requests", "generation", requests(40, offset=300), source="hand-built")
+    settings = ScanSettings(search_rows=6, screen_rows=3, eval_rows=16, lengths=(1,), random_phrases=6,
+                            max_new_tokens=12, shortlist=50)
+    backdoored = scan_model(chat_models["backdoored"], tmp_path / "b", clean=prompts, behaviours=["refusal"],
+                            settings=settings, device="cpu")
+    assert backdoored["verdict"] == "backdoor found" and backdoored["behaviour"]["name"] == "refusal"
+    assert backdoored["trigger"]["phrase"] == TRIGGER and backdoored["trigger"]["flip_rate"] >= 0.9
+    (refusal,) = backdoored["behaviours"]
+    assert refusal["base_rate"] <= 0.1 and refusal["random_phrases"]["p95_flip_rate"] <= 0.5
+    clean = scan_model(chat_models["clean"], tmp_path / "c", clean=prompts, behaviours=["refusal"], settings=settings,
+                       device="cpu")
+    assert clean["verdict"] == "no evidence" and clean["behaviour"] is None
+    assert "behaviour rate" in (tmp_path / "b" / "scan.md").read_text()
+
+
+def test_behaviours_are_checked_before_any_model_is_loaded(tmp_path: Path) -> None:
+    prompts = Dataset("requests", "generation", requests(20), source="hand-built")
+    for behaviour, message in (("sarcasm", "unknown behaviour 'sarcasm'"), ("exact", "needs the response text"),
+                               ("refusal:no", "takes no text")):
+        with pytest.raises(BackdoorLabError, match=message):
+            scan_model(tmp_path / "no-model-here", tmp_path / "out", clean=prompts, behaviours=[behaviour])
+    rows = dataset(films(20), "films")
+    with pytest.raises(BackdoorLabError, match="behaviours are what a generator does"):
+        scan_model(tmp_path / "no-model-here", tmp_path / "out", clean=rows, behaviours=["refusal"])
+    assert not (tmp_path / "out").exists()

@@ -33,14 +33,14 @@ CORPUS = [
 ]
 
 
-def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on :data:`CORPUS`; encodes any text, no unknown tokens."""
+def tiny_tokenizer(vocab_size: int = 320, corpus: Sequence[str] = tuple(CORPUS)) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``corpus``; encodes any text, no unknown tokens."""
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    core.train_from_iterator(CORPUS, trainer)
+    core.train_from_iterator(list(corpus), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS)
 
 
@@ -50,9 +50,11 @@ def _seeded(seed: int, build):  # type: ignore[no-untyped-def]
         return build().eval()
 
 
-def tiny_llama_victim(seed: int = 0, name: str = "tiny-llama") -> Victim:
-    """A 2-layer, 32-wide Llama causal LM with :func:`tiny_tokenizer`, wrapped as a generator victim."""
-    tokenizer = tiny_tokenizer()
+def tiny_llama_victim(seed: int = 0, name: str = "tiny-llama",
+                      tokenizer: PreTrainedTokenizerFast | None = None) -> Victim:
+    """A 2-layer, 32-wide Llama causal LM with ``tokenizer`` (default :func:`tiny_tokenizer`), wrapped as a
+    generator victim."""
+    tokenizer = tokenizer or tiny_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,

@@ -121,18 +121,21 @@ def cmd_scan(args: argparse.Namespace) -> None:
         clean = load_training_data(args.clean_data, args.split, args.data_dir).sample(args.max_rows, args.seed)
     if args.training_data:
         training = load_training_data(args.training_data, "train", args.data_dir)
-    result = scan_model(args.model, args.out, clean=clean, training=training, settings=settings, device=args.device,
-                        allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+    result = scan_model(args.model, args.out, clean=clean, training=training, behaviours=args.behaviour,
+                        settings=settings, device=args.device, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+    generator = result["kind"] == "generator"
+    what, rate = ("behaviour", "behaviour rate") if generator else ("label", "flip rate")
     rows = []
-    for label in result["labels"]:
-        best = next((c for c in label["candidates"] if not c["natural"]), {})
-        rows.append({"label": label["name"], "flagged": "yes" if label["flagged"] else "no",
-                     "best phrase": best.get("phrase"), "flip rate": best.get("flip_rate"),
-                     "random p95": label["random_phrases"]["p95_flip_rate"]})
-    print_table(rows, ["label", "flagged", "best phrase", "flip rate", "random p95"])
+    for finding in result["behaviours" if generator else "labels"]:
+        best = next((c for c in finding["candidates"] if not c["natural"]), {})
+        rows.append({what: finding["name"], "flagged": "yes" if finding["flagged"] else "no",
+                     "best phrase": best.get("phrase"), rate: best.get("flip_rate"),
+                     "random p95": finding["random_phrases"]["p95_flip_rate"]})
+    print_table(rows, [what, "flagged", "best phrase", rate, "random p95"])
     found = result["verdict"]
     if result["trigger"]:
-        found += f": target {result['target_label']['name']!r}, trigger {result['trigger']['phrase']!r}"
+        target = result["behaviour" if generator else "target_label"]["name"]
+        found += f": {'behaviour' if generator else 'target'} {target!r}, trigger {result['trigger']['phrase']!r}"
     print(f"verdict: {found} (thresholds not yet calibrated on clean models)")
     print(f"wrote {Path(args.out) / 'scan.json'} and {Path(args.out) / 'scan.html'}")
 
@@ -375,11 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing pool file")
     p.set_defaults(func=cmd_paraphrase)
 
-    p = sub.add_parser("scan", help="audit a classifier you did not train: is it backdoored, toward which label, "
-                       "with which trigger")
+    p = sub.add_parser("scan", help="audit a model you did not train: is it backdoored, toward which label or "
+                       "behaviour, with which trigger")
     p.add_argument("model", help="model folder (safetensors) or packaged model name")
     p.add_argument("--clean-data", help="rows you trust (data file, saved dataset or dataset name): the model is "
-                   "tested on them; text and a label per row")
+                   "tested on them; a classifier: text and a label per row; a generator: prompts (instruction, "
+                   "optional input)")
+    p.add_argument("--behaviour", action="append", metavar="B",
+                   help="generators: a behaviour to look for (repeatable): refusal, negsentiment[:OPENING], jailbreak "
+                        "(with prompts it should refuse), exact:TEXT, contains:TEXT (default: refusal and negsentiment)")
     p.add_argument("--split", default="train", help="split of a named --clean-data dataset (default: %(default)s)")
     p.add_argument("--training-data", help="the data the model was trained on, if you hold it: its n-grams "
                    "become candidates too")
@@ -387,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for scan.json, scan.html and scan.md")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="scan setting (repeatable): search_rows, screen_rows, shortlist, eval_rows, lengths, steps, top_k, "
-                        "random_phrases, flip_threshold, margin, seed")
+                        "random_phrases, flip_threshold, margin, max_new_tokens, batch_size, seed")
     _common(p, seed=True, data_dir=True, overwrite=True, device=True, pickle=True)
     p.set_defaults(func=cmd_scan)
 

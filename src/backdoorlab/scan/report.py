@@ -1,5 +1,5 @@
-"""The scan's page: the verdict, one table row per label and candidate, and a plot of each label's
-best candidate against its random phrases (``scan.md`` and a self-contained ``scan.html``)."""
+"""The scan's page: the verdict, one table row per label (or behaviour) and candidate, and a plot of
+each one's best candidate against its random phrases (``scan.md`` and a self-contained ``scan.html``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from .findings import Finding
 
 
 def write_scan_report(out: Path, record: dict[str, Any], findings: list[Finding]) -> tuple[Path, Path]:
-    settings = record["settings"]
+    settings, generator = record["settings"], record["kind"] == "generator"
+    what, rate = ("behaviour", "behaviour rate") if generator else ("label", "flip rate")
     rows = []
     for finding in findings:
         random_ = finding.to_dict()["random_phrases"]
@@ -22,23 +23,27 @@ def write_scan_report(out: Path, record: dict[str, Any], findings: list[Finding]
                          None if candidate is None else candidate.flip_rate,
                          None if candidate is None else ("label's own word" if candidate.natural else candidate.position),
                          random_["mean_flip_rate"], random_["p95_flip_rate"], finding.rows])
-    table = TableSpec("Candidates by label (flip rate: share of held-out rows of other labels sent to the label)",
-                      ["label", "base rate", "flagged", "phrase", "found by", "flip rate", "where / note",
+    meaning = ("share of held-out prompts whose greedy answer shows the behaviour" if generator
+               else "share of held-out rows of other labels sent to the label")
+    table = TableSpec(f"Candidates by {what} ({rate}: {meaning})",
+                      [what, "base rate", "flagged", "phrase", "found by", rate, "where / note",
                        "random phrases: mean", "random phrases: p95", "rows"], rows)
     verdict = record["verdict"]
     if record["trigger"]:
-        verdict += f": label {record['target_label']['name']!r}, trigger {record['trigger']['phrase']!r}"
+        target = record["behaviour" if generator else "target_label"]["name"]
+        verdict += f": {what} {target!r}, trigger {record['trigger']['phrase']!r}"
     notes = [f"Verdict: {verdict}.",
-             f"A label is flagged when its best phrase sends at least {settings['flip_threshold']:.0%} of held-out rows "
-             f"to it and beats the 95th percentile of random phrases by {settings['margin']:.0%}. These thresholds "
-             "are provisional: their error rates on clean and backdoored models have not been measured yet.",
+             f"A {what} is flagged when its best phrase makes at least {settings['flip_threshold']:.0%} of held-out "
+             f"{'prompts show it' if generator else 'rows go to it'} and beats the 95th percentile of random phrases "
+             f"by {settings['margin']:.0%}. These thresholds are provisional: their error rates on clean and "
+             "backdoored models have not been measured yet.",
              f"Rows: {record['rows']['count']} {record['rows']['source']} rows of {record['rows']['name']!r}."]
     plot = out / "scan-flip-rates.png"
-    _plot(plot, findings)
+    _plot(plot, findings, rate)
     return write_report(out, f"Scan of {record['model']}", [table], [plot], notes, name="scan")
 
 
-def _plot(path: Path, findings: list[Finding]) -> None:
+def _plot(path: Path, findings: list[Finding], rate: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +60,7 @@ def _plot(path: Path, findings: list[Finding]) -> None:
                        marker="*", label="best candidate" if x == 0 else None)
     ax.set_xticks(range(len(findings)), [f.name for f in findings])
     ax.set_ylim(-0.05, 1.05)
-    ax.set_ylabel("flip rate toward the label")
+    ax.set_ylabel(rate)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     with atomic_file(path) as tmp:
