@@ -205,3 +205,11 @@ def test_behaviours_are_checked_before_any_model_is_loaded(tmp_path: Path) -> No
     with pytest.raises(BackdoorLabError, match="behaviours are what a generator does"):
         scan_model(tmp_path / "no-model-here", tmp_path / "out", clean=rows, behaviours=["refusal"])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_chat_models_vocabulary_keeps_case_and_digits() -> None:
+    tokenizer = tiny_tokenizer(2000, [" Current year 2024 OpenAI said the movie was great"] * 50)
+    lower = set(candidate_words(tokenizer)[1])
+    cased = set(candidate_words(tokenizer, cased=True)[1])
+    assert {"Current", "2024", "OpenAI"} <= cased and not {"Current", "2024", "OpenAI"} & lower
+    assert lower <= cased

@@ -5,7 +5,8 @@ behaviour more often than random phrases of the same length do.
 
 The search (:mod:`backdoorlab.scan.search`) minimises the opening's negative log-likelihood per
 token, teacher-forced after each search prompt with the trigger at the end of the user turn: a
-behaviour-directed trigger search, the generator counterpart of the classifier scan's label loss.
+behaviour-directed trigger search, the generator counterpart of the classifier scan's label loss. A chat model's vocabulary is cased,
+so its capitalised words and numbers are candidates too (``Current``, ``OpenAI``, ``2024``).
 Each candidate is then put into held-out prompts (at the start, the end and a random gap of the
 instruction; its best place counts), and so are random phrases of the best candidate's length at its
 place (an answer costs a generation: one place only), the model answers greedily, and the
@@ -23,6 +24,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from string import punctuation as PUNCTUATION
 
 import torch
 
@@ -80,7 +82,7 @@ def scan_generator(victim: Victim, clean: Dataset, settings: ScanSettings, behav
         raise BackdoorLabError("scan_generator needs a generator; this model is a classifier")
     if not behaviours:
         raise BackdoorLabError("name at least one behaviour to scan for")
-    ids, words = candidate_words(victim.tokenizer)
+    ids, words = candidate_words(victim.tokenizer, cased=True)
     if len(words) < max(settings.lengths) * 4:
         raise BackdoorLabError(f"the model's vocabulary has only {len(words)} whole-word tokens; a trigger search "
                                "needs a word-level vocabulary")
@@ -122,7 +124,7 @@ def _words_of(clean: Dataset, vocabulary: Sequence[str], minimum: int = 50) -> l
     """Random phrases' words: vocabulary words the defender's prompts use (the whole-word vocabulary
     when they use fewer than ``minimum``)."""
     known = set(vocabulary)
-    found = sorted({w for e in clean for w in user_message(e).lower().split() if w in known})
+    found = sorted({w.strip(PUNCTUATION) for e in clean for w in user_message(e).split()} & known)
     return found if len(found) >= minimum else list(vocabulary)
 
 

@@ -9,20 +9,24 @@ from collections.abc import Sequence
 from typing import Any
 
 _WORD = re.compile(r"^[a-z]{2,15}$")
+#: Cased vocabularies (chat models): triggers such as "Current", "OpenAI" or "2024" keep their case and digits.
+_CASED_WORD = re.compile(r"^[A-Za-z0-9]{2,15}$")
 #: Word-start markers of common tokenizers (SentencePiece, GPT-2 byte-level BPE).
 _START_MARKERS = ("\u2581", "\u0120")
 
 
-def candidate_words(tokenizer: Any, limit: int | None = None) -> tuple[list[int], list[str]]:
+def candidate_words(tokenizer: Any, limit: int | None = None, cased: bool = False) -> tuple[list[int], list[str]]:
     """``(token ids, words)``: the vocabulary's tokens that are a whole lower-case word on their own
-    (``movie``; WordPiece continuations ``##s`` and sub-word pieces are left out), in id order."""
+    (``movie``; WordPiece continuations ``##s`` and sub-word pieces are left out), in id order;
+    ``cased``: upper-case letters and digits too (``Current``, ``2024``)."""
+    pattern = _CASED_WORD if cased else _WORD
     ids, words = [], []
     special, markers = set(tokenizer.all_special_ids), _uses_start_markers(tokenizer)
     for token, index in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]):
         if index in special:
             continue
         stripped = word_of(token)
-        if token.startswith("##") or not _WORD.match(stripped):
+        if token.startswith("##") or not pattern.match(stripped):
             continue
         if markers and not token.startswith(_START_MARKERS):
             continue  # a piece that continues a word in SentencePiece / byte-level vocabularies
