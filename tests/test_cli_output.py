@@ -3,6 +3,7 @@ results as tables, and bad options refused before any model is loaded."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,30 @@ def test_defend_and_evaluate_print_their_results_as_tables(capsys: pytest.Captur
     status, out, _ = run(capsys, "evaluate", "--model", "m", "--data", tmp_path)
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
     assert status == 0 and rows["cacc"] == ["0.8125"] and rows["behaviour"] == ["refusal"] and "per_row" not in rows
+
+
+def test_defend_measures_the_rows_its_baseline_was_measured_on_and_says_what_it_wrote(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict = {}
+
+    def fake_defense(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(kwargs)
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / "defense.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr("backdoorlab.defenses.run_defense", fake_defense)
+    baseline = tmp_path / "results.json"  # an evaluation of every row: 240 clean and 113 triggered
+    baseline.write_text(json.dumps({"rows": {"clean": [f"c{i}" for i in range(240)],
+                                             "triggered": [f"t{i}" for i in range(113)]}}))
+    argv = ["defend", "--method", "none", "--model", "m", "--out", tmp_path / "out"]
+    status, out, _ = run(capsys, *argv, "--data", tmp_path, "--baseline", baseline)
+    assert status == 0 and seen["max_eval_rows"] == 240
+    status, out, _ = run(capsys, *argv, "--data", tmp_path, "--baseline", baseline, "--max-rows", "50")
+    assert status == 0 and seen["max_eval_rows"] == 50  # an explicit choice wins (the runner then checks the rows)
+    status, out, _ = run(capsys, *argv, "--clean-data", tmp_path / "rows.jsonl")
+    assert status == 0 and seen["max_eval_rows"] == 100
+    assert "(defense.json)" in out and "metrics.json" not in out and "nothing measured: give --data" in out
 
 
 @pytest.mark.parametrize(("method", "option", "fragments"), [

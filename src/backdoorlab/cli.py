@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -235,12 +236,17 @@ def cmd_defenses(args: argparse.Namespace) -> None:
     print_lines("`backdoorlab defenses NAME` shows one defense's options: type, default and help.")
 
 
+#: ``defend``'s rows per test set without --max-rows or --baseline.
+DEFEND_ROWS = 100
+
+
 def cmd_defend(args: argparse.Namespace) -> None:
     import warnings
 
     from .defenses import run_defense
     from .evaluation import UninformativeMetricWarning
 
+    max_rows = args.max_rows if args.max_rows is not None else _baseline_rows(args.baseline)
     with warnings.catch_warnings():  # printed once per evaluation, below the table
         warnings.simplefilter("ignore", UninformativeMetricWarning)
         metrics = run_defense(args.method, args.model, args.data, args.out, options=parse_option_pairs(args.option),
@@ -248,7 +254,7 @@ def cmd_defend(args: argparse.Namespace) -> None:
                               target_label=_target(args.target_label), reference_model=args.reference_model,
                               pretrained_model=args.pretrained,
                               suspect_adapter=args.suspect_adapter, evaluate=not args.no_eval,
-                              max_eval_rows=args.max_rows, device=args.device,
+                              max_eval_rows=max_rows, device=args.device,
                               baseline=args.baseline, allow_pickle=args.allow_pickle, data_dir=args.data_dir,
                               overwrite=args.overwrite)
     if "after" in metrics:
@@ -259,7 +265,22 @@ def cmd_defend(args: argparse.Namespace) -> None:
         for when in ("before", "after"):
             for message in (metrics.get(when) or {}).get("warnings") or []:
                 print(f"WARNING ({when}): {message}", file=sys.stderr)
-    print(f"wrote {args.out} (defense.json, metrics.json)")
+    written = [name for name in ("defense.json", "metrics.json", "guard.json") if (Path(args.out) / name).is_file()]
+    print(f"wrote {args.out} ({', '.join(written)})")
+    if "after" not in metrics and not args.no_eval:
+        print("nothing measured: give --data (an attack run) to measure the defended model on its rows")
+
+
+def _baseline_rows(baseline: str | None) -> int:
+    """``defend``'s rows per test set when ``--max-rows`` is not given: those ``baseline`` was measured on
+    (so that "before" and "after" read the same rows), else :data:`DEFEND_ROWS`."""
+    if not baseline:
+        return DEFEND_ROWS
+    try:
+        rows = json.loads(Path(baseline).read_text(encoding="utf-8")).get("rows") or {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return DEFEND_ROWS  # the runner reports what is wrong with the file
+    return max((len(ids) for ids in rows.values() if isinstance(ids, list)), default=DEFEND_ROWS)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -463,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="results JSON of the undefended model on --data (same rows), used as 'before'")
     p.add_argument("--out", required=True, help="defense run folder (model/, defense.json, metrics.json)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="defense option (repeatable)")
-    p.add_argument("--max-rows", type=int, default=100, help="evaluate on at most this many rows per test set")
+    p.add_argument("--max-rows", type=int, help=f"evaluate on at most this many rows per test set (default: the rows "
+                   f"--baseline was measured on, else {DEFEND_ROWS})")
     p.add_argument("--no-eval", action="store_true", help="only write the mitigated model")
     _common(p, data_dir=True, overwrite=True, device=True, pickle=True)
     p.set_defaults(func=cmd_defend)
