@@ -142,3 +142,15 @@ def test_one_defense_shows_the_defender_inputs_it_needs(capsys: pytest.CaptureFi
     assert status == 0 and "oracle knowledge" in out
     status, out, _ = run(capsys, "defenses", "none")
     assert status == 0 and "only the suspect model" in out
+
+
+def test_help_shows_each_options_default(capsys: pytest.CaptureFixture[str]) -> None:
+    for command, expected in (("train", ["--seed SEED           default: 0", "--split SPLIT         default: train",
+                                         "--epochs EPOCHS       default: 3"]),
+                              ("defend", ["rows --baseline was measured on"]),
+                              ("scan", ["(default: 300)"])):
+        with pytest.raises(SystemExit):
+            run(capsys, command, "--help")
+        out = " ".join(capsys.readouterr().out.split())
+        for fragment in expected:
+            assert " ".join(fragment.split()) in out, (command, fragment)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -330,13 +331,35 @@ def cmd_zoo(args: argparse.Namespace) -> None:
                     f"record: {victim.folder / 'victim.json'}")
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """``--help`` shows each option's default, unless its help says it already or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = _TRAIN_DEFAULT.sub(_train_default, action.help or "")
+        if "%(default)" in text or "default:" in text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+_TRAIN_DEFAULT = re.compile(r"\{train\.(\w+)\}")
+
+
+def _train_default(match: re.Match[str]) -> str:
+    """``{train.FIELD}`` in a help text: :class:`~backdoorlab.training.TrainConfig`'s default (read only
+    when help is shown: the training module loads torch)."""
+    from .training import TrainConfig
+
+    return f"{getattr(TrainConfig(), match.group(1)):g}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="backdoorlab",
+        prog="backdoorlab", formatter_class=_DefaultsHelp,
         description="Find, understand and remove backdoors in language models: attack, train, evaluate, "
                     "analyze, defend.")
     parser.add_argument("--verbose", action="store_true", help="show library warnings and load reports")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_subparser_class())
     sub.add_parser("models", help="list the packaged offline models").set_defaults(func=cmd_models)
     sub.add_parser("datasets", help="list the named datasets").set_defaults(func=cmd_datasets)
     p = sub.add_parser("attacks", help="list the attacks, or show one attack's options")
@@ -365,16 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="training run folder (resumed if interrupted)")
     p.add_argument("--split", default="train")
     p.add_argument("--kind", default="auto", choices=["auto", "classifier", "generator"])
-    p.add_argument("--method", choices=["full", "lora"])
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--max-length", type=int)
-    p.add_argument("--max-rows", type=int, help="subsample the training data to this many rows")
-    p.add_argument("--lora-r", type=int)
-    p.add_argument("--save-steps", type=int)
+    p.add_argument("--method", choices=["full", "lora"], help="default: full for a classifier, lora for a generator")
+    p.add_argument("--epochs", type=float, help=f"default: {{train.epochs}}")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (default: the epochs decide)")
+    p.add_argument("--lr", type=float, help="default: 5e-5 for a classifier, 5e-4 for a generator")
+    p.add_argument("--batch-size", type=int, help=f"default: {{train.batch_size}}")
+    p.add_argument("--grad-accum", type=int, help=f"default: {{train.grad_accum}}")
+    p.add_argument("--max-length", type=int, help="tokens per row (default: 128 for a classifier, 256 for a generator)")
+    p.add_argument("--max-rows", type=int, help="subsample the training data to this many rows (default: all)")
+    p.add_argument("--lora-r", type=int, help=f"default: {{train.lora_r}}")
+    p.add_argument("--save-steps", type=int, help=f"checkpoint every this many steps (default: {{train.save_steps}})")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
     p.add_argument("--gradient-checkpointing", action="store_true")
@@ -524,6 +547,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, data_dir=True)
     p.set_defaults(func=cmd_zoo)
     return parser
+
+
+def _subparser_class() -> type[argparse.ArgumentParser]:
+    """Subcommand parsers that show defaults in their ``--help`` (:class:`_DefaultsHelp`)."""
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("formatter_class", _DefaultsHelp)
+            super().__init__(*args, **kwargs)
+
+        def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+            default = kwargs.get("default")
+            if kwargs.get("help") is None and default is not None and default is not False:
+                kwargs["help"] = "default: %(default)s"  # an option without help still shows its default
+            return super().add_argument(*args, **kwargs)
+    return Parser
 
 
 def _common(p: argparse.ArgumentParser, *, seed: bool = False, data_dir: bool = False, overwrite: bool = False,
