@@ -188,13 +188,13 @@ def victim_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float
               "class_weighting": recipe["class_weighting"]}
     if args.validation:
         params["validation"] = args.validation
-    return Cell(victim_name(dataset, attack, rate), VICTIM, seed, params, kind=device_kind(args.device))
+    return Cell(victim_name(dataset, attack, rate), VICTIM, seed, params, kind=device_kind(args.device), methods=())
 
 
 def clean_cell(victim: Cell) -> Cell:
     """The clean model of a victim's data set and seed: the victim's recipe on the same rows, unpoisoned."""
     params = {k: v for k, v in victim.params.items() if k not in ("attack", "rate", "target")}
-    return Cell(f"{victim.params['dataset']}-clean", CLEAN, victim.seed, params, kind=victim.kind)
+    return Cell(f"{victim.params['dataset']}-clean", CLEAN, victim.seed, params, kind=victim.kind, methods=())
 
 
 def training_rows(p: Mapping[str, Any], seed: int, folder: Path) -> tuple[str, str | None]:

@@ -181,6 +181,34 @@ def test_docstrings_formatting_and_where_imports_sit_do_not_count(source_copy: P
     assert code_digest(roots, root=source_copy) == before
 
 
+def test_code_outside_the_defenses_that_imports_a_method_counts_its_code(source_copy: Path) -> None:
+    files = dependency_files(["backdoorlab.scan.classifier"], root=source_copy)
+    assert "backdoorlab.defenses.badllm_tg.label_screening" in files
+    assert "backdoorlab.defenses.onion" not in files  # the registry's imports pull no method
+    before = code_digest(["backdoorlab.scan.classifier"], root=source_copy)
+    with edited(source_copy / "defenses" / "badllm_tg" / "label_screening.py"):
+        assert code_digest(["backdoorlab.scan.classifier"], root=source_copy) != before
+
+
+def test_registering_a_new_method_leaves_other_results_current(source_copy: Path) -> None:
+    init, package = source_copy / "defenses" / "__init__.py", source_copy / "defenses" / "zz_new_method"
+    roots, original = ["backdoorlab.defenses", "backdoorlab.defenses.onion"], init.read_text()
+    before = {legacy: code_digest(roots, methods=["rap"], root=source_copy, legacy=legacy) for legacy in (False, True)}
+    try:
+        package.mkdir()
+        (package / "__init__.py").write_text("RATE = 1\n")
+        init.write_text(original.replace("    attribution,\n", "    attribution,\n    zz_new_method,\n", 1))
+        assert "zz_new_method" in init.read_text()
+        assert code_digest(roots, methods=["rap"], root=source_copy) == before[False]
+        assert code_digest(roots, methods=["rap"], root=source_copy, legacy=True) != before[True]  # the old form saw it
+        init.write_text(init.read_text() + "\nEDITED = 1\n")  # any other edit of the registry module counts
+        assert code_digest(roots, methods=["rap"], root=source_copy) != before[False]
+    finally:
+        init.write_text(original)
+        shutil.rmtree(package, ignore_errors=True)
+    assert code_digest(roots, methods=["rap"], root=source_copy) == before[False]
+
+
 def test_bookkeeping_modules_do_not_count_and_computing_ones_do(source_copy: Path) -> None:
     roots = ["backdoorlab.defenses.runner", "backdoorlab.training"]
     files = dependency_files(roots, root=source_copy)
@@ -257,7 +285,7 @@ def test_records_hashed_with_their_whole_script_stay_current_until_it_changes(tm
     store = CellStore(tmp_path / "runs", fn, tmp_path / "ledger")
     old_form = store.path(cells[0])  # a record written when the digest covered the whole script
     record = json.loads(old_form.read_text())
-    record["fingerprint"] = store._fingerprint(cells[0], whole_script=True)
+    record["fingerprint"] = store._fingerprint(cells[0], whole_script=True, legacy=True)
     old_form.write_text(json.dumps(record))
     assert store.lookup(cells[0])["status"] == "ok"
 

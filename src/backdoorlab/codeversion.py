@@ -8,10 +8,11 @@ lines, formatting and where an import statement sits (top of the file or inside 
 count; any other edit does.
 
 Defense methods are kept apart: each package under ``backdoorlab/defenses/`` other than
-``shared`` is one method, and the framework modules that import them all (``defenses/__init__``
-registers every method) do not pull a method into a digest. A method's code counts only where a
-root lies in its package, where ``methods`` names it (code that picks a method at run time, such as
-a benchmark cell, names the ones it runs), or where another counted method imports it;
+``shared`` is one method, and the registry that imports them all (``defenses/__init__`` registers
+every method) does not pull a method into a digest. A method's code counts only where a root lies
+in its package, where ``methods`` names it (code that picks a method at run time, such as a
+benchmark cell, names the ones it runs), or where other counted code imports it (a method built on
+another; the scan's use of BadLLM-TG's label screening);
 ``methods=None`` counts every method. Editing one defense therefore makes stale exactly the
 results that ran it.
 
@@ -117,15 +118,16 @@ def _absolute(node: ast.ImportFrom, module: str | None, is_package: bool) -> str
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def source_text(path: Path) -> str:
+def source_text(path: Path, registered: frozenset[str] = frozenset()) -> str:
     """What the file's behaviour depends on: its syntax tree without docstrings, with its import
-    statements (wherever they sit) listed once each, sorted, after the rest."""
-    return _tree_text(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    statements (wherever they sit) listed once each, sorted, after the rest. ``registered``: names of
+    method packages whose relative import (``from . import onion``, for registration) is left out."""
+    return _tree_text(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)), registered)
 
 
-def _tree_text(tree: ast.Module) -> str:
+def _tree_text(tree: ast.Module, registered: frozenset[str] = frozenset()) -> str:
     imports: set[str] = set()
-    _strip(tree, imports)
+    _strip(tree, imports, registered)
     return ast.dump(tree, annotate_fields=False) + "\n" + "\n".join(sorted(imports))
 
 
@@ -209,9 +211,10 @@ def _entry(path: Path, function: str, size: int, mtime: int) -> tuple[str, ast.M
     return hashlib.sha256(text.encode("utf-8")).hexdigest(), entry_tree(path, function)
 
 
-def _strip(node: ast.AST, imports: set[str]) -> None:
+def _strip(node: ast.AST, imports: set[str], registered: frozenset[str] = frozenset()) -> None:
     """Remove docstrings and import statements from every body under ``node`` (the imports' dumps
-    go into ``imports``); a body left empty gets a ``pass``."""
+    go into ``imports``, but for relative imports of ``registered`` packages only); a body left empty
+    gets a ``pass``."""
     for name in ("body", "orelse", "finalbody", "handlers"):
         body = getattr(node, name, None)
         if not isinstance(body, list):
@@ -222,7 +225,11 @@ def _strip(node: ast.AST, imports: set[str]) -> None:
             body = body[1:]
         kept = []
         for child in body:
-            if isinstance(child, (ast.Import, ast.ImportFrom)):
+            if isinstance(child, ast.ImportFrom) and child.level == 1 and child.module is None and registered:
+                kept_names = [alias for alias in child.names if alias.name not in registered]
+                if kept_names:
+                    imports.add(ast.dump(ast.ImportFrom(None, kept_names, 1), annotate_fields=False))
+            elif isinstance(child, (ast.Import, ast.ImportFrom)):
                 imports.add(ast.dump(child, annotate_fields=False))
             else:
                 kept.append(child)
@@ -230,7 +237,7 @@ def _strip(node: ast.AST, imports: set[str]) -> None:
             kept = [ast.Pass()]
         setattr(node, name, kept)
     for child in ast.iter_child_nodes(node):
-        _strip(child, imports)
+        _strip(child, imports, registered)
 
 
 def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None = (),
@@ -262,6 +269,7 @@ def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None 
         if owner is not None:
             allowed.add(owner)
         queue.append((str(item), path))
+    registry = f"{PACKAGE}.{_METHODS_PARENT}"
     files: dict[str, Path] = {}
     for path, function in entries:
         files[f"{path.name}{ENTRY_SEPARATOR}{function}"] = path
@@ -275,13 +283,12 @@ def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None 
         if key in files:
             continue
         files[key] = path
-        inside = module is not None and method_of(module, all_methods) is not None
         for name in imported_modules(path, module, root):
             owner = method_of(name, all_methods)
             if owner is not None and owner not in allowed:
-                if not inside:
-                    continue  # a framework module reaching every method: not this result's code
-                allowed.add(owner)  # one method builds on another: that one counts too
+                if module == registry:
+                    continue  # the registry imports every method to register it: not this result's code
+                allowed.add(owner)  # a method builds on another, or other code uses one: that one counts too
             if name not in files and name not in BOOKKEEPING:
                 queue.append((name, module_file(name, root)))  # type: ignore[arg-type]
     return files
@@ -296,19 +303,25 @@ def _method_name(name: str, all_methods: frozenset[str]) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _file_hash(path: Path, size: int, mtime: int) -> str:
-    return hashlib.sha256(source_text(path).encode("utf-8")).hexdigest()
+def _file_hash(path: Path, size: int, mtime: int, registered: frozenset[str] = frozenset()) -> str:
+    return hashlib.sha256(source_text(path, registered).encode("utf-8")).hexdigest()
 
 
 def code_digest(roots: Iterable[str | Path], methods: Iterable[str] | None = (),
-                root: Path = PACKAGE_ROOT) -> str:
-    """SHA-256 over the source of every file the ``roots`` depend on (see :func:`dependency_files`)."""
+                root: Path = PACKAGE_ROOT, *, legacy: bool = False) -> str:
+    """SHA-256 over the source of every file the ``roots`` depend on (see :func:`dependency_files`).
+
+    The methods' parent package (``defenses/__init__``) is hashed without its registration imports of
+    method packages, so adding a method leaves other results current (each method's own code counts
+    where it runs); ``legacy`` hashes it with them, as records written before this rule were."""
     files = dependency_files(roots, methods, root)
+    parent = f"{PACKAGE}.{_METHODS_PARENT}"
+    registered = frozenset() if legacy else frozenset(m.rsplit(".", 1)[1] for m in method_packages(root))
     sha = hashlib.sha256()
     for key in sorted(files):
         stat = files[key].stat()
         _, function = split_entry(key)
-        digest = (_file_hash(files[key], stat.st_size, stat.st_mtime_ns) if function is None
-                  else _entry(files[key], function, stat.st_size, stat.st_mtime_ns)[0])
+        digest = (_file_hash(files[key], stat.st_size, stat.st_mtime_ns, registered if key == parent else frozenset())
+                  if function is None else _entry(files[key], function, stat.st_size, stat.st_mtime_ns)[0])
         sha.update(f"{key}:{digest}\n".encode())
     return sha.hexdigest()

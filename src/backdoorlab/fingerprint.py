@@ -121,11 +121,11 @@ def folder_digest(folder: str | Path, patterns: Iterable[str] = ("**/*.json", "*
 
 
 def make_fingerprint(stage: str, *, code: Iterable[str | Path], methods: Iterable[str] | None = (),
-                     **parts: Any) -> dict[str, Any]:
+                     legacy_code: bool = False, **parts: Any) -> dict[str, Any]:
     """A fingerprint dict: ``stage``, the given ``parts`` (canonical) and ``code``, the digest of the
     source the result depends on: the modules (or script paths) named, with what they import
-    (:func:`~backdoorlab.codeversion.code_digest`; ``methods`` as there)."""
-    return canonical({"stage": stage, **parts, "code": code_digest(code, methods)})
+    (:func:`~backdoorlab.codeversion.code_digest`; ``methods`` and ``legacy_code`` as its ``legacy``)."""
+    return canonical({"stage": stage, **parts, "code": code_digest(code, methods, legacy=legacy_code)})
 
 
 def same_fingerprint(stored: Any, expected: Mapping[str, Any]) -> bool:

@@ -7,8 +7,9 @@ the shipped benchmarks, ``<out>/cells/`` when no ledger is given) and scratch wo
 ``minutes``, the command and the core count of the machine that ran it, and the fingerprint: the
 cell's identity plus the digest of the code it runs (:mod:`backdoorlab.codeversion`): of its script,
 only the cell function and what it reaches (``script.py::function``), so editing a benchmark's
-tables or command line leaves its records current. A record whose digest covers the whole script
-(the form of records written before) stays current while that script is unchanged. A cell counts
+tables or command line leaves its records current. Records written by the digest's earlier forms
+(the whole script hashed; the methods' registry imports counted) stay current while the code those
+forms covered is unchanged; a cell's scratch folder is resumed only under the current form. A cell counts
 as finished only when its record says ``ok`` and its fingerprint is current, so a grid started on a
 fresh clone computes exactly the cells the committed ledger lacks or that a code change made stale.
 Models, checkpoints and generations stay in the scratch folder: a record over
@@ -57,7 +58,7 @@ class CellStore:
         self.results = Path(results).expanduser().resolve() if results is not None else self.out / CELLS_FOLDER
         self.script = function_file(fn)
         self.entry = f"{self.script}{ENTRY_SEPARATOR}{fn.__name__}"
-        self._fingerprints: dict[tuple[str, bool], dict[str, Any]] = {}
+        self._fingerprints: dict[tuple[str, bool, bool], dict[str, Any]] = {}
 
     def path(self, cell: Cell) -> Path:
         return self.results / f"{cell.id}.json"
@@ -73,7 +74,7 @@ class CellStore:
         folder = self.workdir(cell)
         marker = folder / WORK_MARKER
         expected = self.fingerprint(cell)
-        if folder.is_dir() and self._read_current(marker, cell) is None:
+        if folder.is_dir() and read_if_current(marker, expected) is None:
             fresh_directory(folder)
         if not marker.is_file():
             write_json_atomic(marker, {FINGERPRINT_KEY: expected})
@@ -83,21 +84,24 @@ class CellStore:
         """The cell's identity and the digest of its code: the cell function's script, the modules
         it names and what they import (:mod:`backdoorlab.codeversion`). Computed once per store, when
         the grid starts, so a record names the code that was loaded, not files edited meanwhile."""
-        return self._fingerprint(cell, whole_script=False)
+        return self._fingerprint(cell, whole_script=False, legacy=False)
 
-    def _fingerprint(self, cell: Cell, *, whole_script: bool) -> dict[str, Any]:
+    def _fingerprint(self, cell: Cell, *, whole_script: bool, legacy: bool) -> dict[str, Any]:
         key = (json.dumps([cell.id, cell.identity(), cell.code, cell.methods], sort_keys=True, default=str),
-               whole_script)
+               whole_script, legacy)
         if key not in self._fingerprints:
             script = self.script if whole_script else self.entry
             self._fingerprints[key] = make_fingerprint(STAGE, code=[script, *cell.code], methods=cell.methods,
-                                                       **cell.identity())
+                                                       legacy_code=legacy, **cell.identity())
         return self._fingerprints[key]
 
     def _read_current(self, path: Path, cell: Cell) -> dict[str, Any] | None:
-        """The JSON at ``path`` if its fingerprint is the cell's, or the cell's with its whole script hashed."""
-        found = read_if_current(path, self.fingerprint(cell))
-        return found if found is not None else read_if_current(path, self._fingerprint(cell, whole_script=True))
+        """The record at ``path`` if its fingerprint is the cell's in the current form or an earlier one."""
+        for whole_script, legacy in ((False, False), (False, True), (True, True)):
+            found = read_if_current(path, self._fingerprint(cell, whole_script=whole_script, legacy=legacy))
+            if found is not None:
+                return found
+        return None
 
     def current(self, cell: Cell) -> dict[str, Any] | None:
         """The cell's record if it was computed with the current fingerprint, else ``None``."""

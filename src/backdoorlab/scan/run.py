@@ -55,7 +55,9 @@ def scan_model(model: str | Path, out: str | Path, *, clean: Dataset | None = No
                                "drop --behaviour for a classifier, or give a generator prompts (instruction rows)")
     parsed = [parse_behaviour(b) for b in behaviours or ()]  # an unknown behaviour fails before any loading
     out = Path(out)
-    fingerprint = make_fingerprint("scan", code=[__name__], model=model_identity(model), rows=dataset_digest(rows),
+    # the classifier check screens training-data evidence with BadLLM-TG's label screening: that method's code counts
+    fingerprint = make_fingerprint("scan", code=[__name__], methods=("badllm_tg",), model=model_identity(model),
+                                   rows=dataset_digest(rows),
                                    training=dataset_digest(training) if training is not None else None,
                                    settings=settings.to_dict(), behaviours=[b.name for b in parsed])
     if not overwrite:
