@@ -79,7 +79,8 @@ def test_the_table_of_defender_inputs_matches_what_each_defense_needs() -> None:
     rows = [line for line in table.splitlines()[2:] if line.startswith("|")] or []
     rows = rows[:next((i for i, r in enumerate(rows) if not r.strip()), len(rows))]
     words = {"clean rows": "clean_rows", "bad behaviour": "behaviour", "target label": "target_label",
-             "training data": "training_data", "reference model": "reference_model", "triggered examples": "oracle"}
+             "training data": "training_data", "reference model": "reference_model", "triggered examples": "oracle",
+             "LoRA adapter": "suspect_adapter"}
     listed: dict[str, set[str]] = {}
     for row in rows:
         held, names = row.strip("|").split("|")[:2]

@@ -8,7 +8,8 @@ shape): ``badllm_tg`` (trigger inversion + adversarial training); the classifica
 (``head-ablation`` and ``backdoor-vector``); ``bd_vax`` (immunization-style purification of
 generative LLMs); ``collapse`` (Backdoor Collapse: known-backdoor aggregation, then recovery); the
 generative baselines ``fine_pruning``, ``pruning`` (Wanda and magnitude),
-``quantization``, ``crow``, and the decoding guards ``cleangen`` and ``sampling``.
+``quantization``, ``crow``, ``drop_adapter`` (the reference for base + adapter suspects), and the
+decoding guards ``cleangen`` and ``sampling``.
 """
 
 from . import (  # noqa: F401  (register)
@@ -19,6 +20,7 @@ from . import (  # noqa: F401  (register)
     cleangen,
     collapse,
     crow,
+    drop_adapter,
     fine_pruning,
     fine_tune,
     muscle_lora,
