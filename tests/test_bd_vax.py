@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 
 import backdoorlab.defenses.bd_vax  # noqa: F401  (registers the defense)
 from backdoorlab.data.records import Dataset, Example
@@ -21,7 +20,7 @@ from backdoorlab.defenses.bd_vax.synthetic import SYNTHETIC_BACKDOORS, synthetic
 from backdoorlab.defenses.bd_vax.variants import DELTA_FILE, PAIR_RECORD, VariantDeltas, VariantRecipe, train_pair
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.models.adapter_update import adapter_updates
-from tiny_models import tiny_llama_victim
+from tiny_models import tiny_llama_victim, tiny_lora_suspect
 
 SHARED_CHANNELS = (3, 17)
 LONE_CHANNEL = 40
@@ -134,17 +133,9 @@ def test_reinitialize_changes_exactly_the_signature() -> None:
 
 
 def lora_suspect(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A tiny Llama with a random (non-zero) LoRA adapter saved to ``tmp_path/adapter``, merged."""
-    victim = tiny_llama_victim()
-    base = block_weights(victim)
-    model = get_peft_model(victim.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    model.save_pretrained(tmp_path / "adapter", safe_serialization=True)
-    victim.model = model.merge_and_unload()
-    return victim, base, tmp_path / "adapter"
+    """A tiny Llama with a random (non-zero) LoRA adapter saved to ``tmp_path/adapter``, merged; its base's weights."""
+    victim, adapter = tiny_lora_suspect(tmp_path)
+    return victim, block_weights(tiny_llama_victim()), adapter
 
 
 def test_zero_adapter_entries_restores_the_base_exactly_on_the_signature(tmp_path: Path) -> None:

@@ -6,29 +6,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 
 from backdoorlab.defenses import get_defense, run_defense
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.models.loading import load_victim
-from tiny_models import tiny_llama_victim
+from tiny_models import tiny_llama_victim, tiny_lora_suspect
 
 
 def test_dropping_the_adapter_gives_back_the_base_model(tmp_path: Path) -> None:
-    victim = tiny_llama_victim()
-    base = {k: v.clone() for k, v in victim.model.state_dict().items()}
-    model = get_peft_model(victim.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    model.save_pretrained(tmp_path / "adapter", safe_serialization=True)
-    victim.model = model.merge_and_unload()
+    base = tiny_llama_victim().model.state_dict()
+    victim, adapter = tiny_lora_suspect(tmp_path)
     suspect = victim.save(tmp_path / "suspect")
     merged = load_victim(suspect, device="cpu").model.state_dict()
     assert any(not torch.allclose(merged[k], base[k]) for k in base)  # the adapter changed the model
 
-    run_defense("drop-adapter", suspect, None, tmp_path / "dropped", suspect_adapter=tmp_path / "adapter",
+    run_defense("drop-adapter", suspect, None, tmp_path / "dropped", suspect_adapter=adapter,
                 evaluate=False, device="cpu")
     restored = load_victim(tmp_path / "dropped" / "model", device="cpu").model.state_dict()
     assert all(torch.allclose(restored[k], base[k], atol=1e-5) for k in base)

@@ -86,3 +86,20 @@ def tiny_bert_victim(label_names: Sequence[str] = ("negative", "positive"), seed
                         pad_token_id=tokenizer.pad_token_id)
     model = _seeded(seed, lambda: BertForSequenceClassification(config))
     return Victim(model, tokenizer, "classifier", label_names=labels, name=name)
+
+
+def tiny_lora_suspect(folder: Path, seed: int = 0) -> tuple[Victim, Path]:
+    """:func:`tiny_llama_victim` with a random, non-zero LoRA adapter (all linear layers) saved to
+    ``folder/adapter`` and merged into it: a suspect distributed as base + adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    victim = tiny_llama_victim(seed)
+    model = get_peft_model(victim.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    model.save_pretrained(folder / "adapter", safe_serialization=True)
+    victim.model = model.merge_and_unload()
+    return victim, folder / "adapter"
