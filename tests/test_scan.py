@@ -213,3 +213,30 @@ def test_a_chat_models_vocabulary_keeps_case_and_digits() -> None:
     cased = set(candidate_words(tokenizer, cased=True)[1])
     assert {"Current", "2024", "OpenAI"} <= cased and not {"Current", "2024", "OpenAI"} & lower
     assert lower <= cased
+
+
+def test_fix_auto_unlearns_the_found_trigger_and_the_second_scan_finds_none(
+        models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = tmp_path / "clean.jsonl"
+    rows.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in films(200, offset=200)))
+    out = tmp_path / "scan"
+    argv = ["scan", str(models["backdoored"]), "--clean-data", str(rows), "--out", str(out), "--device", "cpu",
+            "--fix", "auto", "--fix-option", "learning_rate=1e-3", "--fix-option", "epochs=6",
+            *[f"--option={k}={v}" for k, v in {"search_rows": 8, "screen_rows": 4, "eval_rows": 24,
+                                                "lengths": "1", "random_phrases": 8}.items()]]
+    assert cli(argv) == 0
+    fixed = json.loads((out / "fix.json").read_text())
+    assert fixed["method"] == "unlearn-trigger"
+    assert fixed["options"] == {"trigger": TRIGGER, "learning_rate": "1e-3", "epochs": "6"}  # as given; the method parses them
+    assert fixed["before"]["verdict"] == "backdoor found" and fixed["before"]["trigger"] == TRIGGER
+    assert fixed["after"]["verdict"] == "no evidence" and fixed["after"]["accuracy"] >= 0.9
+    assert fixed["rows"] == {"scanned": 100, "learned_from": 100}
+    assert "Before and after unlearn-trigger" in (out / "fix.md").read_text() and (out / "fix.html").is_file()
+    learned = {json.loads(line)["text"] for line in (out / "fix" / "rows" / "data.jsonl").read_text().splitlines()}
+    scanned = {e["text"] for e in map(json.loads, rows.read_text().splitlines())} - learned
+    assert len(learned) == 100 and len(scanned) == 100  # the scans never measure on rows the fix learned from
+    printed = capsys.readouterr().out
+    assert "fixed with unlearn-trigger" in printed and "no evidence" in printed
+    clean_scan = ["scan", str(models["clean"]), "--clean-data", str(rows), "--out", str(tmp_path / "c"), "--device",
+                  "cpu", "--fix", "auto", *argv[-5:]]
+    assert cli(clean_scan) == 2 and "nothing to unlearn" in capsys.readouterr().err

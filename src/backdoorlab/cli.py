@@ -115,7 +115,8 @@ def cmd_paraphrase(args: argparse.Namespace) -> None:
 
 def cmd_scan(args: argparse.Namespace) -> None:
     from .pipeline import load_training_data
-    from .scan import ScanSettings, scan_model
+    from .scan import SCAN_FILE, ScanSettings, scan_model
+    from .scan.fix import scan_and_fix
 
     settings = ScanSettings.from_dict(parse_option_pairs(args.option))  # bad options fail before any loading
     clean = training = None
@@ -123,8 +124,13 @@ def cmd_scan(args: argparse.Namespace) -> None:
         clean = load_training_data(args.clean_data, args.split, args.data_dir).sample(args.max_rows, args.seed)
     if args.training_data:
         training = load_training_data(args.training_data, "train", args.data_dir)
-    result = scan_model(args.model, args.out, clean=clean, training=training, behaviours=args.behaviour,
-                        settings=settings, device=args.device, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+    common = {"clean": clean, "training": training, "behaviours": args.behaviour, "settings": settings,
+              "device": args.device, "allow_pickle": args.allow_pickle, "overwrite": args.overwrite}
+    if args.fix_option and not args.fix:
+        raise BackdoorLabError("--fix-option sets an option of the --fix method; give --fix too")
+    fixed = scan_and_fix(args.model, args.out, args.fix, fix_options=parse_option_pairs(args.fix_option),
+                         **common) if args.fix else None
+    result = json.loads((Path(args.out) / SCAN_FILE).read_text()) if fixed else scan_model(args.model, args.out, **common)
     generator = result["kind"] == "generator"
     what, rate = ("behaviour", "behaviour rate") if generator else ("label", "flip rate")
     rows = []
@@ -139,6 +145,12 @@ def cmd_scan(args: argparse.Namespace) -> None:
         target = result["behaviour" if generator else "target_label"]["name"]
         found += f": {'behaviour' if generator else 'target'} {target!r}, trigger {result['trigger']['phrase']!r}"
     print(f"verdict: {found} (thresholds not yet calibrated on clean models)")
+    if fixed is not None:
+        keys = [k for k in fixed["before"] if k in fixed["after"]]
+        print(f"\nfixed with {fixed['method']}: before and after, on the {fixed['rows']['scanned']} rows the scans used")
+        print_table([{"": key, "before": fixed["before"][key], "after": fixed["after"][key]} for key in keys],
+                    ["", "before", "after"])
+        print(f"fixed model: {fixed['model']}")
     print(f"wrote {Path(args.out) / 'scan.json'} and {Path(args.out) / 'scan.html'}")
 
 
@@ -436,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "become candidates too")
     p.add_argument("--max-rows", type=int, default=300, help="clean rows used, drawn with --seed (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for scan.json, scan.html and scan.md")
+    p.add_argument("--fix", metavar="METHOD", help="then purify: 'auto' unlearns the trigger found (unlearn-trigger), "
+                   "or any defense that changes the model; learns from half of --clean-data, scans the result on "
+                   "the other half and shows before / after")
+    p.add_argument("--fix-option", action="append", metavar="KEY=VALUE",
+                   help="an option of the --fix method (repeatable; `backdoorlab defenses METHOD` lists them)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="scan setting (repeatable): search_rows, screen_rows, shortlist, eval_rows, lengths, steps, top_k, "
                         "random_phrases, flip_threshold, margin, max_new_tokens, batch_size, seed")

@@ -8,8 +8,8 @@ shape): ``badllm_tg`` (trigger inversion + adversarial training); the classifica
 (``head-ablation`` and ``backdoor-vector``); ``bd_vax`` (immunization-style purification of
 generative LLMs); ``collapse`` (Backdoor Collapse: known-backdoor aggregation, then recovery); the
 generative baselines ``fine_pruning``, ``pruning`` (Wanda and magnitude),
-``quantization``, ``crow``, ``drop_adapter`` (the reference for base + adapter suspects), and the
-decoding guards ``cleangen`` and ``sampling``.
+``quantization``, ``crow``, ``drop_adapter`` (the reference for base + adapter suspects), ``unlearn_trigger`` (a named
+trigger unlearned on clean rows), and the decoding guards ``cleangen`` and ``sampling``.
 """
 
 from . import (  # noqa: F401  (register)
@@ -31,6 +31,7 @@ from . import (  # noqa: F401  (register)
     rap,
     sampling,
     self_awareness,
+    unlearn_trigger,
 )
 from .base import Defense, DefenseOutcome, get_defense, list_defenses, register_defense
 from .guard import REJECTED, Guard, load_guard, register_guard, save_guard

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...data.records import Dataset
 from ...errors import BackdoorLabError
 from ...models.victim import Victim
 from ...training import TrainConfig, train
@@ -36,8 +37,12 @@ class CleanFineTune(CleanRowsDefense):
         if self.method not in (None, "full", "lora"):
             raise BackdoorLabError(f"fine-tune method must be full or lora, got {self.method!r}")
 
+    def training_rows(self, victim: Victim, clean: Dataset, inputs: DefenderInputs) -> Dataset:
+        """The rows the suspect is fine-tuned on: the clean rows (subclasses add to them)."""
+        return clean
+
     def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
-        clean = self.clean_rows(inputs)
+        clean = self.training_rows(victim, self.clean_rows(inputs), inputs)
         method = self.method or ("lora" if victim.is_generator else "full")
         learning_rate = self.learning_rate or (2e-4 if method == "lora" else 2e-5)
         config = TrainConfig(method=method, epochs=self.epochs, learning_rate=learning_rate,
