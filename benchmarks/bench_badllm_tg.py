@@ -64,7 +64,7 @@ from backdoorlab.training import MODEL_DIR, TrainConfig
 
 DATASETS = ("sst2", "hsol", "agnews")
 ATTACKS = {"badnets": "Wordbkd", "addsent": "Sentbkd", "stylebkd": "Stylebkd", "synbkd": "Synbkd"}
-DEFENSES = ("none", "onion", "rap", "muscle-lora", "badacts", "badllm-tg", "backdoor-collapse")
+DEFENSES = ("none", "fine-tune", "onion", "rap", "muscle-lora", "badacts", "badllm-tg", "backdoor-collapse")
 #: Paper Table 1 averages (arXiv 2603.15692), in percent: ASR per defense, and BadLLM-TG's CACC.
 PAPER_AVERAGE_ASR = {"none": 93.29, "onion": 68.62, "rap": 88.33, "muscle-lora": 27.98, "badacts": 51.06,
                      "badllm-tg": 14.29}
