@@ -323,7 +323,7 @@ def test_table_1_victims_take_the_recipe_chosen_on_validation_rows(tmp_path: Pat
     assert (cheapest.rows, cheapest.lr, cheapest.passes) == (3000, 1e-4, True)  # the fewest rows that pass the bar
     tg = load_script("bench_badllm_tg")
     args = Namespace(target=1, train=10, test=5, model="minilm-l6", epochs=3.0, lr=5e-5, device="cpu",
-                     class_weighting="none", recipes=ledger)
+                     class_weighting="none", recipes=ledger, validation=0)
     hsol, sst2 = tg.victim_cell(args, "hsol", "badnets", 0.2, 0), tg.victim_cell(args, "sst2", "badnets", 0.2, 0)
     assert (hsol.params["train"], hsol.params["lr"]) == (3000, 1e-4)
     assert (sst2.params["train"], sst2.params["lr"]) == (10, 5e-5)  # no recipe scored for SST-2

@@ -33,22 +33,20 @@ TESTS = Path(__file__).resolve().parent
 # ------------------------------------------------------------------ toy cell functions
 # Module-level, so Ray workers import them from this module.
 def toy_cell(cell: Cell, workdir: Path) -> dict:
-    """Counts its calls in the cell's work folder; fails with a user error when params ask for it."""
+    """Counts its calls in the cell's work folder; fails with a user error when params ask for it; with
+    ``run_options["interrupt_on_call"] = n`` the grid's n-th call is killed (as by Ctrl-C) before it does anything."""
+    stop = cell.run_options.get("interrupt_on_call")
+    if stop is not None:
+        log = workdir.parents[1] / "grid-calls"
+        count = len(log.read_text().splitlines()) + 1 if log.is_file() else 1
+        log.write_text("call\n" * count)
+        if count == stop:
+            raise KeyboardInterrupt
     with (workdir / "calls").open("a") as handle:
         handle.write("call\n")
     if cell.params.get("fail"):
         raise BackdoorLabError(f"toy failure in {cell.victim}")
     return {"score": 10 * cell.seed + cell.params.get("bonus", 0), "pid": os.getpid()}
-
-
-def interrupted_on_third_call(cell: Cell, workdir: Path) -> dict:
-    """Like toy_cell, but the third call of the grid is killed (as by Ctrl-C) before it does anything."""
-    log = workdir.parents[1] / "grid-calls"
-    calls = len(log.read_text().splitlines()) + 1 if log.is_file() else 1
-    log.write_text("call\n" * calls)
-    if calls == 3:
-        raise KeyboardInterrupt
-    return toy_cell(cell, workdir)
 
 
 def torch_threads_cell(cell: Cell, workdir: Path) -> dict:
@@ -134,8 +132,9 @@ def test_grid_stores_every_cell_and_a_rerun_skips_them(tmp_path: Path) -> None:
 
 def test_killed_grid_resumes_with_only_the_missing_cells(tmp_path: Path) -> None:
     cells = grid_cells()
+    killed = [Cell(c.victim, c.defense, c.seed, c.params, run_options={"interrupt_on_call": 3}) for c in cells]
     with pytest.raises(KeyboardInterrupt):
-        run_grid(cells, interrupted_on_third_call, tmp_path, serial=True, progress=False)
+        run_grid(killed, toy_cell, tmp_path, serial=True, progress=False)
     assert [CellStore(tmp_path, toy_cell).path(c).is_file() for c in cells] == [True, True, False, False]
     assert not [p for p in (tmp_path / "cells").iterdir() if p.name.startswith(".")]  # no half-written file
 
