@@ -96,6 +96,11 @@ VARIANTS = {"badllm-tg-faithful": ("badllm-tg", {"variant": "faithful"}),
 #: Budget settings for 2 CPU cores (the defenses' own defaults follow their papers).
 CPU_BUDGET = {"muscle-lora": {"epochs": 3}, "badacts": {"bound_epochs": 5}, "onion": {"max_clean": 50},
               "badllm-tg": {"iterations": 6}}
+#: Settings chosen in validation mode (``--validation``; ledger ``results/badllm_tg_validation``) for one data set:
+#: method label → data set → options. AG News: ``adv_rows=kept`` (G on every kept row, so the labels keep their
+#: shares) gave CACC 89.0 against the default's 87.0 and the undefended 88.0, ASR 0.9 for both, on 300 validation
+#: rows of the Wordbkd victim (seed 0). Not applied in validation mode itself.
+VALIDATED = {"badllm-tg": {"agnews": {"adv_rows": "kept"}}}
 #: Methods whose threat model hands the defender the target label: RAP protects a label the defender names
 #: (BadLLM-TG, which also accepts one, must identify it itself here).
 TARGET_GIVEN = ("rap",)
@@ -158,10 +163,12 @@ def style_pools(dataset: str) -> list[str]:
     return [str(root / style / dataset / "dev.tsv") for style in STYLES]
 
 
-def defense_setup(label: str, overrides: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any], str, str]:
-    """``(defense name, options, stage, module)`` of a method label; unknown names or options fail before any work."""
+def defense_setup(label: str, overrides: dict[str, dict[str, Any]],
+                  validated: dict[str, Any] | None = None) -> tuple[str, dict[str, Any], str, str]:
+    """``(defense name, options, stage, module)`` of a method label, with the ``validated`` options of its data set
+    (:data:`VALIDATED`); unknown names or options fail before any work."""
     method, options = VARIANTS.get(label, (label, {}))
-    options = {**CPU_BUDGET.get(method, {}), **options, **overrides.get(label, {})}
+    options = {**CPU_BUDGET.get(method, {}), **(validated or {}), **options, **overrides.get(label, {})}
     defense = get_defense(method, **options)
     return method, options, defense.stage, type(defense).__module__
 
@@ -213,7 +220,8 @@ def training_rows(p: Mapping[str, Any], seed: int, folder: Path) -> tuple[str, s
 
 def defense_cell(args: argparse.Namespace, victim: Cell, label: str, overrides: dict[str, dict[str, Any]]) -> Cell:
     """Defense ``label`` applied to a victim cell's model; the victim's folder and settings are its params."""
-    method, options, stage, module = defense_setup(label, overrides)
+    validated = {} if args.validation else VALIDATED.get(label, {}).get(victim.params["dataset"], {})
+    method, options, stage, module = defense_setup(label, overrides, validated)
     params = {**victim.params, "method": method, "options": options, "stage": stage,
               "eval_rows": min(args.test, EVAL_ROWS.get(label, args.test))}
     victims = CellStore(args.out / VICTIMS, train_victim)
@@ -466,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                        resources=KIND_RESOURCES)
     defenses = run_grid(defense_cells, apply_defense, **grid_kwargs(args), resources=KIND_RESOURCES)
     records = {record["id"]: record for record in defenses.records}
-    notes = [f"CPU budget options: {json.dumps(CPU_BUDGET)}"]
+    notes = [f"CPU budget options: {json.dumps(CPU_BUDGET)}",
+             f"settings chosen on validation rows, per data set: {json.dumps({} if args.validation else VALIDATED)}"]
     if not args.report_only:
         notes[:0] = [f"command: `{grid_kwargs(args)['command']}`", f"wall time: {time.time() - started:.0f} s"]
     tables, plots = [], []
