@@ -96,10 +96,9 @@ VARIANTS = {"badllm-tg-faithful": ("badllm-tg", {"variant": "faithful"}),
 #: Budget settings for 2 CPU cores (the defenses' own defaults follow their papers).
 CPU_BUDGET = {"muscle-lora": {"epochs": 3}, "badacts": {"bound_epochs": 5}, "onion": {"max_clean": 50},
               "badllm-tg": {"iterations": 6}}
-#: Settings chosen in validation mode (``--validation``; ledger ``results/badllm_tg_validation``) for one data set:
-#: method label → data set → options. AG News: ``adv_rows=kept`` (G on every kept row, so the labels keep their
-#: shares) gave CACC 89.0 against the default's 87.0 and the undefended 88.0, ASR 0.9 for both, on 300 validation
-#: rows of the Wordbkd victim (seed 0). Not applied in validation mode itself.
+#: Settings chosen in validation mode (``--validation``; ledger ``results/badllm_tg_validation``, page
+#: docs/results/badllm_tg_validation.md) for one data set: method label → data set → options. AG News:
+#: ``adv_rows=kept`` (G on every kept row, so the labels keep their shares). Not applied in validation mode itself.
 VALIDATED = {"badllm-tg": {"agnews": {"adv_rows": "kept"}}}
 #: Methods whose threat model hands the defender the target label: RAP protects a label the defender names
 #: (BadLLM-TG, which also accepts one, must identify it itself here).
