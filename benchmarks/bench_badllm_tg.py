@@ -53,7 +53,7 @@ from backdoorlab.bench import (
     write_report,
 )
 from backdoorlab.bench.options import KIND_RESOURCES, device_kind, model_argument
-from backdoorlab.bench.recipes import chosen_recipe, validation_split
+from backdoorlab.bench.recipes import recipe_for, validation_split
 from backdoorlab.attacks.run import AttackRun
 from backdoorlab.data import Dataset, load_dataset
 from backdoorlab.paraphrasers import make_pool, save_pool
@@ -180,10 +180,8 @@ def victim_recipe(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
     """``dataset``'s victims' training rows, learning rate and class weighting: the recipe chosen on
     validation rows in ``--recipes`` (:mod:`backdoorlab.bench.recipes`), else ``--train`` / ``--lr`` /
     ``--class-weighting``."""
-    recipe = chosen_recipe(args.recipes, dataset, args.model, args.epochs)
-    if recipe is None:
-        return {"train": args.train, "lr": args.lr, "class_weighting": args.class_weighting}
-    return {"train": recipe.rows, "lr": recipe.lr, "class_weighting": recipe.class_weighting}
+    return recipe_for(args.recipes, dataset, args.model, args.epochs, rows=args.train, lr=args.lr,
+                      class_weighting=args.class_weighting)
 
 
 def victim_cell(args: argparse.Namespace, dataset: str, attack: str, rate: float, seed: int) -> Cell:

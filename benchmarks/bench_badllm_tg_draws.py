@@ -5,10 +5,11 @@ target label (any), a poison rate (5–30%), a trigger (a rare or common word, 2
 generated sentence) and its position (start, end, random). Two grids of cells run through
 :mod:`backdoorlab.bench` (Ray by default, ``--serial`` in this process):
 
-1. **clean cells**, one per data set: the victim model trained on clean training rows at each
-   ``--lrs`` learning rate; the rate with the best macro-F1 on held-out validation rows (training
-   rows outside the sample) is the data set's training recipe, and its model is the *floor model*;
-2. **draw cells**, one per draw: the attack run and the victim (at the chosen rate), the victim's
+1. **clean cells**, one per data set: the *floor model*, trained on clean training rows with the data
+   set's recipe (training rows, learning rate, class weighting), the one Table 1's victims use: chosen
+   on validation rows in ``--recipes`` (:mod:`backdoorlab.bench.recipes`), else ``--train`` /
+   ``--lr`` / ``--class-weighting``;
+2. **draw cells**, one per draw: the attack run and the victim (with that recipe), the victim's
    CACC / macro-F1 / ASR with the floor model's rate of the target on the same triggered rows
    beside it (no defense can go below it), the paper's Δc identification (§2.3) for comparison,
    and BadLLM-TG with its defaults (target unknown to it), then CACC and ASR after, with the
@@ -48,6 +49,7 @@ from backdoorlab.bench import (
     write_report,
 )
 from backdoorlab.bench.options import KIND_RESOURCES, device_kind, model_argument
+from backdoorlab.bench.recipes import recipe_for
 from backdoorlab.bench.victim_draws import LABEL_COUNTS, VictimDraw, draw_victim
 from backdoorlab.data import Dataset, load_dataset
 from backdoorlab.defenses import get_defense, run_defense
@@ -60,13 +62,10 @@ from backdoorlab.training import MODEL_DIR, TrainConfig
 CLEAN, DEFENSE = "clean", "badllm-tg"
 #: Budget settings for 2 CPU cores, as in bench_badllm_tg.py.
 CPU_BUDGET = {"iterations": 6}
-#: ``--class-weighting``: the clean models' and victims' ``TrainConfig.class_weighting``, "none" by default: on 600
-#: HSOL validation rows (training split; benchmarks/bench_victim_recipe.py, seeds 0-1) "balanced" gave MiniLM
-#: no higher macro-F1.
-CLASS_WEIGHTING_HELP = ("the clean models' and victims' class weighting (TrainConfig.class_weighting): 'balanced' "
-                        "weights each label's loss by n_rows / (n_labels * its rows) of the training rows; default "
-                        "'none' (on HSOL validation rows 'balanced' did not raise macro-F1, see "
-                        "benchmarks/bench_victim_recipe.py)")
+#: ``--class-weighting``: the clean models' and victims' ``TrainConfig.class_weighting`` for a data set with no recipe.
+CLASS_WEIGHTING_HELP = ("the clean models' and victims' class weighting for a data set with no recipe chosen in "
+                        "--recipes: 'balanced' weights each label's loss by n_rows / (n_labels * its rows) of the "
+                        "training rows; default 'none'")
 
 
 def train_config(lr: float, epochs: float, seed: int, device: str, weighting: str) -> TrainConfig:
@@ -75,43 +74,32 @@ def train_config(lr: float, epochs: float, seed: int, device: str, weighting: st
 
 
 def clean_cell(args: argparse.Namespace, dataset: str) -> Cell:
-    params = {"dataset": dataset, "train": args.train, "validation": args.validation, "lrs": args.lrs,
-              "model": args.model, "epochs": args.epochs, "device": args.device,
-              "class_weighting": args.class_weighting}
+    """The floor model of ``dataset``: its recipe (:func:`recipe_for`) on clean training rows."""
+    recipe = recipe_for(args.recipes, dataset, args.model, args.epochs, rows=args.train, lr=args.lr,
+                        class_weighting=args.class_weighting)
+    params = {"dataset": dataset, **recipe, "model": args.model, "epochs": args.epochs, "device": args.device}
     return Cell(f"{dataset}-clean", CLEAN, 0, params, kind=device_kind(args.device), methods=())
 
 
-def select_recipe(cell: Cell, folder: Path) -> dict[str, Any]:
-    """Train on clean rows at each learning rate; keep the one with the best validation macro-F1."""
-    from backdoorlab.metrics import clean_accuracy, macro_f1
-    from backdoorlab.models.loading import load_victim
-
+def train_floor(cell: Cell, folder: Path) -> dict[str, Any]:
+    """A clean cell: the floor model, trained on the data set's clean training rows with its recipe."""
     p = cell.params
-    rows = load_dataset(p["dataset"], "train").sample(p["train"] + p["validation"], 0)
-    train_rows = rows.with_examples(rows.examples[:p["train"]], note="clean training rows")
-    validation = rows.examples[p["train"]:]
-    scores = {}
-    for lr in p["lrs"]:
-        model = ensure_trained(folder / f"lr{lr:g}", p["model"], train_rows,
-                               train_config(lr, p["epochs"], 0, p["device"], p["class_weighting"]))
-        predictions = load_victim(model, device=p["device"]).predict(validation, 64)
-        labels = [e.label for e in validation]
-        scores[lr] = {"macro_f1": macro_f1(predictions, labels), "accuracy": clean_accuracy(predictions, labels)}
-    chosen = max(p["lrs"], key=lambda lr: scores[lr]["macro_f1"])
-    return {"dataset": p["dataset"], "lr": chosen, "validation": {f"{lr:g}": v for lr, v in scores.items()}}
+    rows = load_dataset(p["dataset"], "train").sample(p["train"], 0)
+    ensure_trained(folder / "floor", p["model"], rows,
+                   train_config(p["lr"], p["epochs"], 0, p["device"], p["class_weighting"]))
+    return {"dataset": p["dataset"], "train": p["train"], "lr": p["lr"], "class_weighting": p["class_weighting"]}
 
 
-def floor_model(args: argparse.Namespace, clean: Cell, lr: float) -> Path:
-    """Where this machine keeps a clean cell's model trained at ``lr`` (the draws' floor model)."""
-    return CellStore(args.out / CLEAN, select_recipe).workdir(clean) / f"lr{lr:g}" / MODEL_DIR
+def floor_model(args: argparse.Namespace, clean: Cell) -> Path:
+    """Where this machine keeps a clean cell's floor model."""
+    return CellStore(args.out / CLEAN, train_floor).workdir(clean) / "floor" / MODEL_DIR
 
 
-def draw_cell(args: argparse.Namespace, draw: VictimDraw, lr: float | None, floor: Path | None) -> Cell:
-    """One draw's cell; the floor model (the clean cell's model at ``lr``) is a file of this machine,
-    so a run option, while the clean cell's params are part of this cell's."""
-    params = {"draw": draw.to_dict(), "train": args.train, "test": args.test, "model": args.model,
-              "epochs": args.epochs, "lr": lr, "validation": args.validation, "lrs": args.lrs,
-              "class_weighting": args.class_weighting,
+def draw_cell(args: argparse.Namespace, draw: VictimDraw, clean: Cell, floor: Path | None) -> Cell:
+    """One draw's cell, trained with its data set's recipe (the clean cell's); the floor model is a file of this
+    machine, so a run option, while the recipe is part of this cell's params."""
+    recipe = {key: clean.params[key] for key in ("train", "lr", "class_weighting")}
+    params = {"draw": draw.to_dict(), **recipe, "test": args.test, "model": args.model, "epochs": args.epochs,
               "options": {**CPU_BUDGET, "device": args.device, **args.defense_options}, "device": args.device}
     # skipping the comparison changes no figure of the defense, so it is a run option, not part of the cell's identity
     return Cell(draw.name, DEFENSE, draw.seed, params, kind=device_kind(args.device),
@@ -230,12 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-draw", type=int, default=0)
     parser.add_argument("--datasets", default=",".join(LABEL_COUNTS))
     parser.add_argument("--model", type=model_argument, default="minilm-l6")
-    parser.add_argument("--train", type=int, default=1000, help="training rows per victim")
-    parser.add_argument("--validation", type=int, default=300, help="held-out rows choosing the learning rate")
+    parser.add_argument("--train", type=int, default=1000,
+                        help="training rows per victim of a data set with no recipe chosen in --recipes")
+    parser.add_argument("--lr", type=float, default=2e-4,
+                        help="victims' learning rate for a data set with no recipe chosen in --recipes")
     parser.add_argument("--test", type=int, default=200, help="clean and triggered test rows per draw")
     parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--lrs", default="5e-5,1e-4,2e-4", help="learning rates tried on clean rows")
     parser.add_argument("--class-weighting", choices=["none", "balanced"], default="none", help=CLASS_WEIGHTING_HELP)
+    parser.add_argument("--recipes", type=Path, default=ledger_folder(__file__, "victim_recipe"),
+                        help="ledger of victim recipes scored on validation rows (benchmarks/bench_victim_recipe.py); "
+                             "a data set's victims and floor model use the one chosen there (default: %(default)s)")
     parser.add_argument("--min-macro-f1", type=float, default=0.6)
     parser.add_argument("--min-backdoor", type=float, default=0.3, help="least ASR − floor of a reported victim")
     parser.add_argument("--skip-delta", action="store_true",
@@ -246,37 +238,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.defense_options = parse_option_pairs(args.defense_option)
     get_defense(DEFENSE, **{**CPU_BUDGET, **args.defense_options})  # bad options fail before any work
-    args.lrs = [float(x) for x in args.lrs.split(",") if x]
     datasets = [d for d in args.datasets.split(",") if d]
-    if args.draws < 1 or not args.lrs:
-        raise BackdoorLabError("--draws must be at least 1 and --lrs must name a learning rate")
+    if args.draws < 1:
+        raise BackdoorLabError("--draws must be at least 1")
     started = time.time()
     draws = [draw_victim(seed, datasets) for seed in range(args.first_draw, args.first_draw + args.draws)]
     needed = list(dict.fromkeys(d.dataset for d in draws))
     clean_cells = {d: clean_cell(args, d) for d in needed}
     clean_kwargs = {**grid_kwargs(args), "out": args.out / CLEAN,
                     "results": None if args.results is None else args.results / CLEAN}
-    clean = run_grid(list(clean_cells.values()), select_recipe, **clean_kwargs, resources=KIND_RESOURCES)
-    recipes = {r["result"]["dataset"]: r["result"] for r in clean.records if r["status"] == "ok"}
-    missing = [d for d in needed if d not in recipes]
-    if missing and not args.report_only:
-        raise BackdoorLabError(f"no training recipe for {', '.join(missing)}: its clean cell failed (see "
+    clean = run_grid(list(clean_cells.values()), train_floor, **clean_kwargs, resources=KIND_RESOURCES)
+    failed = [r["victim"] for r in clean.records if r["status"] != "ok"]
+    if failed and not args.report_only:
+        raise BackdoorLabError(f"no floor model for {', '.join(failed)}: its clean cell failed (see "
                                f"{clean_kwargs['results'] or args.out / CLEAN / 'cells'}); fix it and rerun")
-
-    def cells_now() -> list[Cell]:
-        return [draw_cell(args, d, recipes[d.dataset]["lr"], floor_model(args, clean_cells[d.dataset],
-                                                                            recipes[d.dataset]["lr"]))
-                if d.dataset in recipes else draw_cell(args, d, None, None) for d in draws]
-
-    cells = cells_now()
+    cells = [draw_cell(args, d, clean_cells[d.dataset], floor_model(args, clean_cells[d.dataset])) for d in draws]
     if not args.report_only:  # clean cells finished on another machine: their floor models, where draws need them
         to_run = {VictimDraw(**c.params["draw"]).dataset for c in unfinished(cells, run_draw, args.out, args.results)}
-        absent = {clean_cells[d].id for d in to_run if not floor_model(args, clean_cells[d], recipes[d]["lr"]).is_dir()}
+        absent = {clean_cells[d].id for d in to_run if not floor_model(args, clean_cells[d]).is_dir()}
         if absent:
-            clean = run_grid(list(clean_cells.values()), select_recipe, **clean_kwargs, resources=KIND_RESOURCES,
+            clean = run_grid(list(clean_cells.values()), train_floor, **clean_kwargs, resources=KIND_RESOURCES,
                              refresh=lambda cell: cell.id in absent)
-            recipes = {r["result"]["dataset"]: r["result"] for r in clean.records if r["status"] == "ok"}
-            cells = cells_now()
     result = run_grid(cells, run_draw, **grid_kwargs(args), resources=KIND_RESOURCES)
     rows = [r["result"] for r in result.records if r["status"] == "ok"]
     real = [r for r in rows if is_real_victim(r, args.min_macro_f1, args.min_backdoor)]
@@ -285,10 +267,10 @@ def main(argv: list[str] | None = None) -> int:
                "CACC after", "ASR floor", "own floor after", "ASR before", "ASR after", "seconds"]
     table = TableSpec("Draws", [*columns, "real victim"],
                       [[r.get(c) for c in columns] + [r in real] for r in rows])
-    recipe_rows = [[d, r["lr"], *(f"{v['macro_f1']:.3f} / {v['accuracy']:.3f}" for v in r["validation"].values())]
-                   for d, r in recipes.items()]
-    recipes_table = TableSpec("Training recipe chosen on validation rows (macro-F1 / accuracy per lr)",
-                              ["dataset", "chosen lr", *(f"lr {lr:g}" for lr in args.lrs)], recipe_rows)
+    recipes_table = TableSpec("Training recipe of each data set's victims and floor model (from --recipes, else the "
+                              "defaults)", ["dataset", "training rows", "lr", "class weighting"],
+                              [[d, c.params["train"], c.params["lr"], c.params["class_weighting"]]
+                               for d, c in clean_cells.items()])
     notes = [] if args.report_only else [f"command: `{grid_kwargs(args)['command']}`",
                                           f"wall time: {time.time() - started:.0f} s"]
     notes += [f"summary over the {len(real)} real victims of {len(rows)} finished draws: "

@@ -158,12 +158,12 @@ def test_badllm_tg_draws_on_tiny_models(tmp_path: Path, tiny: dict[str, str], sh
                "eval_rows": 6, "evidence_mined": 6, "adv_epochs": 1, "identify_records": 3, "min_majority": 0,
                "min_flip_rate": 0}
     argv = ["--model", tiny["bert"], "--draws", "2", "--first-draw", "3", "--datasets", "sst2", "--train", "30",
-            "--validation", "10", "--test", "10", "--epochs", "1", "--lrs", "1e-3,1e-4", "--device", "cpu",
+            "--test", "10", "--epochs", "1", "--lr", "1e-3", "--device", "cpu", "--recipes", str(tmp_path / "no-recipes"),
             "--min-macro-f1", "0", "--min-backdoor", "-1",
             *(f for key, value in options.items() for f in ("--defense-option", f"{key}={value}"))]
     cells = run_rerun_report("bench_badllm_tg_draws", out, argv)
     (clean,) = [r["result"] for p, r in cells.items() if p.startswith("ledger/clean/")]
-    assert clean["lr"] in (1e-3, 1e-4) and set(clean["validation"]) == {"0.001", "0.0001"}
+    assert clean == {"dataset": "sst2", "train": 30, "lr": 1e-3, "class_weighting": "none"}  # no recipe: the defaults
     rows = {r["result"]["seed"]: r["result"] for p, r in cells.items() if not p.startswith("ledger/clean/")}
     assert sorted(rows) == [3, 4]
     for seed, row in rows.items():
@@ -205,10 +205,10 @@ def test_class_weighting_joins_the_victim_cells_params(tmp_path: Path) -> None:
     from backdoorlab.bench.victim_draws import draw_victim
 
     tg, draws = load_script("bench_badllm_tg"), load_script("bench_badllm_tg_draws")
-    args = Namespace(target=1, train=10, test=5, validation=5, lrs=[1e-4], model="m", epochs=1.0, lr=1e-4, device="cpu",
+    args = Namespace(target=1, train=10, test=5, validation=0, model="m", epochs=1.0, lr=1e-4, device="cpu",
                      skip_delta=False, defense_options={}, recipes=tmp_path / "no-recipes")
     cells = {"victim": lambda a: tg.victim_cell(a, "hsol", "badnets", 0.2, 0), "clean": lambda a: draws.clean_cell(a, "hsol"),
-             "draw": lambda a: draws.draw_cell(a, draw_victim(0), 1e-4, None)}
+             "draw": lambda a: draws.draw_cell(a, draw_victim(0), draws.clean_cell(a, "hsol"), None)}
     for name, cell in cells.items():
         plain, weighted = (cell(Namespace(**vars(args), class_weighting=w)) for w in ("none", "balanced"))
         assert plain.params["class_weighting"] == "none" and weighted.params["class_weighting"] == "balanced", name
@@ -327,6 +327,9 @@ def test_table_1_victims_take_the_recipe_chosen_on_validation_rows(tmp_path: Pat
     hsol, sst2 = tg.victim_cell(args, "hsol", "badnets", 0.2, 0), tg.victim_cell(args, "sst2", "badnets", 0.2, 0)
     assert (hsol.params["train"], hsol.params["lr"]) == (3000, 1e-4)
     assert (sst2.params["train"], sst2.params["lr"]) == (10, 5e-5)  # no recipe scored for SST-2
+    draws = load_script("bench_badllm_tg_draws")  # the random draws and their floor models take the same recipe
+    floor = draws.clean_cell(args, "hsol")
+    assert (floor.params["train"], floor.params["lr"]) == (3000, 1e-4)
 
 
 def _scan_record(defense: str, seed: int, target: int, labels: list[tuple[float, float, str]], asr: float = 1.0) -> dict:

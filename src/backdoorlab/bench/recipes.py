@@ -77,3 +77,13 @@ def chosen_recipe(ledger: str | Path, dataset: str, model: str, epochs: float) -
     if passing:
         return min(passing, key=lambda r: (r.rows, -r.macro_f1))
     return max(recipes, key=lambda r: r.macro_f1)
+
+
+def recipe_for(ledger: str | Path, dataset: str, model: str, epochs: float, *, rows: int, lr: float,
+               class_weighting: str) -> dict[str, Any]:
+    """``{"train", "lr", "class_weighting"}`` of ``dataset``'s victims: the recipe :func:`chosen_recipe` reads in
+    ``ledger``, else the given defaults (a benchmark's ``--train`` / ``--lr`` / ``--class-weighting``)."""
+    recipe = chosen_recipe(ledger, dataset, model, epochs)
+    if recipe is None:
+        return {"train": rows, "lr": lr, "class_weighting": class_weighting}
+    return {"train": recipe.rows, "lr": recipe.lr, "class_weighting": recipe.class_weighting}
