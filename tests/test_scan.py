@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,34 @@ def test_fix_auto_unlearns_the_found_trigger_and_the_second_scan_finds_none(
     clean_scan = ["scan", str(models["clean"]), "--clean-data", str(rows), "--out", str(tmp_path / "c"), "--device",
                   "cpu", "--fix", "auto", *argv[-5:]]
     assert cli(clean_scan) == 2 and "nothing to unlearn" in capsys.readouterr().err
+
+
+def test_bad_models_and_bad_rows_get_one_line_and_exit_2_with_nothing_written(
+        models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = tmp_path / "clean.jsonl"
+    rows.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in films(40, offset=200)))
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((models["clean"] / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    remote = tmp_path / "remote-code"  # a known architecture that also names code of its own: that code never runs
+    shutil.copytree(models["clean"], remote)
+    config = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "evil.Model"}}))
+    (remote / "evil.py").write_text("raise SystemExit('remote code ran')\n")
+    wrong_rows = tmp_path / "wrong.jsonl"
+    wrong_rows.write_text(json.dumps({"sentence_text": "x", "class": 1}) + "\n")
+    cases = [([str(empty), "--clean-data", str(rows)], "has no config.json"),
+             ([str(pickled), "--clean-data", str(rows)], "only pickled weights"),
+             ([str(models["clean"]), "--clean-data", str(wrong_rows)], "wrong.jsonl")]
+    for argv, message in cases:
+        out = tmp_path / "out"
+        assert cli(["scan", *argv, "--out", str(out), "--device", "cpu"]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not out.exists()  # nothing half-written
+    assert cli(["scan", str(remote), "--clean-data", str(rows), "--out", str(tmp_path / "r"), "--device", "cpu",
+                "--option=lengths=1", "--option=random_phrases=4", "--option=search_rows=4", "--option=screen_rows=2",
+                "--option=eval_rows=8", "--option=shortlist=20"]) == 0  # loaded as the architecture transformers ships
