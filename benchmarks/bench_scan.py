@@ -1,7 +1,8 @@
 """How often ``backdoorlab scan`` is right: its verdict on backdoored and clean classifiers nobody picked.
 
 Each draw of the seeded victim distribution (:mod:`backdoorlab.bench.victim_draws`: data set, target,
-rate, trigger, position) gives two models trained alike (``minilm-l6``, the Table 1 recipe): the
+rate, trigger, position) gives two models trained alike (``minilm-l6``, its data set's Table 1 recipe from
+``--recipes``): the
 victim, trained on its poisoned rows, and its clean twin, trained on clean rows of the same data
 set. Each is scanned with clean rows of the test split the scan never trained on, and the cell
 records every label's figures (best candidate's flip rate, the random phrases' mean and 95th
@@ -27,6 +28,7 @@ from typing import Any
 from backdoorlab.bench.cell import Cell
 from backdoorlab.bench.grid import run_grid
 from backdoorlab.bench.options import KIND_RESOURCES, add_grid_arguments, device_kind, grid_kwargs, ledger_folder, model_argument
+from backdoorlab.bench.recipes import recipe_for
 from backdoorlab.bench.report import TableSpec, write_report
 from backdoorlab.bench.store import OK
 from backdoorlab.bench.victim_draws import LABEL_COUNTS, VictimDraw, draw_victim
@@ -52,11 +54,12 @@ def cells(args: argparse.Namespace) -> list[Cell]:
     found = []
     for seed in range(args.first_draw, args.first_draw + args.draws):
         draw = draw_victim(seed, args.datasets)
-        params = {"draw": draw.to_dict(), "train": args.train, "test": args.test, "clean_rows": args.clean_rows,
-                  "model": args.model, "epochs": args.epochs, "lr": args.lr, "device": args.device,
-                  "scan": args.scan_options}
-        for kind in (BACKDOORED, CLEAN):
-            found.append(Cell(draw.name, kind, seed, params, kind=device_kind(args.device)))
+        recipe = recipe_for(args.recipes, draw.dataset, args.model, args.epochs, rows=args.train, lr=args.lr,
+                            class_weighting="none")
+        params = {"draw": draw.to_dict(), **recipe, "test": args.test, "clean_rows": args.clean_rows,
+                  "model": args.model, "epochs": args.epochs, "device": args.device, "scan": args.scan_options}
+        for kind in (BACKDOORED, CLEAN):  # the scan's own code counts through its imports (BadLLM-TG's screening)
+            found.append(Cell(draw.name, kind, seed, params, kind=device_kind(args.device), methods=()))
     return found
 
 
@@ -64,7 +67,7 @@ def scan_cell(cell: Cell, folder: Path) -> dict[str, Any]:
     """Train the draw's victim (or its clean twin) and scan it; the figures of every label."""
     p, draw = cell.params, VictimDraw(**cell.params["draw"])
     config = TrainConfig(epochs=p["epochs"], learning_rate=p["lr"], batch_size=16, seed=draw.seed, device=p["device"],
-                         save_steps=10**9)
+                         save_steps=10**9, class_weighting=p["class_weighting"])
     figures: dict[str, Any] = {}
     if cell.defense == BACKDOORED:
         attack_run = folder / "attack"
@@ -173,12 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-draw", type=int, default=0)
     parser.add_argument("--validation-draws", type=int, default=10, help="the first draws, which choose the thresholds")
     parser.add_argument("--datasets", default=",".join(LABEL_COUNTS))
-    parser.add_argument("--train", type=int, default=1000, help="training rows per model")
+    parser.add_argument("--train", type=int, default=1000,
+                        help="training rows per model of a data set with no recipe chosen in --recipes")
     parser.add_argument("--test", type=int, default=100, help="test rows the victim's ASR is measured on")
     parser.add_argument("--clean-rows", type=int, default=200, help="clean test-split rows the scan is given")
     parser.add_argument("--model", type=model_argument, default="minilm-l6")
     parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=2e-4,
+                        help="learning rate of a data set with no recipe chosen in --recipes")
+    parser.add_argument("--recipes", type=Path, default=ledger_folder(__file__, "victim_recipe"),
+                        help="ledger of victim recipes scored on validation rows (benchmarks/bench_victim_recipe.py); "
+                             "victims and twins take Table 1's recipe of their data set (default: %(default)s)")
     parser.add_argument("--scan-option", action="append", default=[], metavar="KEY=VALUE", help="scan setting")
     parser.add_argument("--device", default="auto")
     add_grid_arguments(parser, "runs/bench-scan", ledger_folder(__file__, NAME))
