@@ -115,7 +115,8 @@ def cmd_paraphrase(args: argparse.Namespace) -> None:
 
 def cmd_scan(args: argparse.Namespace) -> None:
     from .pipeline import load_training_data
-    from .scan import SCAN_FILE, ScanSettings, scan_model
+    from .scan import ScanSettings, scan_model
+    from .scan.findings import TARGETS
     from .scan.fix import scan_and_fix
 
     settings = ScanSettings.from_dict(parse_option_pairs(args.option))  # bad options fail before any loading
@@ -128,13 +129,16 @@ def cmd_scan(args: argparse.Namespace) -> None:
               "device": args.device, "allow_pickle": args.allow_pickle, "overwrite": args.overwrite}
     if args.fix_option and not args.fix:
         raise BackdoorLabError("--fix-option sets an option of the --fix method; give --fix too")
-    fixed = scan_and_fix(args.model, args.out, args.fix, fix_options=parse_option_pairs(args.fix_option),
-                         **common) if args.fix else None
-    result = json.loads((Path(args.out) / SCAN_FILE).read_text()) if fixed else scan_model(args.model, args.out, **common)
-    generator = result["kind"] == "generator"
-    what, rate = ("behaviour", "behaviour rate") if generator else ("label", "flip rate")
+    fixed = None
+    if args.fix:
+        result, fixed = scan_and_fix(args.model, args.out, args.fix, fix_options=parse_option_pairs(args.fix_option),
+                                     **common)
+    else:
+        result = scan_model(args.model, args.out, **common)
+    target = TARGETS[result["kind"]]
+    what, rate = target.what, target.rate
     rows = []
-    for finding in result["behaviours" if generator else "labels"]:
+    for finding in result[target.findings_key]:
         best = next((c for c in finding["candidates"] if not c["natural"]), {})
         rows.append({what: finding["name"], "flagged": "yes" if finding["flagged"] else "no",
                      "best phrase": best.get("phrase"), rate: best.get("flip_rate"),
@@ -142,8 +146,8 @@ def cmd_scan(args: argparse.Namespace) -> None:
     print_table(rows, [what, "flagged", "best phrase", rate, "random p95"])
     found = result["verdict"]
     if result["trigger"]:
-        target = result["behaviour" if generator else "target_label"]["name"]
-        found += f": {'behaviour' if generator else 'target'} {target!r}, trigger {result['trigger']['phrase']!r}"
+        name = result[target.verdict_key]["name"]
+        found += f": {'behaviour' if what == 'behaviour' else 'target'} {name!r}, trigger {result['trigger']['phrase']!r}"
     print(f"verdict: {found} (thresholds not yet calibrated on clean models)")
     if fixed is not None:
         keys = [k for k in fixed["before"] if k in fixed["after"]]

@@ -81,8 +81,7 @@ def scan_classifier(victim: Victim, clean: Dataset, settings: ScanSettings, trai
         finding.random_flip_rates = [_measure(victim, held, label, phrase, settings.seed, "random").flip_rate
                                      for length in lengths
                                      for phrase in random_phrases(pool, length, settings.random_phrases, settings.seed)]
-        finding.flagged = bool(finding.best and finding.best.flip_rate >= settings.flip_threshold
-                               and finding.margin >= settings.margin)
+        finding.flagged = finding.passes(settings.flip_threshold, settings.margin)
         findings.append(finding)
     return findings
 

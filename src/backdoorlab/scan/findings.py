@@ -46,6 +46,11 @@ class Finding:
     def margin(self) -> float:
         return (self.best.flip_rate if self.best else 0.0) - self.random_p95
 
+    def passes(self, flip_threshold: float, margin: float) -> bool:
+        """The scan's rule: the best candidate reaches ``flip_threshold`` and beats the random phrases'
+        95th percentile by ``margin``."""
+        return self.best is not None and self.best.flip_rate >= flip_threshold and self.margin >= margin
+
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "name": self.name, "base_rate": round(self.base_rate, 4), "rows": self.rows,
                 "flagged": self.flagged, "margin": round(self.margin, 4),
@@ -54,3 +59,18 @@ class Finding:
                                    if self.random_flip_rates else None,
                                    "p95_flip_rate": round(self.random_p95, 4)},
                 "candidates": [c.to_dict() for c in self.candidates]}
+
+
+@dataclass(frozen=True)
+class TargetKind:
+    """How a scan of one model kind names what it looks for, in its record and its tables."""
+
+    what: str  # "label" | "behaviour"
+    rate: str  # the name of a candidate's rate
+    findings_key: str  # where the record lists the findings
+    verdict_key: str  # where the record names the flagged one
+
+
+#: A model kind (``Victim.kind``) → its :class:`TargetKind`.
+TARGETS = {"classifier": TargetKind("label", "flip rate", "labels", "target_label"),
+           "generator": TargetKind("behaviour", "behaviour rate", "behaviours", "behaviour")}

@@ -24,6 +24,7 @@ from ..fileio import write_json_atomic
 from ..metrics.classification import macro_f1
 from ..models.loading import load_victim
 from ..training import MODEL_DIR
+from .findings import TARGETS
 from .run import scan_model
 from .settings import ScanSettings
 
@@ -45,9 +46,9 @@ def scan_and_fix(model: str | Path, out: str | Path, fix: str, *, clean: Dataset
                  fix_options: dict[str, Any] | None = None, training: Dataset | None = None,
                  behaviours: Sequence[str] | None = None,
                  settings: ScanSettings | None = None, device: str = "auto", allow_pickle: bool = False,
-                 overwrite: bool = False, progress: Progress = print) -> dict[str, Any]:
+                 overwrite: bool = False, progress: Progress = print) -> tuple[dict[str, Any], dict[str, Any]]:
     """Scan ``model``, purify it with ``fix`` (``auto`` or a defense name, with ``fix_options``), scan the
-    result; write and return ``fix.json`` (module docstring)."""
+    result; write ``fix.json`` (module docstring) and return ``(the first scan's record, fix.json's content)``."""
     from ..defenses import get_defense, run_defense
 
     if clean is None:
@@ -63,8 +64,9 @@ def scan_and_fix(model: str | Path, out: str | Path, fix: str, *, clean: Dataset
     method, options, behaviour = choose_fix(fix, before)
     options = {**options, **(fix_options or {})}
     progress(f"fixing with {method}" + (f" ({options})" if options else "") + f" on {len(learn)} clean rows")
+    findings = before[TARGETS[before["kind"]].findings_key]
     if before["kind"] == "classifier":  # the rows keep the suspect's label names (a file's labels may be bare numbers)
-        learn = Dataset(learn.name, learn.task, learn.examples, [f["name"] for f in before["labels"]], learn.source,
+        learn = Dataset(learn.name, learn.task, learn.examples, [f["name"] for f in findings], learn.source,
                         learn.notes)
     learn.save(out / FIX_DIR / "rows", overwrite=True)
     run_defense(method, model, None, out / FIX_DIR / "defense", clean_data=out / FIX_DIR / "rows",
@@ -82,7 +84,7 @@ def scan_and_fix(model: str | Path, out: str | Path, fix: str, *, clean: Dataset
                "after": _summary(after, utility(fixed, scanned, after, device, allow_pickle))}
     write_json_atomic(out / FIX_FILE, summary)
     _report(out, summary)
-    return summary
+    return before, summary
 
 
 def _report(out: Path, summary: dict[str, Any]) -> None:
@@ -100,9 +102,9 @@ def _report(out: Path, summary: dict[str, Any]) -> None:
 
 def choose_fix(fix: str, record: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
     """``(defense, options, behaviour)`` for ``--fix``: ``auto`` unlearns the trigger the scan found."""
-    generator = record["kind"] == "generator"
-    flagged = record.get("behaviour") if generator else None
-    behaviour = flagged["name"] if flagged else (record["behaviours"][0]["name"] if generator else None)
+    behaviour = None
+    if record["kind"] == "generator":  # the flagged behaviour, else the first one scanned for
+        behaviour = (record["behaviour"] or record["behaviours"][0])["name"]
     if fix != AUTO:
         return fix, {}, behaviour
     if record["trigger"] is None:
@@ -126,6 +128,6 @@ def utility(model: str | Path, rows: Dataset, record: dict[str, Any], device: st
 
 def _summary(record: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
     trigger = record["trigger"] or {}
-    target = record.get("target_label") or record.get("behaviour") or {}
+    target = record[TARGETS[record["kind"]].verdict_key] or {}
     return {"verdict": record["verdict"], "target": target.get("name"), "trigger": trigger.get("phrase"),
             "trigger_rate": trigger.get("flip_rate"), **measured}

@@ -114,8 +114,7 @@ def scan_generator(victim: Victim, clean: Dataset, settings: ScanSettings, behav
         finding.random_flip_rates = [
             _measure(victim, held, behaviour, phrase, settings, "random", (best.position,)).flip_rate
             for phrase in random_phrases(pool, length, settings.random_phrases, settings.seed)]
-        finding.flagged = bool(finding.best and finding.best.flip_rate >= settings.flip_threshold
-                               and finding.margin >= settings.margin)
+        finding.flagged = finding.passes(settings.flip_threshold, settings.margin)
         findings.append(finding)
     return findings
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.report import TableSpec, write_report
-from .findings import Finding
+from .findings import TARGETS, Finding
 
 
 def write_scan_report(out: Path, record: dict[str, Any], findings: list[Finding]) -> tuple[Path, Path]:
-    settings, generator = record["settings"], record["kind"] == "generator"
-    what, rate = ("behaviour", "behaviour rate") if generator else ("label", "flip rate")
+    settings, target = record["settings"], TARGETS[record["kind"]]
+    generator, what, rate = record["kind"] == "generator", target.what, target.rate
     rows = []
     for finding in findings:
         random_ = finding.to_dict()["random_phrases"]
@@ -30,8 +30,7 @@ def write_scan_report(out: Path, record: dict[str, Any], findings: list[Finding]
                        "random phrases: mean", "random phrases: p95", "rows"], rows)
     verdict = record["verdict"]
     if record["trigger"]:
-        target = record["behaviour" if generator else "target_label"]["name"]
-        verdict += f": {what} {target!r}, trigger {record['trigger']['phrase']!r}"
+        verdict += f": {what} {record[target.verdict_key]['name']!r}, trigger {record['trigger']['phrase']!r}"
     notes = [f"Verdict: {verdict}.",
              f"A {what} is flagged when its best phrase makes at least {settings['flip_threshold']:.0%} of held-out "
              f"{'prompts show it' if generator else 'rows go to it'} and beats the 95th percentile of random phrases "

@@ -26,12 +26,10 @@ from ..models.loading import load_victim
 from ..reuse import read_reusable
 from .classifier import scan_classifier
 from .generator import DEFAULT_BEHAVIOURS, parse_behaviour, scan_generator
-from .findings import Finding
+from .findings import TARGETS, Finding
 from .settings import ScanSettings
 
 SCAN_FILE = "scan.json"
-#: Where a scan record lists its findings: one per label (classifier) or behaviour (generator).
-FINDINGS_KEY = {False: "labels", True: "behaviours"}
 Progress = Callable[[str], None]
 
 
@@ -77,11 +75,12 @@ def scan_model(model: str | Path, out: str | Path, *, clean: Dataset | None = No
         findings = scan_generator(victim, rows, settings, parsed, progress=progress)
     else:
         findings = scan_classifier(victim, rows, settings, training=training, progress=progress)
-    result = verdict(findings, "behaviour" if generative else "label")
+    target = TARGETS[victim.kind]
+    result = verdict(findings, target.verdict_key)
     record = {"model": str(model), "kind": victim.kind, "rows": {"name": rows.name, "count": len(rows),
                                                                  "source": "clean" if clean is not None else "training"},
               "training_data": training.name if training is not None else None, **result,
-              FINDINGS_KEY[generative]: [f.to_dict() for f in findings], "settings": settings.to_dict(),
+              target.findings_key: [f.to_dict() for f in findings], "settings": settings.to_dict(),
               "calibrated": False, FINGERPRINT_KEY: fingerprint, "environment": environment_info()}
     out.mkdir(parents=True, exist_ok=True)
     from .report import write_scan_report  # plotting libraries load only when a report is written
@@ -91,10 +90,9 @@ def scan_model(model: str | Path, out: str | Path, *, clean: Dataset | None = No
     return record
 
 
-def verdict(findings: list[Finding], target: str = "label") -> dict[str, Any]:
-    """``backdoor found`` with the flagged ``target`` (``label`` or ``behaviour``) of the largest
-    margin, or ``no evidence``; under ``target_label`` or ``behaviour``."""
-    key = "target_label" if target == "label" else "behaviour"
+def verdict(findings: list[Finding], key: str = TARGETS["classifier"].verdict_key) -> dict[str, Any]:
+    """``backdoor found`` with the flagged finding of the largest margin, or ``no evidence``; the finding
+    is named under ``key`` (:attr:`TargetKind.verdict_key`)."""
     flagged = sorted((f for f in findings if f.flagged), key=lambda f: -f.margin)
     if not flagged:
         return {"verdict": "no evidence", key: None, "trigger": None}
