@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from backdoorlab.attacks.run import AttackRun
 from backdoorlab.bench import (
     ERROR,
     OK,
@@ -54,11 +55,10 @@ from backdoorlab.bench import (
 )
 from backdoorlab.bench.options import KIND_RESOURCES, device_kind, model_argument
 from backdoorlab.bench.recipes import recipe_for, validation_split
-from backdoorlab.attacks.run import AttackRun
 from backdoorlab.data import Dataset, load_dataset
-from backdoorlab.paraphrasers import make_pool, save_pool
 from backdoorlab.defenses import get_defense, run_defense
 from backdoorlab.errors import BackdoorLabError
+from backdoorlab.paraphrasers import make_pool, save_pool
 from backdoorlab.pipeline import ensure_evaluated, ensure_trained, run_attack
 from backdoorlab.training import MODEL_DIR, TrainConfig
 
@@ -462,11 +462,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # the victims first, those whose defense cells are not finished: each such cell reads its victim's folder
     defense_cells = unique(table1_cells + sweep_cells)
-    pending = set() if args.report_only else {
-        (c.victim, c.seed) for c in unfinished(defense_cells, apply_defense, args.out, args.results)}
+    todo = [] if args.report_only else unfinished(defense_cells, apply_defense, args.out, args.results)
+    pending = {(c.victim, c.seed) for c in todo}
+    floors = {(c.victim, c.seed) for c in todo if "clean_dir" in c.run_options}  # undefended cells still to run
     needed = [v for v in unique(table1_victims + sweep_victims) if (v.victim, v.seed) in pending]
-    needed += unique([clean_cell(v) for v in needed if any(c.victim == v.victim and c.seed == v.seed
-                                                           and "clean_dir" in c.run_options for c in defense_cells)])
+    needed += unique([clean_cell(v) for v in needed if (v.victim, v.seed) in floors])
     victims = run_grid(needed, train_victim, **{**grid_kwargs(args), "out": args.out / VICTIMS, "results": None},
                        resources=KIND_RESOURCES)
     defenses = run_grid(defense_cells, apply_defense, **grid_kwargs(args), resources=KIND_RESOURCES)

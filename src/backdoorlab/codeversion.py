@@ -30,6 +30,7 @@ what only they import are left out, so reorganising them leaves every result cur
 from __future__ import annotations
 
 import ast
+import copy
 import functools
 import hashlib
 from collections.abc import Iterable
@@ -42,6 +43,8 @@ PACKAGE = "backdoorlab"
 ENTRY_SEPARATOR = "::"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 _METHODS_PARENT = "defenses"
+#: The package that imports every method to register it (``defenses/__init__``).
+_REGISTRY = f"{PACKAGE}.{_METHODS_PARENT}"
 _NOT_METHODS = frozenset({"shared"})
 #: Modules that record, key, write or display results without computing any figure in them.
 BOOKKEEPING = frozenset(f"{PACKAGE}.{name}" for name in (
@@ -207,8 +210,9 @@ def _used_names(statement: ast.stmt) -> set[str]:
 @functools.lru_cache(maxsize=512)
 def _entry(path: Path, function: str, size: int, mtime: int) -> tuple[str, ast.Module]:
     """``(hash of the entry's source, the entry's tree)``, cached while the file is unchanged."""
-    text = _tree_text(entry_tree(path, function))  # strips the tree it is given: hash a parse of its own
-    return hashlib.sha256(text.encode("utf-8")).hexdigest(), entry_tree(path, function)
+    tree = entry_tree(path, function)
+    text = _tree_text(copy.deepcopy(tree))  # stripping edits the tree it is given
+    return hashlib.sha256(text.encode("utf-8")).hexdigest(), tree
 
 
 def _strip(node: ast.AST, imports: set[str], registered: frozenset[str] = frozenset()) -> None:
@@ -226,9 +230,9 @@ def _strip(node: ast.AST, imports: set[str], registered: frozenset[str] = frozen
         kept = []
         for child in body:
             if isinstance(child, ast.ImportFrom) and child.level == 1 and child.module is None and registered:
-                kept_names = [alias for alias in child.names if alias.name not in registered]
-                if kept_names:
-                    imports.add(ast.dump(ast.ImportFrom(None, kept_names, 1), annotate_fields=False))
+                others = [alias for alias in child.names if alias.name not in registered]
+                if others:
+                    imports.add(ast.dump(ast.ImportFrom(None, others, 1), annotate_fields=False))
             elif isinstance(child, (ast.Import, ast.ImportFrom)):
                 imports.add(ast.dump(child, annotate_fields=False))
             else:
@@ -246,7 +250,8 @@ def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None 
     ``None``: all) depend on, by module name (scripts by their file name).
 
     A root is a module name (``backdoorlab.defenses.onion``), the path of a script that imports
-    the package, or one function of a script (``script.py::name``; see the module docstring). See the module docstring for how method packages are counted."""
+    the package, or one function of a script (``script.py::name``). See the module docstring for
+    how each kind of root and the method packages are counted."""
     all_methods = method_packages(root)
     allowed = set(all_methods) if methods is None else {_method_name(m, all_methods) for m in methods}
     queue: list[tuple[str | None, Path]] = [(m, module_file(m, root)) for m in sorted(allowed)]  # type: ignore[misc]
@@ -269,7 +274,6 @@ def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None 
         if owner is not None:
             allowed.add(owner)
         queue.append((str(item), path))
-    registry = f"{PACKAGE}.{_METHODS_PARENT}"
     files: dict[str, Path] = {}
     for path, function in entries:
         files[f"{path.name}{ENTRY_SEPARATOR}{function}"] = path
@@ -286,7 +290,7 @@ def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None 
         for name in imported_modules(path, module, root):
             owner = method_of(name, all_methods)
             if owner is not None and owner not in allowed:
-                if module == registry:
+                if module == _REGISTRY:
                     continue  # the registry imports every method to register it: not this result's code
                 allowed.add(owner)  # a method builds on another, or other code uses one: that one counts too
             if name not in files and name not in BOOKKEEPING:
@@ -315,13 +319,12 @@ def code_digest(roots: Iterable[str | Path], methods: Iterable[str] | None = (),
     method packages, so adding a method leaves other results current (each method's own code counts
     where it runs); ``legacy`` hashes it with them, as records written before this rule were."""
     files = dependency_files(roots, methods, root)
-    parent = f"{PACKAGE}.{_METHODS_PARENT}"
     registered = frozenset() if legacy else frozenset(m.rsplit(".", 1)[1] for m in method_packages(root))
     sha = hashlib.sha256()
     for key in sorted(files):
         stat = files[key].stat()
         _, function = split_entry(key)
-        digest = (_file_hash(files[key], stat.st_size, stat.st_mtime_ns, registered if key == parent else frozenset())
+        digest = (_file_hash(files[key], stat.st_size, stat.st_mtime_ns, registered if key == _REGISTRY else frozenset())
                   if function is None else _entry(files[key], function, stat.st_size, stat.st_mtime_ns)[0])
         sha.update(f"{key}:{digest}\n".encode())
     return sha.hexdigest()
