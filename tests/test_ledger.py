@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from backdoorlab.bench import Cell, CellStore, run_grid, unfinished
-from backdoorlab.bench.store import MAX_RECORD_BYTES, STALE
-from backdoorlab.codeversion import BOOKKEEPING, PACKAGE_ROOT, code_digest, dependency_files, method_packages
+from backdoorlab.bench.store import MAX_RECORD_BYTES, REFINGERPRINTED, STALE
+from backdoorlab.codeversion import BOOKKEEPING, CODE_FORMS, PACKAGE_ROOT, code_digest, dependency_files, method_packages
 from backdoorlab.errors import BackdoorLabError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,9 +105,9 @@ def source_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.contextmanager
 def edited(path: Path) -> Iterator[None]:
-    """``path`` with a line of code added, for the duration of the block."""
+    """``path`` with a statement that runs on import added, for the duration of the block."""
     original = path.read_text()
-    path.write_text(original + "\nEDITED = 1\n")
+    path.write_text(original + "\nprint('edited')\n")
     try:
         yield
     finally:
@@ -170,12 +170,12 @@ def test_docstrings_formatting_and_where_imports_sit_do_not_count(source_copy: P
         assert original.startswith('"""')
         reworded = original.replace('"""', '"""Reworded. ', 1)  # the module docstring
         assert _digest_with(target, reworded, source_copy, roots) == before
-        local_import = original + "\n\n\ndef helper(  x ):\n    'doc'\n    import json\n    return x\n"
+        local_import = original + "\n\n\ndef helper(  x ):\n    'doc'\n    import json\n    return json.dumps(x)\n\n\nprint(helper(1))\n"
         with_helper = _digest_with(target, local_import, source_copy, roots)
-        assert with_helper != before  # a new function is code
-        top_import = original + "\nimport json\n\ndef helper(x):\n    return x\n"
+        assert with_helper != before  # a new function that runs is code
+        top_import = original + "\nimport json\n\ndef helper(x):\n    return json.dumps(x)\n\nprint(helper(1))\n"
         assert _digest_with(target, top_import, source_copy, roots) == with_helper
-        assert _digest_with(target, top_import.replace("return x", "return x + 1"), source_copy, roots) != with_helper
+        assert _digest_with(target, top_import.replace("dumps(x)", "dumps(x + 1)"), source_copy, roots) != with_helper
     finally:
         target.write_text(original)
     assert code_digest(roots, root=source_copy) == before
@@ -193,20 +193,22 @@ def test_code_outside_the_defenses_that_imports_a_method_counts_its_code(source_
 def test_registering_a_new_method_leaves_other_results_current(source_copy: Path) -> None:
     init, package = source_copy / "defenses" / "__init__.py", source_copy / "defenses" / "zz_new_method"
     roots, original = ["backdoorlab.defenses", "backdoorlab.defenses.onion"], init.read_text()
-    before = {legacy: code_digest(roots, methods=["rap"], root=source_copy, legacy=legacy) for legacy in (False, True)}
+    before = {form: code_digest(roots, methods=["rap"], root=source_copy, form=form) for form in CODE_FORMS}
     try:
         package.mkdir()
         (package / "__init__.py").write_text("RATE = 1\n")
         init.write_text(original.replace("    attribution,\n", "    attribution,\n    zz_new_method,\n", 1))
         assert "zz_new_method" in init.read_text()
-        assert code_digest(roots, methods=["rap"], root=source_copy) == before[False]
-        assert code_digest(roots, methods=["rap"], root=source_copy, legacy=True) != before[True]  # the old form saw it
-        init.write_text(init.read_text() + "\nEDITED = 1\n")  # any other edit of the registry module counts
-        assert code_digest(roots, methods=["rap"], root=source_copy) != before[False]
+        for form in ("reach", "files"):
+            assert code_digest(roots, methods=["rap"], root=source_copy, form=form) == before[form], form
+        assert code_digest(roots, methods=["rap"], root=source_copy, form="files-legacy") != before["files-legacy"]
+        init.write_text(init.read_text() + "\nprint('edited')\n")  # any other edit of the registry module counts
+        for form in CODE_FORMS:
+            assert code_digest(roots, methods=["rap"], root=source_copy, form=form) != before[form], form
     finally:
         init.write_text(original)
         shutil.rmtree(package, ignore_errors=True)
-    assert code_digest(roots, methods=["rap"], root=source_copy) == before[False]
+    assert code_digest(roots, methods=["rap"], root=source_copy) == before["reach"]
 
 
 def test_bookkeeping_modules_do_not_count_and_computing_ones_do(source_copy: Path) -> None:
@@ -275,7 +277,7 @@ def _load_script(path: Path):  # type: ignore[no-untyped-def]
     return module
 
 
-def test_records_hashed_with_their_whole_script_stay_current_until_it_changes(tmp_path: Path) -> None:
+def test_records_of_an_earlier_form_stay_current_until_its_code_changes_and_are_rewritten(tmp_path: Path) -> None:
     script = tmp_path / "bench_y.py"
     script.write_text(SCRIPT)
     fn = _load_script(script).cell
@@ -283,15 +285,17 @@ def test_records_hashed_with_their_whole_script_stay_current_until_it_changes(tm
     kwargs = {"results": tmp_path / "ledger", "serial": True, "progress": False}
     assert run_grid(cells, fn, tmp_path / "runs", **kwargs).computed == 2
     store = CellStore(tmp_path / "runs", fn, tmp_path / "ledger")
-    old_form = store.path(cells[0])  # a record written when the digest covered the whole script
-    record = json.loads(old_form.read_text())
-    record["fingerprint"] = store._fingerprint(cells[0], whole_script=True, legacy=True)
-    old_form.write_text(json.dumps(record))
+    for cell in cells:  # records written when the digest covered the whole script, file by file
+        record = json.loads(store.path(cell).read_text())
+        record["fingerprint"] = store._fingerprint(cell, whole_script=True, form="files-legacy")
+        store.path(cell).write_text(json.dumps(record))
     assert store.lookup(cells[0])["status"] == "ok"
+    rewritten = json.loads(store.path(cells[0]).read_text())
+    assert rewritten["fingerprint"] == store.fingerprint(cells[0]) and REFINGERPRINTED in rewritten
 
-    script.write_text(SCRIPT.replace('"first"', '"second"'))  # the table only
+    script.write_text(SCRIPT.replace('"first"', '"second"'))  # the table only: the old form saw it, the current does not
     store = CellStore(tmp_path / "runs", fn, tmp_path / "ledger")
-    assert [store.lookup(c)["status"] for c in cells] == [STALE, "ok"]
+    assert [store.lookup(c)["status"] for c in cells] == ["ok", STALE]
     assert run_grid(cells, fn, tmp_path / "runs", **kwargs).computed == 1
 
 

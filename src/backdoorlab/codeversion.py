@@ -1,7 +1,13 @@
 """The version of the code behind a cached result: a hash of the source it runs.
 
 A result is current only if the code that computed it is unchanged, so every fingerprint carries
-:func:`code_digest` of the modules its result depends on. The digest covers each named module and,
+:func:`code_digest` of the modules its result depends on. Its current form (``reach``,
+:mod:`backdoorlab.codereach`) hashes only the top-level statements the roots can run, following
+names from module to module; the rules below on methods, scripts and bookkeeping apply to it as
+they do to the earlier ``files`` forms, described here, which records written before it are
+checked against.
+
+The ``files`` form covers each named module and,
 transitively, every ``backdoorlab`` module it imports (function-local imports included), read
 statically from the source. It hashes each file's syntax tree, so comments, docstrings, blank
 lines, formatting and where an import statement sits (top of the file or inside a function) do not
@@ -46,10 +52,13 @@ _METHODS_PARENT = "defenses"
 #: The package that imports every method to register it (``defenses/__init__``).
 _REGISTRY = f"{PACKAGE}.{_METHODS_PARENT}"
 _NOT_METHODS = frozenset({"shared"})
+#: The digest's forms, newest first (:func:`code_digest`).
+CODE_FORMS = ("reach", "files", "files-legacy")
+CURRENT_FORM = CODE_FORMS[0]
 #: Modules that record, key, write or display results without computing any figure in them.
 BOOKKEEPING = frozenset(f"{PACKAGE}.{name}" for name in (
     "codeversion", "fingerprint", "reuse", "fileio", "errors", "console", "bench.store", "bench.report",
-    "bench.options"))
+    "bench.options", "codereach"))
 
 
 def method_packages(root: Path = PACKAGE_ROOT) -> frozenset[str]:
@@ -253,7 +262,7 @@ def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None 
     the package, or one function of a script (``script.py::name``). See the module docstring for
     how each kind of root and the method packages are counted."""
     all_methods = method_packages(root)
-    allowed = set(all_methods) if methods is None else {_method_name(m, all_methods) for m in methods}
+    allowed = set(all_methods) if methods is None else {method_name(m, all_methods) for m in methods}
     queue: list[tuple[str | None, Path]] = [(m, module_file(m, root)) for m in sorted(allowed)]  # type: ignore[misc]
     entries: list[tuple[Path, str]] = []
     for item in roots:
@@ -298,7 +307,7 @@ def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None 
     return files
 
 
-def _method_name(name: str, all_methods: frozenset[str]) -> str:
+def method_name(name: str, all_methods: frozenset[str]) -> str:
     full = name if name.startswith(PACKAGE + ".") else f"{PACKAGE}.{_METHODS_PARENT}.{name}"
     if full not in all_methods:
         raise BackdoorLabError(f"{name!r} is not a defense method package; expected one of "
@@ -312,12 +321,21 @@ def _file_hash(path: Path, size: int, mtime: int, registered: frozenset[str] = f
 
 
 def code_digest(roots: Iterable[str | Path], methods: Iterable[str] | None = (),
-                root: Path = PACKAGE_ROOT, *, legacy: bool = False) -> str:
-    """SHA-256 over the source of every file the ``roots`` depend on (see :func:`dependency_files`).
+                root: Path = PACKAGE_ROOT, *, form: str = CURRENT_FORM) -> str:
+    """SHA-256 over the source the ``roots`` depend on, in one of :data:`CODE_FORMS`.
 
-    The methods' parent package (``defenses/__init__``) is hashed without its registration imports of
-    method packages, so adding a method leaves other results current (each method's own code counts
-    where it runs); ``legacy`` hashes it with them, as records written before this rule were."""
+    ``reach`` (the current form) hashes only the top-level statements the roots can run
+    (:mod:`backdoorlab.codereach`). ``files`` hashes every file they import (see
+    :func:`dependency_files`), with the methods' parent package (``defenses/__init__``) hashed
+    without its registration imports of method packages; ``files-legacy`` hashes it with them. The
+    earlier forms let records written under them be recognised while their code is unchanged."""
+    if form not in CODE_FORMS:
+        raise BackdoorLabError(f"unknown code digest form {form!r}; expected one of {', '.join(CODE_FORMS)}")
+    if form == CURRENT_FORM:
+        from .codereach import reach_digest, reach_of
+
+        return reach_digest(reach_of(roots, methods, root))
+    legacy = form == "files-legacy"
     files = dependency_files(roots, methods, root)
     registered = frozenset() if legacy else frozenset(m.rsplit(".", 1)[1] for m in method_packages(root))
     sha = hashlib.sha256()

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .codeversion import code_digest
+from .codeversion import CURRENT_FORM, code_digest
 
 FINGERPRINT_KEY = "fingerprint"
 #: Weight and configuration files whose bytes identify a model folder.
@@ -121,11 +121,11 @@ def folder_digest(folder: str | Path, patterns: Iterable[str] = ("**/*.json", "*
 
 
 def make_fingerprint(stage: str, *, code: Iterable[str | Path], methods: Iterable[str] | None = (),
-                     legacy_code: bool = False, **parts: Any) -> dict[str, Any]:
+                     code_form: str = CURRENT_FORM, **parts: Any) -> dict[str, Any]:
     """A fingerprint dict: ``stage``, the given ``parts`` (canonical) and ``code``, the digest of the
-    source the result depends on: the modules (or script paths) named, with what they import
-    (:func:`~backdoorlab.codeversion.code_digest`; ``methods`` and ``legacy_code`` as its ``legacy``)."""
-    return canonical({"stage": stage, **parts, "code": code_digest(code, methods, legacy=legacy_code)})
+    source the result depends on: the modules (or script paths) named and the code they reach
+    (:func:`~backdoorlab.codeversion.code_digest`; ``methods`` and ``code_form`` as its ``form``)."""
+    return canonical({"stage": stage, **parts, "code": code_digest(code, methods, form=code_form)})
 
 
 def same_fingerprint(stored: Any, expected: Mapping[str, Any]) -> bool:

@@ -5,11 +5,14 @@ the shipped benchmarks, ``<out>/cells/`` when no ledger is given) and scratch wo
 ``<out>/work/<cell id>/``. A record holds the cell (victim, defense, seed, params), ``status``
 (``ok`` or ``error``), the error message, the cell function's ``result``, ``seconds`` and
 ``minutes``, the command and the core count of the machine that ran it, and the fingerprint: the
-cell's identity plus the digest of the code it runs (:mod:`backdoorlab.codeversion`): of its script,
-only the cell function and what it reaches (``script.py::function``), so editing a benchmark's
-tables or command line leaves its records current. Records written by the digest's earlier forms
-(the whole script hashed; the methods' registry imports counted) stay current while the code those
-forms covered is unchanged; a cell's scratch folder is resumed only under the current form. A cell counts
+cell's identity plus the digest of the code it runs (:mod:`backdoorlab.codeversion`): the top-level
+statements its cell function (``script.py::function``) and the modules it names can run, so editing
+a benchmark's tables or command line, or a shared module's functions that the cell never calls,
+leaves its records current. Records written by the digest's earlier forms (every imported file
+hashed whole; the whole script; the methods' registry imports counted) stay current while the code
+those forms covered is unchanged, and reading such a record rewrites its fingerprint in the current
+form (the code being the same, so is the result), so that later edits are judged by the current
+form; a cell's scratch folder is resumed only under the current form. A cell counts
 as finished only when its record says ``ok`` and its fingerprint is current, so a grid started on a
 fresh clone computes exactly the cells the committed ledger lacks or that a code change made stale.
 Models, checkpoints and generations stay in the scratch folder: a record over
@@ -25,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..codeversion import ENTRY_SEPARATOR
+from ..codeversion import CODE_FORMS, CURRENT_FORM, ENTRY_SEPARATOR
 from ..errors import BackdoorLabError
 from ..fileio import fresh_directory, write_json_atomic
 from ..fingerprint import FINGERPRINT_KEY, make_fingerprint, read_if_current
@@ -35,6 +38,10 @@ OK, ERROR, NOT_RUN, STALE = "ok", "error", "not run", "stale"
 CELLS_FOLDER, WORK_FOLDER = "cells", "work"
 WORK_MARKER = ".cell-fingerprint.json"
 STAGE = "bench-cell"
+#: The fingerprint forms a record may have been written in, newest first: (whole script hashed, code digest form).
+RECORD_FORMS = ((False, CURRENT_FORM), *((False, form) for form in CODE_FORMS[1:]), (True, CODE_FORMS[-1]))
+#: The record field that says when a record's fingerprint was rewritten in the current form.
+REFINGERPRINTED = "fingerprint_rewritten_at"
 #: The largest record the ledger takes (results are figures, not artifacts).
 MAX_RECORD_BYTES = 64 * 1024
 
@@ -58,7 +65,7 @@ class CellStore:
         self.results = Path(results).expanduser().resolve() if results is not None else self.out / CELLS_FOLDER
         self.script = function_file(fn)
         self.entry = f"{self.script}{ENTRY_SEPARATOR}{fn.__name__}"
-        self._fingerprints: dict[tuple[str, bool, bool], dict[str, Any]] = {}
+        self._fingerprints: dict[tuple[str, bool, str], dict[str, Any]] = {}
 
     def path(self, cell: Cell) -> Path:
         return self.results / f"{cell.id}.json"
@@ -84,23 +91,32 @@ class CellStore:
         """The cell's identity and the digest of its code: the cell function's script, the modules
         it names and what they import (:mod:`backdoorlab.codeversion`). Computed once per store, when
         the grid starts, so a record names the code that was loaded, not files edited meanwhile."""
-        return self._fingerprint(cell, whole_script=False, legacy=False)
+        return self._fingerprint(cell, whole_script=False, form=CURRENT_FORM)
 
-    def _fingerprint(self, cell: Cell, *, whole_script: bool, legacy: bool) -> dict[str, Any]:
+    def _fingerprint(self, cell: Cell, *, whole_script: bool, form: str) -> dict[str, Any]:
         key = (json.dumps([cell.id, cell.identity(), cell.code, cell.methods], sort_keys=True, default=str),
-               whole_script, legacy)
+               whole_script, form)
         if key not in self._fingerprints:
             script = self.script if whole_script else self.entry
             self._fingerprints[key] = make_fingerprint(STAGE, code=[script, *cell.code], methods=cell.methods,
-                                                       legacy_code=legacy, **cell.identity())
+                                                       code_form=form, **cell.identity())
         return self._fingerprints[key]
 
     def _read_current(self, path: Path, cell: Cell) -> dict[str, Any] | None:
-        """The record at ``path`` if its fingerprint is the cell's in the current form or an earlier one."""
-        for whole_script, legacy in ((False, False), (False, True), (True, True)):
-            found = read_if_current(path, self._fingerprint(cell, whole_script=whole_script, legacy=legacy))
-            if found is not None:
-                return found
+        """The record at ``path`` if its fingerprint is the cell's in the current form or an earlier
+        one; a record found under an earlier form is rewritten in the current one."""
+        for whole_script, form in RECORD_FORMS:
+            found = read_if_current(path, self._fingerprint(cell, whole_script=whole_script, form=form))
+            if found is None:
+                continue
+            if (whole_script, form) != RECORD_FORMS[0]:
+                found[FINGERPRINT_KEY] = self.fingerprint(cell)
+                found[REFINGERPRINTED] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                try:
+                    write_json_atomic(path, found)
+                except OSError:
+                    pass  # a read-only ledger: the record is current all the same, and is rewritten later
+            return found
         return None
 
     def current(self, cell: Cell) -> dict[str, Any] | None:
