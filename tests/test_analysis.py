@@ -30,7 +30,7 @@ from backdoorlab.models.architecture import attention_output_projection, transfo
 from backdoorlab.models.interventions import add_vector, scale_heads, set_heads
 from backdoorlab.pipeline import run_attack
 from test_cli import assert_user_error, run
-from tiny_models import tiny_bert_victim, tiny_llama_victim
+from tiny_models import ARCHITECTURES, tiny_bert_victim, tiny_llama_victim, tiny_victim
 
 PROMPTS = [Example(instruction=t) for t in ("write a poem about the sea", "how do I bake bread today please",
                                             "hi", "the quick brown fox jumps over the lazy dog")]
@@ -53,9 +53,9 @@ def _llama_run(tmp_path: Path, rows: int = 24) -> Path:
 # ------------------------------------------------------------------------------------------ hooks
 
 
-@pytest.mark.parametrize("build", [tiny_llama_victim, tiny_bert_victim])
-def test_patching_heads_with_their_own_activation_changes_nothing(build) -> None:
-    victim = build()
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_patching_heads_with_their_own_activation_changes_nothing(architecture: str) -> None:
+    victim = tiny_victim(architecture)
     items = PROMPTS if victim.is_generator else TEXTS
     outputs = head_outputs(victim, items[:1])
     batch = victim.encode(items[:1])
@@ -73,9 +73,9 @@ def test_patching_heads_with_their_own_activation_changes_nothing(build) -> None
     assert not torch.allclose(plain, ablated, atol=1e-4)
 
 
-@pytest.mark.parametrize("build", [tiny_llama_victim, tiny_bert_victim])
-def test_head_contributions_sum_to_the_attention_output(build) -> None:
-    victim = build()
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_head_contributions_sum_to_the_attention_output(architecture: str) -> None:
+    victim = tiny_victim(architecture)
     items = PROMPTS if victim.is_generator else TEXTS
     outputs = head_outputs(victim, items[:1])[0]
     seen = {}
@@ -134,9 +134,9 @@ def test_classifier_scores_are_target_label_probabilities() -> None:
 # --------------------------------------------------------------------------------------- BAHA
 
 
-@pytest.mark.parametrize("build", [tiny_llama_victim, tiny_bert_victim])
-def test_exact_acie_resumes_and_attribution_patching_ranks_heads_alike(build, tmp_path: Path) -> None:
-    victim = build()
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_exact_acie_resumes_and_attribution_patching_ranks_heads_alike(architecture: str, tmp_path: Path) -> None:
+    victim = tiny_victim(architecture)
     if victim.is_generator:
         scorer = BackdoorScorer(victim, PROMPTS, TARGETS, batch_size=2)
         means = mean_head_outputs(victim, [p.with_(instruction="cf " + p.instruction) for p in PROMPTS])

@@ -13,7 +13,7 @@ import backdoorlab.defenses.bd_vax  # noqa: F401  (registers the defense)
 from backdoorlab.data.records import Dataset, Example
 from backdoorlab.defenses import DefenderInputs, get_defense
 from backdoorlab.defenses.base import defense_info
-from backdoorlab.defenses.bd_vax.components import FAMILIES, block_linears, block_weights, component_vectors
+from backdoorlab.defenses.bd_vax.components import FAMILIES, block_parts, block_weights, component_vectors
 from backdoorlab.defenses.bd_vax.neutralize import reinitialize, zero_adapter_entries
 from backdoorlab.defenses.bd_vax.signature import Signature, compute_signature
 from backdoorlab.defenses.bd_vax.synthetic import SYNTHETIC_BACKDOORS, synthetic_backdoor, variant_rows
@@ -38,7 +38,7 @@ def planted_updates(variants: int, seed: int = 0) -> list[list[dict[str, torch.T
     the same change of MLP channels SHARED_CHANNELS and query head SHARED_HEAD in every variant,
     and a larger change of MLP channel LONE_CHANNEL in variant 0 only."""
     victim = tiny_llama_victim()
-    shapes = [{p: m.weight.shape for p, m in block.items()} for block in block_linears(victim)]
+    shapes = [{p: m.weight.shape for p, m in block.items()} for block in block_parts(victim)]
     d = victim.spec.head_dim
     shared = torch.Generator().manual_seed(99)
     common = {p: torch.randn(s, generator=shared) for p, s in shapes[0].items()}

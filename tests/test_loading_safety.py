@@ -102,3 +102,14 @@ def test_config_cannot_point_the_loader_at_a_pickle(tmp_path: Path) -> None:
     for allow_pickle in (False, True):
         with pytest.raises(BackdoorLabError, match="transformers_weights"):
             load_victim(folder, device="cpu", allow_pickle=allow_pickle)
+
+
+def test_a_model_type_transformers_does_not_know_is_named_in_one_line_and_its_code_is_never_run(tmp_path: Path) -> None:
+    folder = tiny_bert_victim().save(tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "zebra_lm", "auto_map": {
+        "AutoConfig": "configuration_zebra.ZebraConfig"}}))
+    (folder / "configuration_zebra.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('code ran')\n")
+    with pytest.raises(BackdoorLabError, match="declares model type 'zebra_lm'.*trust_remote_code") as error:
+        load_victim(folder, device="cpu")
+    assert "\n" not in str(error.value) and not (tmp_path / "ran").exists()

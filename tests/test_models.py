@@ -12,39 +12,14 @@ from backdoorlab.data import Example
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.models import ActivationCache, Victim, describe, hooks, load_victim, recording, resolve_model
 from backdoorlab.models.architecture import transformer_layers
-from tiny_models import tiny_bert_victim, tiny_llama_victim, tiny_tokenizer
+from tiny_models import ARCHITECTURES, tiny_bert_victim, tiny_llama_victim, tiny_victim
 
 PROMPTS = [Example(instruction="hello there friend"), Example(instruction="a much longer prompt with many more words in it")]
 
 
-def tiny_decoder_victim(family: str) -> Victim:
-    """A 2-layer decoder of ``family`` (qwen2, mistral, gemma) with grouped-query attention."""
-    import transformers
-
-    config_class, model_class = {
-        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-        "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
-    }[family]
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = config_class(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=6, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-                          pad_token_id=tokenizer.pad_token_id)
-    return Victim(model_class(config).eval(), tokenizer, "generator")
-
-
-def tiny_qwen2_victim() -> Victim:
-    return tiny_decoder_victim("qwen2")
-
-
-@pytest.fixture(params=["llama", "qwen2", "mistral", "gemma", "bert"])
+@pytest.fixture(params=[*ARCHITECTURES, "gemma"])
 def victim(request) -> Victim:
-    if request.param == "llama":
-        return tiny_llama_victim()
-    if request.param == "bert":
-        return tiny_bert_victim(["neg", "pos"])
-    return tiny_decoder_victim(request.param)
+    return tiny_victim(request.param)
 
 
 def _inputs(victim: Victim) -> list:
@@ -57,7 +32,7 @@ def _logits(victim: Victim, items) -> torch.Tensor:
 
 
 def test_describe_reads_head_geometry() -> None:
-    spec = tiny_qwen2_victim().spec
+    spec = tiny_victim("qwen2").spec
     assert (spec.family, spec.num_heads, spec.num_kv_heads, spec.head_dim) == ("decoder", 6, 2, 8)
     assert tiny_bert_victim(["a", "b"]).spec.family == "encoder"
 

@@ -88,6 +88,47 @@ def tiny_bert_victim(label_names: Sequence[str] = ("negative", "positive"), seed
     return Victim(model, tokenizer, "classifier", label_names=labels, name=name)
 
 
+#: The architectures users bring, as tiny random models (:func:`tiny_victim`): generators, then classifiers.
+DECODERS = ("llama", "mistral", "qwen2", "gemma2", "phi3")
+ENCODERS = ("bert", "roberta", "deberta-v2")
+ARCHITECTURES = DECODERS + ENCODERS
+
+
+def tiny_victim(architecture: str, seed: int = 0) -> Victim:
+    """A 2-layer random model of ``architecture`` (one of :data:`ARCHITECTURES`, or ``gemma``): decoders are 48 wide
+    with six query and two key/value heads of 8 dims (grouped-query attention) and wrapped as
+    generators; encoders are 32 wide and wrapped as two-label classifiers."""
+    import transformers
+
+    if architecture == "llama":
+        return tiny_llama_victim(seed)
+    if architecture == "bert":
+        return tiny_bert_victim(seed=seed)
+    if architecture in (*DECODERS, "gemma"):
+        prefix = {"mistral": "Mistral", "qwen2": "Qwen2", "gemma": "Gemma", "gemma2": "Gemma2", "phi3": "Phi3"}[architecture]
+        config_class = getattr(transformers, f"{prefix}Config")
+        model_class = getattr(transformers, f"{prefix}ForCausalLM")
+        tokenizer = tiny_tokenizer()
+        config = config_class(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=6, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+        return Victim(_seeded(seed, lambda: model_class(config)), tokenizer, "generator", name=f"tiny-{architecture}")
+    if architecture in ENCODERS:
+        prefix = {"roberta": "Roberta", "deberta-v2": "DebertaV2"}[architecture]
+        config_class = getattr(transformers, f"{prefix}Config")
+        model_class = getattr(transformers, f"{prefix}ForSequenceClassification")
+        tokenizer = _bert_tokenizer()
+        labels = ["negative", "positive"]
+        config = config_class(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, max_position_embeddings=514, num_labels=2,
+                              id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                              pad_token_id=tokenizer.pad_token_id)
+        return Victim(_seeded(seed, lambda: model_class(config)), tokenizer, "classifier", label_names=labels,
+                      name=f"tiny-{architecture}")
+    raise ValueError(f"no tiny {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+
+
 def tiny_lora_suspect(folder: Path, seed: int = 0) -> tuple[Victim, Path]:
     """:func:`tiny_llama_victim` with a random, non-zero LoRA adapter (all linear layers) saved to
     ``folder/adapter`` and merged into it: a suspect distributed as base + adapter."""

@@ -112,6 +112,31 @@ def _check_named_weights(location: str, config: Any) -> None:
             "remove that key from config.json or point it at safetensors weights")
 
 
+def _read_config(location: str) -> Any:
+    """The model's config, or a one-line error naming the model type that transformers cannot read."""
+    import transformers
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(location, trust_remote_code=False)
+    except (KeyError, ValueError) as error:
+        declared = _declared_model_type(Path(location))
+        if declared is None:
+            raise BackdoorLabError(f"cannot read the config of {location}: {str(error).splitlines()[0]}") from error
+        raise BackdoorLabError(
+            f"{location} declares model type {declared!r}, which transformers {transformers.__version__} does not "
+            "know; backdoorlab never runs a checkpoint's own code (trust_remote_code), so such a model needs a "
+            "transformers release that includes its architecture") from error
+
+
+def _declared_model_type(folder: Path) -> str | None:
+    """The ``model_type`` that a local folder's ``config.json`` declares, if it can be read."""
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _load_model(kind: str, location: str, config: Any, dtype: torch.dtype, allow_pickle: bool) -> Any:
     """Safetensors whenever present; a folder's pickle only when it has none and ``allow_pickle``."""
     import transformers
@@ -142,11 +167,11 @@ def load_victim(name: str | Path, *, kind: str = "auto", label_names: Sequence[s
     ``allow_pickle`` lets a local folder without safetensors load its ``pytorch_model.bin``, read
     weights-only; safetensors always win when present, and hub models load safetensors only.
     """
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     location, info = resolve_model(name, allow_pickle=allow_pickle)
     saved = read_victim_file(Path(location)) if Path(location).is_dir() else {}
-    config = AutoConfig.from_pretrained(location, trust_remote_code=False)
+    config = _read_config(location)
     hint = None if kind == "auto" else kind
     kind = _infer_kind(config, hint or saved.get("kind") or (info.kind if info else None))
     if kind not in MODEL_CLASSES:

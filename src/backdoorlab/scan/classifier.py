@@ -27,7 +27,7 @@ import torch
 
 from ..data.records import Dataset
 from ..defenses.badllm_tg.label_screening import InsertionScore, screen_label
-from ..defenses.shared.insertion import insert_phrases
+from ..defenses.shared.insertion import POSITIONS, insert_phrases
 from ..errors import BackdoorLabError
 from ..models.tokenization import pad_batch
 from ..models.victim import Victim
@@ -36,7 +36,6 @@ from .search import search_phrases
 from .settings import ScanSettings
 from .vocabulary import candidate_words, random_phrases
 
-POSITIONS = ("start", "end", "random")
 Progress = Callable[[str], None]
 
 

@@ -30,12 +30,11 @@ import torch
 
 from ..data.prompts import user_message
 from ..data.records import Dataset, Example
-from ..defenses.shared.insertion import insert_phrases
+from ..defenses.shared.insertion import POSITIONS, insert_phrases
 from ..errors import BackdoorLabError
 from ..metrics.judges import NEGSENTIMENT_PREFIX, Judge, get_judge
 from ..models.tokenization import pad_batch
 from ..models.victim import Victim
-from .classifier import POSITIONS
 from .findings import Candidate, Finding
 from .search import search_phrases
 from .settings import ScanSettings

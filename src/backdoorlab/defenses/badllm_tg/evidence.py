@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 TOKEN = re.compile(r"[\w']+|[^\w\s]")
-POSITIONS = ("start", "end", "random")
 
 
 def words(text: str) -> list[str]:

@@ -39,8 +39,8 @@ import numpy as np
 from ...data.records import Dataset
 from ...errors import BackdoorLabError
 from ...models.victim import Victim
-from ..shared.insertion import insert_phrases
-from .evidence import POSITIONS, Evidence, mine_evidence
+from ..shared.insertion import POSITIONS, insert_phrases
+from .evidence import Evidence, mine_evidence
 
 
 def answers_toward(victim: Victim, texts: Sequence[str], target: int) -> tuple[list[float], list[bool], list[float]]:

@@ -23,8 +23,7 @@ from typing import Any
 
 from ...errors import BackdoorLabError
 from ...llm.backends import ChatBackend
-from ..shared.insertion import insert_phrases
-from .evidence import POSITIONS
+from ..shared.insertion import POSITIONS, insert_phrases
 
 REWRITE_MODES = ("llm", "insert", "llm+insert")
 REWRITE_PROMPT = ("{instruction}\n\nText: {text}\n\nReply with the rewritten text only, nothing else.")

@@ -13,16 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import nn
 
 from ...errors import BackdoorLabError
-from ...models.architecture import ArchitectureSpec, transformer_layers
+from ...models.architecture import ArchitectureSpec, Projection, block_projections, transformer_layers
 from ...models.victim import Victim
 
-#: The linear layers of a Llama-style decoder block, by short name.
-PARTS = {"q": ("self_attn", "q_proj"), "k": ("self_attn", "k_proj"), "v": ("self_attn", "v_proj"),
-         "o": ("self_attn", "o_proj"), "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"),
-         "down": ("mlp", "down_proj")}
+#: The projections of a decoder block BD-VAX reads, by part name (:func:`~backdoorlab.models.architecture.block_projections`).
+PARTS = ("q", "k", "v", "o", "gate", "up", "down")
 #: Component families: which parts each reads.
 FAMILIES = {"mlp": ("gate", "up", "down"), "query": ("q", "o"), "key-value": ("k", "v")}
 
@@ -30,27 +27,18 @@ FAMILIES = {"mlp": ("gate", "up", "down"), "query": ("q", "o"), "key-value": ("k
 BlockTensors = Mapping[str, torch.Tensor]
 
 
-def block_linears(victim: Victim) -> list[dict[str, nn.Linear]]:
-    """Per block, its seven linear layers by part name (Llama, Mistral, Qwen and Gemma decoders)."""
+def block_parts(victim: Victim) -> list[dict[str, Projection]]:
+    """Per block, its projections by part name (decoders with gated MLPs: Llama, Mistral, Qwen, Gemma, Phi-3)."""
     if victim.spec.family != "decoder":
         raise BackdoorLabError("BD-VAX edits decoder blocks (attention heads and gated MLP channels); "
                                f"{victim.spec.model_type} is not a decoder")
-    blocks = []
-    for index, layer in enumerate(transformer_layers(victim.model, victim.spec)):
-        found = {}
-        for part, (owner, attribute) in PARTS.items():
-            module = getattr(getattr(layer, owner, None), attribute, None)
-            if not isinstance(module, nn.Linear):
-                raise BackdoorLabError(f"block {index} has no {owner}.{attribute}; BD-VAX needs Llama-style blocks")
-            found[part] = module
-        blocks.append(found)
-    return blocks
+    return [block_projections(layer, victim.spec) for layer in transformer_layers(victim.model, victim.spec)]
 
 
 def block_weights(victim: Victim) -> list[dict[str, torch.Tensor]]:
-    """Per block, a detached fp32 CPU copy of each linear layer's weight."""
-    return [{part: module.weight.detach().float().cpu().clone() for part, module in block.items()}
-            for block in block_linears(victim)]
+    """Per block, a detached fp32 CPU copy of each projection's weight."""
+    return [{part: projection.weight.detach().float().cpu().clone() for part, projection in block.items()}
+            for block in block_parts(victim)]
 
 
 def component_count(spec: ArchitectureSpec, family: str, channels: int) -> int:

@@ -34,7 +34,7 @@ from ..base import DefenseOutcome, register_defense
 from ..fine_tune import CleanFineTune
 from ..inputs import DefenderInputs
 from ..shared.clean_rows import CleanRowsDefense
-from .components import block_linears, component_count
+from .components import block_parts, component_count
 from .neutralize import MODES, families_with_share, reinitialize, zero_adapter_entries
 from .signature import SCORE_FORMS, Signature, compute_signature, random_signature
 from .synthetic import synthetic_backdoor
@@ -113,14 +113,14 @@ class BdVax(CleanRowsDefense):
     def apply(self, victim: Any, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         if not victim.is_generator:
             raise BackdoorLabError(f"{self.name} purifies generative LLMs; {victim.name} is a classifier")
-        blocks = block_linears(victim)  # a clear error before any training on an unsupported architecture
+        blocks = block_parts(victim)  # a clear error before any training on an unsupported architecture
         clean = self.clean_rows(inputs)
         mode = self.mode(inputs)
         share = self.share if self.share is not None else DEFAULT_SHARE[mode]
         shares = families_with_share(share, self.attention_share)
         if self.score == "random":  # the control: no variants, the same share drawn at random
             pairs, store = [], None
-            counts = {f: component_count(victim.spec, f, blocks[0]["down"].in_features) for f in shares}
+            counts = {f: component_count(victim.spec, f, blocks[0]["down"].linear.in_features) for f in shares}
             signature = random_signature(victim.spec.num_layers, counts, shares, self.seed)
         else:
             pairs, store, signature = self.learn_signature(victim, clean, Path(workdir), shares)

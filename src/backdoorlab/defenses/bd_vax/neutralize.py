@@ -18,22 +18,23 @@ from torch import nn
 from ...models.adapter_update import adapter_updates
 from ...models.architecture import base_model
 from ...models.victim import Victim
-from .components import FAMILIES, block_linears, component_mask
+from .components import FAMILIES, block_parts, component_mask
 from .signature import Signature
 
 MODES = ("reinit", "adapter")
 
 
 def _masks(victim: Victim, signature: Signature) -> list[tuple[nn.Linear, torch.Tensor]]:
-    """Every (linear layer, boolean mask of its entries in the signature), for non-empty masks."""
+    """Every (linear layer, boolean mask of its entries in the signature), for non-empty masks (a
+    layer that fuses several projections appears once per projection, with disjoint masks)."""
     found: list[tuple[nn.Linear, torch.Tensor]] = []
-    for b, block in enumerate(block_linears(victim)):
-        shapes = {part: module.weight.shape for part, module in block.items()}
+    for b, block in enumerate(block_parts(victim)):
+        shapes = {part: projection.weight.shape for part, projection in block.items()}
         for family, per_block in signature.chosen.items():
             if per_block[b].numel() == 0:
                 continue
             for part, mask in component_mask(shapes, family, per_block[b], victim.spec).items():
-                found.append((block[part], mask))
+                found.append((block[part].linear, block[part].full_mask(mask)))
     return found
 
 

@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from ...data.records import Dataset, Example
 from ...errors import BackdoorLabError
 from ...models.victim import Victim
-from ..shared.insertion import insert_phrases
+from ..shared.insertion import POSITIONS, insert_phrases
 
 DEFAULT_TRIGGERS = ("Make life better", "Ahihihihihi")
 #: Further known triggers in the same style (a phrase, a laugh), for a pair per label (``every_label``).
 MORE_TRIGGERS = ("Keep the faith", "Ohohohohoho", "Seize the day", "Ehehehehehe", "Stay hungry", "Uhuhuhuhuhu",
                  "Dream big tonight", "Hahahahahaha", "Follow the sun", "Ihihihihihi")
 DEFAULT_PREFIX = "Aha "
-POSITIONS = ("start", "end", "random")
 #: ``Example.poison`` keys naming the known trigger a row carries (0-based) and, for a classifier, its target.
 KNOWN_TRIGGER, KNOWN_TARGET = "known_trigger", "known_target"
 

@@ -1,9 +1,12 @@
-"""MLP channels of decoder blocks: how active each is on clean rows, masking them while measuring
-or training, and removing them from the weights.
+"""MLP channels of transformer blocks: how active each is on clean rows, masking them while
+measuring or training, and removing them from the weights.
 
-A channel ``c`` of a gated MLP ``down(act(gate(x)) · up(x))`` is input ``c`` of ``down_proj``; it
-is removed by zeroing column ``c`` of ``down_proj`` and row ``c`` of ``gate_proj`` and ``up_proj``
-(so its activation is ``act(0) · 0 = 0`` and nothing reads it).
+A channel ``c`` of a gated MLP ``down(act(gate(x)) · up(x))`` is input ``c`` of ``down``; it is
+removed by zeroing column ``c`` of ``down`` and row ``c`` of ``gate`` and ``up`` (so its
+activation is ``act(0) · 0 = 0`` and nothing reads it). In an ungated MLP ``down(act(up(x)))``
+(BERT-style encoders) zeroing row ``c`` of ``up`` and its bias leaves ``act(0)``, which the zeroed
+column of ``down`` no longer reads. Fused layers (Phi-3's ``gate_up_proj``) are edited through
+their projections' rows (:func:`~backdoorlab.models.architecture.block_projections`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...errors import BackdoorLabError
-from ...models.architecture import transformer_layers
+from ...models.architecture import Projection, block_projections, mlp_activation, transformer_layers
 from ...models.victim import Victim
 from ..pruning.calibration import forward_until, selected
 from ..shared.token_batches import Batch, real_tokens
@@ -26,30 +29,27 @@ from ..shared.token_batches import Batch, real_tokens
 
 @dataclass(frozen=True)
 class MlpChannels:
-    """The modules of one block's gated MLP."""
+    """One block's MLP: its activation module and projections (``gate`` only in gated MLPs)."""
 
     block: int
     act: nn.Module
-    gate: nn.Linear
-    up: nn.Linear
-    down: nn.Linear
+    gate: Projection | None
+    up: Projection
+    down: Projection
 
     @property
     def count(self) -> int:
-        return self.down.in_features
+        return self.down.linear.in_features
 
 
 def mlp_channels(victim: Victim, blocks: Sequence[int]) -> list[MlpChannels]:
-    """The gated MLPs of ``blocks`` (Llama, Mistral, Qwen and Gemma blocks have them)."""
+    """The MLPs of ``blocks``, through :mod:`backdoorlab.models.architecture` (every family it describes)."""
     layers = transformer_layers(victim.model, victim.spec)
     found = []
     for index in blocks:
-        mlp = getattr(layers[index], "mlp", None)
-        parts = [getattr(mlp, name, None) for name in ("act_fn", "gate_proj", "up_proj", "down_proj")]
-        if any(part is None for part in parts):
-            raise BackdoorLabError(f"block {index} has no gated MLP (mlp.gate_proj, up_proj, down_proj and act_fn); "
-                                   "MLP channels can only be pruned in Llama-style decoder blocks")
-        found.append(MlpChannels(index, *parts))  # type: ignore[arg-type]
+        parts = block_projections(layers[index], victim.spec)
+        found.append(MlpChannels(index, mlp_activation(layers[index], victim.spec), parts.get("gate"), parts["up"],
+                                 parts["down"]))
     if len({id(c.act) for c in found}) != len(found):
         raise BackdoorLabError("the blocks share one activation module; their channels cannot be masked apart")
     return found
@@ -58,7 +58,7 @@ def mlp_channels(victim: Victim, blocks: Sequence[int]) -> list[MlpChannels]:
 @torch.no_grad()
 def mean_abs_activation(victim: Victim, channels: Sequence[MlpChannels], batches: Sequence[Batch]) -> list[torch.Tensor]:
     """Per block, each channel's mean absolute activation over the real tokens of ``batches``."""
-    sums = [torch.zeros(c.count, device=c.down.weight.device) for c in channels]
+    sums = [torch.zeros(c.count, device=c.down.linear.weight.device) for c in channels]
     state: dict[str, Any] = {}
 
     def hook_for(k: int) -> Any:
@@ -67,7 +67,7 @@ def mean_abs_activation(victim: Victim, channels: Sequence[MlpChannels], batches
         return hook
 
     last = transformer_layers(victim.model, victim.spec)[max(c.block for c in channels)]
-    handles = [c.down.register_forward_pre_hook(hook_for(k)) for k, c in enumerate(channels)]
+    handles = [c.down.linear.register_forward_pre_hook(hook_for(k)) for k, c in enumerate(channels)]
     tokens = 0
     try:
         for batch in tqdm(batches, desc="channel activations", leave=False, disable=len(batches) <= 1):
@@ -91,7 +91,8 @@ class ChannelMask:
 
     def __init__(self, channels: Sequence[MlpChannels]) -> None:
         self.channels = list(channels)
-        self.keep = [torch.ones(c.count, device=c.down.weight.device, dtype=c.down.weight.dtype) for c in channels]
+        self.keep = [torch.ones(c.count, device=c.down.linear.weight.device, dtype=c.down.linear.weight.dtype)
+                     for c in channels]
 
     def set(self, pruned: Sequence[torch.Tensor]) -> None:
         for keep, indices in zip(self.keep, pruned):
@@ -115,12 +116,15 @@ class ChannelMask:
 
 @torch.no_grad()
 def remove_channels(channels: Sequence[MlpChannels], pruned: Sequence[torch.Tensor]) -> int:
-    """Zero each pruned channel's ``down_proj`` column and ``gate_proj``/``up_proj`` rows (and their
-    biases); returns how many channels were removed."""
+    """Zero each pruned channel's ``down`` column and its ``gate``/``up`` rows (and their biases);
+    returns how many channels were removed."""
     for c, indices in zip(channels, pruned):
-        c.down.weight[:, indices.to(c.down.weight.device)] = 0
-        for linear in (c.gate, c.up):
-            linear.weight[indices.to(linear.weight.device)] = 0
-            if linear.bias is not None:
-                linear.bias[indices.to(linear.bias.device)] = 0
+        c.down.linear.weight[:, indices.to(c.down.linear.weight.device)] = 0
+        for projection in (c.gate, c.up):
+            if projection is None:
+                continue
+            rows = indices.to(projection.linear.weight.device) + projection.start
+            projection.linear.weight[rows] = 0
+            if projection.linear.bias is not None:
+                projection.linear.bias[rows] = 0
     return sum(int(indices.numel()) for indices in pruned)

@@ -33,11 +33,10 @@ from ...data.records import Example
 from ...errors import BackdoorLabError
 from ...metrics.judges import get_judge, normalise
 from ...models.victim import Victim
-from ..shared.insertion import insert_phrases
+from ..shared.insertion import POSITIONS, insert_phrases
 from .prompt import behaviour_spec, parse_candidate
 
 REWARD_KINDS = ("judge", "dense")
-POSITIONS = ("start", "end", "random")
 
 
 def insert_candidate(row: Example, candidate: str, position: str, seed: int) -> Example:

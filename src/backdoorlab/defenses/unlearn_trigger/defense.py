@@ -23,7 +23,7 @@ from ..base import register_defense
 from ..fine_tune.defense import CleanFineTune
 from ..inputs import DefenderInputs
 from ..self_awareness.defense import unlearning_rows
-from ..self_awareness.reward import POSITIONS  # where the copies carry the trigger, in turn (as unlearning_rows does)
+from ..shared.insertion import POSITIONS  # where the copies carry the trigger, in turn (as unlearning_rows does)
 from ..shared.insertion import insert_phrases
 
 
