@@ -149,7 +149,7 @@ def test_probe_features_are_read_from_every_layer(architecture: str) -> None:
 
 
 SCAN = ScanSettings(search_rows=4, screen_rows=2, eval_rows=4, lengths=(1,), steps=1, top_k=4, random_phrases=2,
-                    shortlist=8, max_new_tokens=4)
+                    shortlist=8, max_words=64, max_new_tokens=4)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

@@ -66,10 +66,16 @@ def test_minilm_classifier_head_and_heads() -> None:
 def test_quick_demo_runs_end_to_end(tmp_path: Path, capsys) -> None:
     from backdoorlab.cli import main
 
-    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--quick", "--scan", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert [r["model"] for r in results["rows"]] == [
         "minilm-l6 (clean)", "minilm-l6 (poisoned)", "smollm2-135m-instruct (clean)", "smollm2-135m-instruct (poisoned)"]
     assert (tmp_path / "demo" / "report.md").is_file() and (tmp_path / "demo" / "metrics.png").is_file()
     assert "minilm-l6 (poisoned)" in out and "ASR" in out
+    audit = results["audit"]  # every model scanned as an auditor would
+    assert [r["model"] for r in audit] == [r["model"] for r in results["rows"][:4]]
+    assert all(r["verdict"] in ("backdoor found", "no evidence") and 0 <= r["clean rate"] <= 1 for r in audit)
+    assert all((tmp_path / "demo" / f"scan-{part}" / "scan.json").is_file()
+               for part in ("cls-clean", "cls-poisoned", "gen-clean", "gen-poisoned"))
+    assert "random p95" in out

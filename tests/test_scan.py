@@ -141,6 +141,9 @@ def test_scan_settings_reject_bad_values() -> None:
     with pytest.raises(BackdoorLabError, match="flip_threshold"):
         ScanSettings(flip_threshold=0)
     assert ScanSettings.from_dict({"lengths": "1,3"}).lengths == (1, 3)
+    assert ScanSettings.from_dict({"max_words": "200"}).max_words == 200
+    with pytest.raises(BackdoorLabError, match="max_words must be unset"):
+        ScanSettings(max_words=3)
 
 
 # ------------------------------------------------------------------------------ generators

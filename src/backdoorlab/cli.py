@@ -304,7 +304,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(args.out, dataset=args.dataset, overwrite=args.overwrite, quick=args.quick, seed=args.seed,
-             skip_generative=args.skip_generative)
+             skip_generative=args.skip_generative, audit=args.scan)
 
 
 def cmd_zoo(args: argparse.Namespace) -> None:
@@ -458,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fix-option", action="append", metavar="KEY=VALUE",
                    help="an option of the --fix method (repeatable; `backdoorlab defenses METHOD` lists them)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="scan setting (repeatable): search_rows, screen_rows, shortlist, eval_rows, lengths, steps, top_k, "
-                        "random_phrases, flip_threshold, margin, max_new_tokens, batch_size, seed")
+                   help="scan setting (repeatable): search_rows, screen_rows, shortlist, max_words, eval_rows, lengths, "
+                        "steps, top_k, random_phrases, flip_threshold, margin, max_new_tokens, batch_size, seed")
     _common(p, seed=True, data_dir=True, overwrite=True, device=True, pickle=True)
     p.set_defaults(func=cmd_scan)
 
@@ -534,11 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, data_dir=True, overwrite=True, device=True, pickle=True)
     p.set_defaults(func=cmd_defend)
 
-    p = sub.add_parser("demo", help="poison, train and evaluate a classifier and a chat model, offline")
+    p = sub.add_parser("demo", help="poison, train and evaluate a classifier and a chat model (--scan: then audit them), offline")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--dataset", default="bbcnews", help="classification set to poison (default bbcnews)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     p.add_argument("--skip-generative", action="store_true", help="only the classifier part")
+    p.add_argument("--scan", action="store_true",
+                   help="then audit: scan every model without its trigger or training data and fix the poisoned "
+                        "classifier (slow: each label of a classifier takes minutes)")
     _common(p, seed=True, overwrite=True)
     p.set_defaults(func=cmd_demo)
 

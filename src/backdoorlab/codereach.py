@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .codeversion import (BOOKKEEPING, PACKAGE, PACKAGE_ROOT, _REGISTRY, _absolute, _bound_names, _is_docstring,
-                          _is_main_guard, _strip, method_name, method_of, method_packages, module_file, split_entry)
+                          _is_main_guard, _strip, allowed_methods, method_of, method_packages, module_file,
+                          parse_roots)
 from .errors import BackdoorLabError
 
 
@@ -231,17 +232,9 @@ class Reach:
         self.kept: dict[str, set[int]] = {}
         self.import_names: dict[str, set[str]] = {}
         self._touched: set[str] = set()
-        self._whole: set[str] = set()
-        self._needed: set[tuple[str, str, tuple[str, ...]]] = set()
+        self._needed: set[tuple[str, str | None, tuple[str, ...]]] = set()
 
     # -- entry points ------------------------------------------------------------------------
-    def add_module(self, module: str, name: str | None = None) -> None:
-        """Count ``name`` of ``module`` (or all of it)."""
-        if name is None:
-            self.need_whole(module)
-        else:
-            self.need(module, name, ())
-
     def add_script(self, path: Path, function: str | None) -> None:
         """Count ``function`` of the script at ``path`` (or all of it)."""
         source = parse_source(path, None, self.root)
@@ -314,24 +307,20 @@ class Reach:
         targets = statement.imports.get(name, ()) + source.imports.get(name, ())
         return any(_in_package(t.module) for t in targets)
 
-    def need(self, module: str, name: str, chain: tuple[str, ...]) -> None:
+    def need(self, module: str, name: str | None = None, chain: tuple[str, ...] = ()) -> None:
+        """Count ``name`` of ``module`` read through ``chain`` (``name`` ``None``: all of the module)."""
         key = (module, name, chain)
         if key in self._needed:
             return
         self._needed.add(key)
         self.touch(module)
         source = self._load(module)
-        if source is not None:
-            self._need_in(module, source, name, chain)
-
-    def need_whole(self, module: str) -> None:
-        if module in self._whole:
+        if source is None:
             return
-        self._whole.add(module)
-        self.touch(module)
-        source = self._load(module)
-        if source is not None:
+        if name is None:
             self._keep_all(module, source)
+        else:
+            self._need_in(module, source, name, chain)
 
     def _keep_all(self, key: str, source: ModuleSource) -> None:
         for index in range(len(source.statements)):
@@ -374,7 +363,7 @@ class Reach:
             self.need(module, chain[0], ())  # the package may bind the name too
             module, chain = submodule, chain[1:]
             self.touch(module)
-        self.need_whole(module)
+        self.need(module)
 
     def _keep(self, key: str, source: ModuleSource, index: int) -> None:
         kept = self.kept.setdefault(key, set())
@@ -410,25 +399,18 @@ def reach_of(roots: Iterable[str | Path], methods: Iterable[str] | None = (), ro
     """The statements the ``roots`` and the method packages ``methods`` reach (roots as in
     :func:`~backdoorlab.codeversion.dependency_files`: module names, script paths, ``script.py::function``)."""
     all_methods = method_packages(root)
-    allowed = set(all_methods) if methods is None else {method_name(m, all_methods) for m in methods}
-    reach = Reach(allowed, all_methods, root)
-    for method in sorted(allowed):
-        reach.need_whole(method)
-    for item in roots:
-        script, function = split_entry(item)
-        if isinstance(item, Path) or str(script).endswith(".py"):
-            path = script.resolve()
-            if not path.is_file():
-                raise BackdoorLabError(f"cannot hash the code of {path}: no such file")
-            reach.add_script(path, function)
+    reach = Reach(allowed_methods(methods, all_methods), all_methods, root)
+    for method in sorted(reach.allowed):
+        reach.need(method)
+    for item in parse_roots(roots, root):
+        if not isinstance(item, str):
+            reach.add_script(*item)
             continue
-        if module_file(str(item), root) is None:
-            raise BackdoorLabError(f"cannot hash the code of {item!r}: no such backdoorlab module")
-        owner = method_of(str(item), all_methods)
+        owner = method_of(item, all_methods)
         if owner is not None and owner not in reach.allowed:
             reach.allowed.add(owner)
-            reach.need_whole(owner)
-        reach.need_whole(str(item))
+            reach.need(owner)
+        reach.need(item)
     return reach
 
 

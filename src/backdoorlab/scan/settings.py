@@ -19,6 +19,7 @@ class ScanSettings:
     search_rows: int = 16  # rows the trigger search optimises on
     screen_rows: int = 6  # of those, the rows the shortlist of single words is tried on
     shortlist: int = 500  # single words kept after trying every vocabulary word on one row
+    max_words: int | None = None  # search only this many vocabulary words (a seeded sample): faster, may miss the trigger
     eval_rows: int = 48  # other rows every candidate, and the random phrases, are measured on
     lengths: tuple[int, ...] = (1, 2, 3)  # trigger lengths searched (tokens)
     steps: int = 10  # search steps per length
@@ -42,6 +43,9 @@ class ScanSettings:
                                    "trigger lengths >= 1")
         if self.steps < 0 or self.top_k < 1 or self.random_phrases < 2 or self.shortlist < 1:
             raise BackdoorLabError("scan needs steps >= 0, top_k >= 1, random_phrases >= 2 and shortlist >= 1")
+        if self.max_words is not None and int(self.max_words) < max(self.lengths) * 4:
+            raise BackdoorLabError(f"max_words must be unset (every word) or at least {max(self.lengths) * 4} (four "
+                                   f"words per position of the longest trigger); got {self.max_words}")
         if not 0 < self.flip_threshold <= 1 or not 0 <= self.margin <= 1:
             raise BackdoorLabError("flip_threshold must be in (0, 1] and margin in [0, 1]")
 
