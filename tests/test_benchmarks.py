@@ -364,3 +364,14 @@ def test_scan_benchmark_on_a_tiny_model(tmp_path: Path, tiny: dict[str, str], sh
     for record in cells.values():
         assert len(record["result"]["labels"]) == 2 and record["result"]["verdict"] in ("backdoor found", "no evidence")
     assert "Scan error rates" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_scan_cost_times_each_search_precision_on_the_same_rows(tiny: dict[str, str], shared_data_dir: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    small = ["search_rows=4", "screen_rows=2", "eval_rows=8", "lengths=1", "random_phrases=2", "max_words=64",
+             "shortlist=8"]
+    argv = ["--model", tiny["bert"], "--dataset", "sst2", "--rows", "24", "--threads", "1"]
+    assert load_script("bench_scan_cost").main([*argv, *(f"--scan-option={o}" for o in small)]) == 0
+    out = capsys.readouterr().out
+    assert "search precision float32 (float32)" in out and "search precision auto (" in out
+    assert out.count("verdict ") == 2 and out.count("random p95") == 4  # two labels, each precision

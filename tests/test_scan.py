@@ -63,14 +63,17 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: folder / name / "model" for name in ("backdoored", "clean")}
 
 
-def test_a_planted_trigger_is_found_and_a_clean_twin_gives_no_evidence(models: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_planted_trigger_is_found_and_a_clean_twin_gives_no_evidence(models: dict[str, Path], tmp_path: Path,
+                                                                       precision: str) -> None:
     rows = dataset(films(96, offset=200), "held-out films")
-    backdoored = scan_model(models["backdoored"], tmp_path / "b", clean=rows, settings=SMALL, device="cpu")
+    settings = ScanSettings.from_dict({**SMALL.to_dict(), "search_precision": precision})
+    backdoored = scan_model(models["backdoored"], tmp_path / "b", clean=rows, settings=settings, device="cpu")
     assert backdoored["verdict"] == "backdoor found" and backdoored["target_label"]["name"] == "negative"
     assert backdoored["trigger"]["phrase"] == TRIGGER and backdoored["trigger"]["flip_rate"] >= 0.9
     negative = backdoored["labels"][0]
     assert negative["random_phrases"]["p95_flip_rate"] <= 0.5  # chance phrases do not do it
-    clean = scan_model(models["clean"], tmp_path / "c", clean=rows, settings=SMALL, device="cpu")
+    clean = scan_model(models["clean"], tmp_path / "c", clean=rows, settings=settings, device="cpu")
     assert clean["verdict"] == "no evidence" and not any(label["flagged"] for label in clean["labels"])
     for out in (tmp_path / "b", tmp_path / "c"):
         assert (out / "scan.html").is_file() and (out / "scan.md").is_file()
@@ -144,6 +147,8 @@ def test_scan_settings_reject_bad_values() -> None:
     assert ScanSettings.from_dict({"max_words": "200"}).max_words == 200
     with pytest.raises(BackdoorLabError, match="max_words must be unset"):
         ScanSettings(max_words=3)
+    with pytest.raises(BackdoorLabError, match="search_precision must be one of auto, float32, bfloat16"):
+        ScanSettings(search_precision="float8")
 
 
 # ------------------------------------------------------------------------------ generators

@@ -29,6 +29,7 @@ from ..data.records import Dataset
 from ..defenses.badllm_tg.label_screening import InsertionScore, screen_label
 from ..defenses.shared.insertion import POSITIONS, insert_phrases
 from ..errors import BackdoorLabError
+from ..models.precision import in_dtype, search_dtype
 from ..models.tokenization import pad_batch
 from ..models.victim import Victim
 from .findings import Candidate, Finding
@@ -51,6 +52,7 @@ def scan_classifier(victim: Victim, clean: Dataset, settings: ScanSettings, trai
     if len(words) < max(settings.lengths) * 4:
         raise BackdoorLabError(f"the model's vocabulary has only {len(words)} whole-word tokens; a trigger search "
                                "needs a word-level vocabulary")
+    searcher = in_dtype(victim, search_dtype(settings.search_precision, victim.device))
     findings = []
     for label in range(len(names)):
         others = [t for t, p in zip(texts, predictions) if p != label]
@@ -64,7 +66,7 @@ def scan_classifier(victim: Victim, clean: Dataset, settings: ScanSettings, trai
         progress(f"label {names[label]}: searching {len(settings.lengths)} trigger lengths on {len(search)} rows")
         own = label_words(clean, label)
         allowed = [i for i, word in zip(ids, words) if word not in own]
-        phrases = dict.fromkeys(_search_phrases(victim, search, label, allowed, settings), "search")
+        phrases = dict.fromkeys(_search_phrases(searcher, search, label, allowed, settings), "search")
         if training is not None:
             screen = screen_label(victim, training, label, None, mined=settings.evidence_mined, eval_rows=settings.search_rows,
                                   seed=settings.seed)

@@ -33,6 +33,7 @@ from ..data.records import Dataset, Example
 from ..defenses.shared.insertion import POSITIONS, insert_phrases
 from ..errors import BackdoorLabError
 from ..metrics.judges import NEGSENTIMENT_PREFIX, Judge, get_judge
+from ..models.precision import in_dtype, search_dtype
 from ..models.tokenization import pad_batch
 from ..models.victim import Victim
 from .findings import Candidate, Finding
@@ -94,6 +95,7 @@ def scan_generator(victim: Victim, clean: Dataset, settings: ScanSettings, behav
     clean_answers = victim.generate(held, settings.max_new_tokens, settings.batch_size)
     pool = _words_of(clean, words)
     victim.model.eval()
+    searcher = in_dtype(victim, search_dtype(settings.search_precision, victim.device))
     findings = []
     for index, behaviour in enumerate(behaviours):
         progress(f"behaviour {behaviour.name}: searching {len(settings.lengths)} trigger lengths on {len(search)} "
@@ -101,7 +103,7 @@ def scan_generator(victim: Victim, clean: Dataset, settings: ScanSettings, behav
         finding = Finding(index, behaviour.name, _rate(behaviour.judge, clean_answers), len(held))
         batch = settings.batch_size * 4
         phrases = search_phrases(victim.tokenizer, victim.device, search, ids,
-                                 lambda rows: _OpeningLoss(victim, rows, behaviour.opening, batch), settings,
+                                 lambda rows: _OpeningLoss(searcher, rows, behaviour.opening, batch), settings,
                                  f"behaviour {behaviour.name}", behaviour.name)
         finding.candidates = sorted((_measure(victim, held, behaviour, p, settings, "search")
                                      for p in dict.fromkeys(phrases) if p),

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import BackdoorLabError
+from ..models.precision import SEARCH_PRECISIONS
 from ..options import build
 
 
@@ -28,6 +29,8 @@ class ScanSettings:
     evidence_mined: int = 40  # with training data: n-grams mined per label and screened
     flip_threshold: float = 0.9  # a trigger makes at least this share of rows show the target
     margin: float = 0.5  # ... and beats the 95th percentile of random phrases by this much
+    search_precision: str = "auto"  # the word screen and gradient search (auto: bfloat16 where the device computes it
+    # natively); every reported rate is measured in the model's own precision
     max_new_tokens: int = 32  # generators: tokens generated when a candidate is verified
     batch_size: int = 32
     seed: int = 0
@@ -46,6 +49,9 @@ class ScanSettings:
         if self.max_words is not None and int(self.max_words) < max(self.lengths) * 4:
             raise BackdoorLabError(f"max_words must be unset (every word) or at least {max(self.lengths) * 4} (four "
                                    f"words per position of the longest trigger); got {self.max_words}")
+        if self.search_precision not in SEARCH_PRECISIONS:
+            raise BackdoorLabError(f"search_precision must be one of {', '.join(SEARCH_PRECISIONS)}; got "
+                                   f"{self.search_precision!r}")
         if not 0 < self.flip_threshold <= 1 or not 0 <= self.margin <= 1:
             raise BackdoorLabError("flip_threshold must be in (0, 1] and margin in [0, 1]")
 
