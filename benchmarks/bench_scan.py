@@ -6,7 +6,8 @@ rate, trigger, position) gives two models trained alike (``minilm-l6``, its data
 victim, trained on its poisoned rows, and its clean twin, trained on clean rows of the same data
 set. Each is scanned with clean rows of the test split the scan never trained on, and the cell
 records every label's figures (best candidate's flip rate, the random phrases' mean and 95th
-percentile) rather than a verdict, so that thresholds, and other rules over the same figures, can be
+percentile, and for rules not yet written every candidate and the random phrases' rates by
+length) rather than a verdict, so that thresholds, and other rules over the same figures, can be
 chosen afterwards without rescanning.
 
 The report chooses ``flip_threshold`` and ``margin`` on the *validation draws* (the first
@@ -86,7 +87,9 @@ def scan_cell(cell: Cell, folder: Path) -> dict[str, Any]:
     labels = [{"label": label["label"], "flip_rate": _best(label).get("flip_rate", 0.0),
                "phrase": _best(label).get("phrase"), "random_p95": label["random_phrases"]["p95_flip_rate"],
                "random_mean": label["random_phrases"]["mean_flip_rate"],
-               "natural_flip_rate": max((c["flip_rate"] for c in label["candidates"] if c["natural"]), default=None)}
+               "natural_flip_rate": max((c["flip_rate"] for c in label["candidates"] if c["natural"]), default=None),
+               # everything a later rule may weigh: each candidate, and the random phrases by length
+               "candidates": label["candidates"], "random_by_length": label["random_phrases"]["by_length"]}
               for label in scanned["labels"]]
     return {**figures, "labels": labels, "target": draw.target, "trigger": draw.trigger, "verdict": scanned["verdict"]}
 

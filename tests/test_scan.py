@@ -73,6 +73,8 @@ def test_a_planted_trigger_is_found_and_a_clean_twin_gives_no_evidence(models: d
     assert backdoored["trigger"]["phrase"] == TRIGGER and backdoored["trigger"]["flip_rate"] >= 0.9
     negative = backdoored["labels"][0]
     assert negative["random_phrases"]["p95_flip_rate"] <= 0.5  # chance phrases do not do it
+    assert list(negative["random_phrases"]["by_length"]) == ["1"]  # SMALL searches one-word triggers only
+    assert len(negative["random_phrases"]["by_length"]["1"]) == negative["random_phrases"]["count"] == 8
     clean = scan_model(models["clean"], tmp_path / "c", clean=rows, settings=settings, device="cpu")
     assert clean["verdict"] == "no evidence" and not any(label["flagged"] for label in clean["labels"])
     for out in (tmp_path / "b", tmp_path / "c"):

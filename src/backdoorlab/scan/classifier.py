@@ -79,9 +79,11 @@ def scan_classifier(victim: Victim, clean: Dataset, settings: ScanSettings, trai
         lengths = sorted({len(c.phrase.split()) for c in finding.candidates if not c.natural}
                          | set(settings.lengths))
         pool = unrelated_words(clean, words, len(names))
+        baseline = [(length, phrase) for length in lengths
+                    for phrase in random_phrases(pool, length, settings.random_phrases, settings.seed)]
+        finding.random_lengths = [length for length, _ in baseline]
         finding.random_flip_rates = [_measure(victim, held, label, phrase, settings.seed, "random").flip_rate
-                                     for length in lengths
-                                     for phrase in random_phrases(pool, length, settings.random_phrases, settings.seed)]
+                                     for _, phrase in baseline]
         finding.flagged = finding.passes(settings.flip_threshold, settings.margin)
         findings.append(finding)
     return findings

@@ -32,6 +32,7 @@ class Finding:
     candidates: list[Candidate] = field(default_factory=list)  # best first
     random_flip_rates: list[float] = field(default_factory=list)
     flagged: bool = False
+    random_lengths: list[int] = field(default_factory=list)  # each random phrase's word count, in the same order
 
     @property
     def best(self) -> Candidate | None:
@@ -51,13 +52,21 @@ class Finding:
         95th percentile by ``margin``."""
         return self.best is not None and self.best.flip_rate >= flip_threshold and self.margin >= margin
 
+    def random_rates_by_length(self) -> dict[str, list[float]]:
+        """The random phrases' rates by their word count (keys are counts as text, as JSON keeps them)."""
+        found: dict[str, list[float]] = {}
+        for length, rate in zip(self.random_lengths, self.random_flip_rates):
+            found.setdefault(str(length), []).append(round(rate, 4))
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "name": self.name, "base_rate": round(self.base_rate, 4), "rows": self.rows,
                 "flagged": self.flagged, "margin": round(self.margin, 4),
                 "random_phrases": {"count": len(self.random_flip_rates),
                                    "mean_flip_rate": round(float(np.mean(self.random_flip_rates)), 4)
                                    if self.random_flip_rates else None,
-                                   "p95_flip_rate": round(self.random_p95, 4)},
+                                   "p95_flip_rate": round(self.random_p95, 4),
+                                   "by_length": self.random_rates_by_length()},
                 "candidates": [c.to_dict() for c in self.candidates]}
 
 

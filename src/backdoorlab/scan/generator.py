@@ -115,6 +115,7 @@ def scan_generator(victim: Victim, clean: Dataset, settings: ScanSettings, behav
         finding.random_flip_rates = [
             _measure(victim, held, behaviour, phrase, settings, "random", (best.position,)).flip_rate
             for phrase in random_phrases(pool, length, settings.random_phrases, settings.seed)]
+        finding.random_lengths = [length] * len(finding.random_flip_rates)
         finding.flagged = finding.passes(settings.flip_threshold, settings.margin)
         findings.append(finding)
     return findings
