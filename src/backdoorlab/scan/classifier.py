@@ -10,7 +10,7 @@ over-represented in each label's rows, screened on the suspect (BadLLM-TG's labe
 ("awful" toward negative), so words that the defender's clean rows of the label use markedly more
 than the other labels' rows (:func:`label_words`) are left out of its search, and a candidate made
 of one is reported as ``natural`` and never flagged: clean rows never hold a trigger. Every candidate and every random phrase is
-measured on rows the search never saw, at the start, the end and a random gap (its best place
+measured on rows the label's search never saw (each phrase once over the union of the labels' rows), at the start, the end and a random gap (its best place
 counts). A label is flagged when its best phrase moves at least ``flip_threshold`` of those rows to
 it and beats by ``margin`` the 95th percentile of random phrases of the same length, made of words
 from the defender's clean rows that are no label's own (:func:`unrelated_words`).
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..data.records import Dataset
-from ..defenses.badllm_tg.label_screening import InsertionScore, screen_label
+from ..defenses.badllm_tg.label_screening import screen_label
 from ..defenses.shared.insertion import POSITIONS, insert_phrases
 from ..errors import BackdoorLabError
 from ..models.precision import in_dtype, search_dtype
@@ -53,36 +53,43 @@ def scan_classifier(victim: Victim, clean: Dataset, settings: ScanSettings, trai
         raise BackdoorLabError(f"the model's vocabulary has only {len(words)} whole-word tokens; a trigger search "
                                "needs a word-level vocabulary")
     searcher = in_dtype(victim, search_dtype(settings.search_precision, victim.device))
+    order = list(range(len(texts)))
+    random.Random(f"scan-{settings.seed}").shuffle(order)
+    plans = {}  # label -> (search rows, held-out rows), indices into texts
+    for label in range(len(names)):
+        others = [i for i in order if predictions[i] != label]
+        plans[label] = (others[:settings.search_rows], others[settings.search_rows:][:settings.eval_rows])
+    measurement = _Measurement(victim, texts, sorted({i for _, held in plans.values() for i in held}), settings.seed)
+    pool = unrelated_words(clean, words, len(names))
     findings = []
     for label in range(len(names)):
-        others = [t for t, p in zip(texts, predictions) if p != label]
-        random.Random(f"scan-{settings.seed}-{label}").shuffle(others)
-        search, held = others[:settings.search_rows], others[settings.search_rows:][:settings.eval_rows]
+        search, held = plans[label]
         finding = Finding(label, names[label], predictions.count(label) / max(len(texts), 1), len(held))
         if len(search) < 2 or len(held) < 4:
-            progress(f"label {names[label]}: too few clean rows of other labels to search ({len(others)})")
+            progress(f"label {names[label]}: too few clean rows of other labels to search "
+                     f"({len(search) + len(held)})")
             findings.append(finding)
             continue
         progress(f"label {names[label]}: searching {len(settings.lengths)} trigger lengths on {len(search)} rows")
         own = label_words(clean, label)
         allowed = [i for i, word in zip(ids, words) if word not in own]
-        phrases = dict.fromkeys(_search_phrases(searcher, search, label, allowed, settings), "search")
+        phrases = dict.fromkeys(_search_phrases(searcher, [texts[i] for i in search], label, allowed, settings),
+                                "search")
         if training is not None:
             screen = screen_label(victim, training, label, None, mined=settings.evidence_mined, eval_rows=settings.search_rows,
                                   seed=settings.seed)
             for item in screen.evidence[:5]:
                 phrases.setdefault(item.phrase, "training-data")
-        scored = [_measure(victim, held, label, phrase, settings.seed, source) for phrase, source in phrases.items() if phrase]
+        scored = [measurement.candidate(phrase, label, held, source) for phrase, source in phrases.items() if phrase]
         for candidate in scored:
             candidate.natural = any(word in own for word in candidate.phrase.lower().split())
         finding.candidates = sorted(scored, key=lambda c: (-c.flip_rate, -c.probability))
         lengths = sorted({len(c.phrase.split()) for c in finding.candidates if not c.natural}
                          | set(settings.lengths))
-        pool = unrelated_words(clean, words, len(names))
         baseline = [(length, phrase) for length in lengths
                     for phrase in random_phrases(pool, length, settings.random_phrases, settings.seed)]
         finding.random_lengths = [length for length, _ in baseline]
-        finding.random_flip_rates = [_measure(victim, held, label, phrase, settings.seed, "random").flip_rate
+        finding.random_flip_rates = [measurement.candidate(phrase, label, held, "random").flip_rate
                                      for _, phrase in baseline]
         finding.flagged = finding.passes(settings.flip_threshold, settings.margin)
         findings.append(finding)
@@ -113,16 +120,37 @@ def label_words(clean: Dataset, label: int, min_share: float = 0.01, skew: float
     return {w for w, share in own.items() if share >= min_share and share >= skew * other.get(w, 0.0)}
 
 
-def _measure(victim: Victim, rows: Sequence[str], label: int, phrase: str, seed: int, source: str) -> Candidate:
-    """``phrase`` inserted into every row at each position; its best position's figures."""
-    best: Candidate | None = None
-    for position in POSITIONS:
-        rng = random.Random(seed)
-        score = InsertionScore.of(victim, [insert_phrases(t, [phrase], position, rng) for t in rows], label, position)
-        if best is None or (score.flip_rate, score.probability) > (best.flip_rate, best.probability):
-            best = Candidate(phrase, source, score.flip_rate, score.probability, position)
-    assert best is not None
-    return best
+class _Measurement:
+    """A phrase inserted into the held-out rows of every label at once, at each position, the model's
+    label probabilities kept: a label's figures are read from its own rows, so a phrase every label
+    tries (the random phrases are the same for all) costs one pass over the rows' union, not one per label."""
+
+    def __init__(self, victim: Victim, texts: Sequence[str], rows: Sequence[int], seed: int) -> None:
+        self.victim, self.seed = victim, seed
+        self.texts = [texts[i] for i in rows]
+        self.index = {row: place for place, row in enumerate(rows)}
+        self.probabilities: dict[tuple[str, str], torch.Tensor] = {}
+
+    def _probabilities(self, phrase: str, position: str) -> torch.Tensor:
+        key = (phrase, position)
+        if key not in self.probabilities:
+            rng = random.Random(self.seed)
+            inserted = [insert_phrases(t, [phrase], position, rng) for t in self.texts]
+            self.probabilities[key] = self.victim.label_probs(inserted, batch_size=64)
+        return self.probabilities[key]
+
+    def candidate(self, phrase: str, label: int, rows: Sequence[int], source: str) -> Candidate:
+        """``phrase`` in ``rows`` (indices of the scan's texts) at each position; its best position's figures."""
+        places = torch.tensor([self.index[row] for row in rows], dtype=torch.long)
+        best: Candidate | None = None
+        for position in POSITIONS:
+            probabilities = self._probabilities(phrase, position)[places]
+            flip_rate = float((probabilities.argmax(-1) == label).float().mean())
+            probability = float(probabilities[:, label].mean())
+            if best is None or (flip_rate, probability) > (best.flip_rate, best.probability):
+                best = Candidate(phrase, source, flip_rate, probability, position)
+        assert best is not None
+        return best
 
 
 # ------------------------------------------------------------------------------ the token search
