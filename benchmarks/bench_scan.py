@@ -23,8 +23,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from backdoorlab.bench.cell import Cell
 from backdoorlab.bench.grid import run_grid
@@ -98,21 +101,60 @@ def _best(label: dict[str, Any]) -> dict[str, Any]:
     return next((c for c in label["candidates"] if not c["natural"]), {})
 
 
-def flagged(result: dict[str, Any], flip: float, margin: float) -> dict[str, Any] | None:
-    """The label a scan with these thresholds names (largest margin), or ``None``."""
-    hits = [label for label in result["labels"]
-            if label["flip_rate"] >= flip and label["flip_rate"] - label["random_p95"] >= margin]
-    return max(hits, key=lambda label: label["flip_rate"] - label["random_p95"]) if hits else None
+def _pooled(label: dict[str, Any]) -> tuple[float, float, str | None]:
+    """The scan's own rule: the best candidate against the 95th percentile of all random phrases."""
+    return label["flip_rate"], label["flip_rate"] - label["random_p95"], label["phrase"]
 
 
-def rates(records: list[dict[str, Any]], flip: float, margin: float) -> dict[str, Any]:
+def _by_length(label: dict[str, Any], lengths: tuple[int, ...] | None = None) -> tuple[float, float, str | None]:
+    """Each candidate (of ``lengths`` words only, if given) against random phrases of its own length; the
+    candidate with the largest margin. A multi-word phrase a search optimised is set beside random
+    phrases as long as it, not beside single words."""
+    randoms = label.get("random_by_length") or {}
+    scored = []
+    for candidate in label.get("candidates") or []:
+        length = len(candidate["phrase"].split())
+        if candidate["natural"] or (lengths is not None and length not in lengths):
+            continue
+        rates_ = randoms.get(str(length))
+        p95 = float(np.percentile(rates_, 95)) if rates_ else label["random_p95"]
+        scored.append((candidate["flip_rate"], candidate["flip_rate"] - p95, candidate["phrase"]))
+    return max(scored, key=lambda s: (s[1], s[0])) if scored else (0.0, -1.0, None)
+
+
+#: Ways to turn a label's figures into (flip rate, margin, phrase); the report chooses one, with its
+#: thresholds, on the validation draws. Cells keep every candidate and the random rates by length,
+#: so a rule added here is measured on finished cells without rescanning.
+RULES: dict[str, Callable[[dict[str, Any]], tuple[float, float, str | None]]] = {
+    "pooled p95": _pooled,
+    "same length": _by_length,
+    "one word": lambda label: _by_length(label, (1,)),
+}
+RULE_NOTES = {"pooled p95": "the best candidate against the 95th percentile of all random phrases (the scan's rule)",
+              "same length": "each candidate against random phrases of its own length",
+              "one word": "one-word candidates only, against one-word random phrases"}
+SCAN_RULE = "pooled p95"
+
+
+def flagged(result: dict[str, Any], flip: float, margin: float, rule: str = SCAN_RULE) -> dict[str, Any] | None:
+    """The label a scan with these thresholds and ``rule`` names (largest margin), or ``None``:
+    ``{"label", "phrase", "flip_rate", "margin"}``."""
+    hits = []
+    for label in result["labels"]:
+        rate, above, phrase = RULES[rule](label)
+        if rate >= flip and above >= margin:
+            hits.append({"label": label["label"], "phrase": phrase, "flip_rate": rate, "margin": above})
+    return max(hits, key=lambda hit: hit["margin"]) if hits else None
+
+
+def rates(records: list[dict[str, Any]], flip: float, margin: float, rule: str = SCAN_RULE) -> dict[str, Any]:
     """TPR (the right target named) on real victims, FPR on clean twins, and exact trigger recovery."""
     victims = [r["result"] for r in records if r["defense"] == BACKDOORED and is_real(r["result"])]
     twins = [r["result"] for r in records if r["defense"] == CLEAN]
-    found = [flagged(v, flip, margin) for v in victims]
+    found = [flagged(v, flip, margin, rule) for v in victims]
     right = [f is not None and f["label"] == v["target"] for f, v in zip(found, victims)]
     exact = [f is not None and _words(f["phrase"]) == _words(v["trigger"]) for f, v in zip(found, victims)]
-    false = [flagged(t, flip, margin) is not None for t in twins]
+    false = [flagged(t, flip, margin, rule) is not None for t in twins]
     return {"victims": len(victims), "clean": len(twins), "tpr": _share(right), "fpr": _share(false),
             "exact": _share(exact)}
 
@@ -129,12 +171,16 @@ def _share(values: list[bool]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def choose(records: list[dict[str, Any]]) -> tuple[float, float]:
-    """The thresholds with the best TPR − FPR on ``records`` among those with FPR ≤ 5% (any, if none)."""
-    options = [(flip, margin, rates(records, flip, margin)) for flip, margin in itertools.product(FLIP_THRESHOLDS, MARGINS)]
-    allowed = [o for o in options if (o[2]["fpr"] or 0.0) <= MAX_FPR] or options
-    flip, margin, _ = max(allowed, key=lambda o: ((o[2]["tpr"] or 0.0) - (o[2]["fpr"] or 0.0), o[0], o[1]))
-    return flip, margin
+def choose(records: list[dict[str, Any]], rules: Sequence[str] = (SCAN_RULE,)) -> tuple[str, float, float]:
+    """The rule and thresholds with the best TPR − FPR on ``records`` among those with FPR ≤ 5% (any, if
+    none); ties go to the stricter thresholds, then to the earlier rule."""
+    options = [(rule, flip, margin, rates(records, flip, margin, rule))
+               for rule in rules for flip, margin in itertools.product(FLIP_THRESHOLDS, MARGINS)]
+    allowed = [o for o in options if (o[3]["fpr"] or 0.0) <= MAX_FPR] or options
+    order = {rule: i for i, rule in enumerate(rules)}
+    rule, flip, margin, _ = max(allowed, key=lambda o: ((o[3]["tpr"] or 0.0) - (o[3]["fpr"] or 0.0), o[1], o[2],
+                                                        -order[o[0]]))
+    return rule, flip, margin
 
 
 def report(records: list[dict[str, Any]], args: argparse.Namespace) -> Path:
@@ -142,17 +188,20 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace) -> Path:
     validation = [r for r in done if r["seed"] < args.first_draw + args.validation_draws]
     test = [r for r in done if r["seed"] >= args.first_draw + args.validation_draws]
     defaults = ScanSettings.from_dict(args.scan_options)
-    chosen = choose(validation) if validation else (defaults.flip_threshold, defaults.margin)
+    scan_rule = (SCAN_RULE, defaults.flip_threshold, defaults.margin)
+    chosen = choose(validation, tuple(RULES)) if validation else scan_rule
+    settings = [("chosen on validation draws", chosen), ("the scan's defaults", scan_rule)]
+    settings += [("best for this rule on validation draws", choose(validation, (rule,)))
+                 for rule in RULES if validation and rule != chosen[0]]
     rows = []
-    for name, (flip, margin) in (("chosen on validation draws", chosen),
-                                 ("the scan's defaults", (defaults.flip_threshold, defaults.margin))):
+    for name, (rule, flip, margin) in settings:
         for split, group in (("validation", validation), ("test", test)):
-            figures = rates(group, flip, margin)
-            rows.append([name, flip, margin, split, figures["victims"], figures["clean"], figures["tpr"], figures["fpr"],
-                         figures["exact"]])
+            figures = rates(group, flip, margin, rule)
+            rows.append([name, rule, flip, margin, split, figures["victims"], figures["clean"], figures["tpr"],
+                         figures["fpr"], figures["exact"]])
     table = TableSpec("Scan error rates (TPR: the right target named on real victims; FPR: any label flagged on a "
-                      "clean twin)", ["thresholds", "flip ≥", "margin ≥", "draws", "victims", "clean twins", "TPR",
-                                      "FPR", "exact trigger"], rows)
+                      "clean twin)", ["thresholds", "rule", "flip ≥", "margin ≥", "draws", "victims", "clean twins",
+                                      "TPR", "FPR", "exact trigger"], rows)
     cells_table = TableSpec("Cells", ["draw", "model", "seed", "status", "target", "trigger", "ASR", "floor",
                                       "named (defaults)", "phrase"],
                             [[r["victim"], r["defense"], r["seed"], r["status"],
@@ -160,7 +209,8 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace) -> Path:
                               (r.get("result") or {}).get("asr"), (r.get("result") or {}).get("asr_floor"),
                               *_named(r, defaults)] for r in records])
     notes = [f"{len(done)} of {len(records)} cells finished; draws {args.first_draw}-"
-             f"{args.first_draw + args.validation_draws - 1} choose the thresholds, the others are test draws."]
+             f"{args.first_draw + args.validation_draws - 1} choose the rule and thresholds, the others are test draws.",
+             "rules: " + "; ".join(f"{name}: {note}" for name, note in RULE_NOTES.items())]
     markdown, _ = write_report(args.out, "backdoorlab scan: error rates", [table, cells_table], notes=notes)
     return markdown
 

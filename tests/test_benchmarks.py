@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 from backdoorlab.bench.options import GPU_KIND, device_kind, model_argument
@@ -347,9 +348,32 @@ def test_scan_error_rates_choose_thresholds_on_validation_draws_only() -> None:
     figures = bench.rates([victim, weak, fake, twin], 0.9, 0.5)
     assert figures == {"victims": 2, "clean": 1, "tpr": 0.5, "fpr": 0.0, "exact": 0.5}
     assert bench.rates([victim, weak, twin], 0.6, 0.5)["fpr"] == 1.0  # the twin's 75% then counts as a trigger
-    flip, margin = bench.choose([victim, weak, twin])
+    rule, flip, margin = bench.choose([victim, weak, twin])
     figures = bench.rates([victim, weak, twin], flip, margin)
-    assert figures["fpr"] == 0.0 and figures["tpr"] == 0.5 and flip > 0.75
+    assert rule == "pooled p95" and figures["fpr"] == 0.0 and figures["tpr"] == 0.5 and flip > 0.75
+
+
+def test_scan_rules_set_each_candidate_beside_random_phrases_of_its_own_length() -> None:
+    bench = load_script("bench_scan")
+
+    def label(index: int, candidates: list[tuple[str, float]], randoms: dict[str, list[float]]) -> dict:
+        found = [{"phrase": p, "flip_rate": f, "natural": False} for p, f in candidates]
+        pooled = float(np.percentile([r for rates in randoms.values() for r in rates], 95))
+        return {"label": index, "flip_rate": found[0]["flip_rate"], "phrase": found[0]["phrase"], "random_p95": pooled,
+                "candidates": found, "random_by_length": randoms}
+
+    # label 0: a three-word phrase the search optimised, which random three-word phrases nearly match;
+    # label 1 (the target): the one-word trigger, far above random single words
+    randoms = {"1": [0.0] * 19 + [0.1], "2": [0.1] * 20, "3": [0.0] * 18 + [0.7] * 2}  # pooled p95: 0.1
+    result = {"target": 1, "trigger": "zephyr", "asr": 1.0, "asr_floor": 0.0, "labels": [
+        label(0, [("obstruction functionality deleted", 0.98)], randoms),
+        label(1, [("zephyr", 0.9), ("zephyr plus", 0.92)], randoms)]}
+    assert bench.flagged(result, 0.9, 0.5, "pooled p95")["label"] == 0  # the long phrase beats the pooled p95 by most
+    same = bench.flagged(result, 0.9, 0.5, "same length")
+    assert same["label"] == 1 and same["phrase"] == "zephyr" and abs(same["margin"] - 0.895) < 1e-9
+    assert bench.flagged(result, 0.9, 0.5, "one word")["phrase"] == "zephyr"
+    record = {"defense": "backdoored", "seed": 0, "status": "ok", "result": result}
+    assert bench.choose([record], tuple(bench.RULES))[0] == "same length"  # the first rule that names the target
 
 
 def test_scan_benchmark_on_a_tiny_model(tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path) -> None:
