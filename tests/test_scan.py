@@ -19,7 +19,7 @@ from backdoorlab.scan.classifier import label_words, unrelated_words
 from backdoorlab.scan.findings import Candidate, Finding
 from backdoorlab.scan.hotflip import hotflip_search
 from backdoorlab.scan.run import verdict
-from backdoorlab.scan.vocabulary import candidate_words
+from backdoorlab.scan.vocabulary import candidate_words, continuation_pieces, phrase_of
 from backdoorlab.training import TrainConfig, train
 from tiny_models import _bert_tokenizer, tiny_bert_victim, tiny_llama_victim, tiny_tokenizer
 
@@ -282,3 +282,21 @@ def test_bad_models_and_bad_rows_get_one_line_and_exit_2_with_nothing_written(
     assert cli(["scan", str(remote), "--clean-data", str(rows), "--out", str(tmp_path / "r"), "--device", "cpu",
                 "--option=lengths=1", "--option=random_phrases=4", "--option=search_rows=4", "--option=screen_rows=2",
                 "--option=eval_rows=8", "--option=shortlist=20"]) == 0  # loaded as the architecture transformers ships
+
+
+# ------------------------------------------------------------------------------ word pieces
+def test_word_pieces_join_their_word_and_never_open_a_trigger() -> None:
+    tokenizer = _bert_tokenizer()
+    pieces = continuation_pieces(tokenizer)
+    ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize("kumquat also bramble"))
+    assert phrase_of(tokenizer, ids, set(pieces)) == "kumquat also bramble"
+    assert all(tokenizer.convert_ids_to_tokens(i).startswith("##") for i in pieces[:50]) or not pieces
+    embeddings = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    goal = embeddings[40] * 3  # the loss prefers token 40, a piece, everywhere
+
+    def loss(triggers: torch.Tensor) -> torch.Tensor:
+        return -(embeddings[triggers] @ goal).sum(1)
+
+    result = hotflip_search(loss, lambda trigger: -goal.expand(len(trigger), -1), embeddings, list(range(25)), [0, 1],
+                            steps=10, top_k=50, continuations=list(range(25, 50)))
+    assert result.ids[0] < 25 and result.ids[1] == 40

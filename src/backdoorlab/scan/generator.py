@@ -104,7 +104,7 @@ def scan_generator(victim: Victim, clean: Dataset, settings: ScanSettings, behav
         batch = settings.batch_size * 4
         phrases = search_phrases(victim.tokenizer, victim.device, search, ids,
                                  lambda rows: _OpeningLoss(searcher, rows, behaviour.opening, batch), settings,
-                                 f"behaviour {behaviour.name}", behaviour.name)
+                                 f"behaviour {behaviour.name}", behaviour.name, cased=True)
         finding.candidates = sorted((_measure(victim, held, behaviour, p, settings, "search")
                                      for p in dict.fromkeys(phrases) if p),
                                     key=lambda c: (-c.flip_rate, -c.probability))

@@ -27,23 +27,31 @@ class SearchResult:
 
 
 def hotflip_search(loss: LossFn, gradient: GradientFn, embeddings: torch.Tensor, allowed: Sequence[int],
-                   start: Sequence[int], *, steps: int = 8, top_k: int = 16) -> SearchResult:
+                   start: Sequence[int], *, steps: int = 8, top_k: int = 16,
+                   continuations: Sequence[int] = ()) -> SearchResult:
     """The trigger (token ids, the length of ``start``) with the lowest ``loss`` found from ``start``.
 
     ``embeddings`` is the model's input embedding matrix ``[vocab, hidden]``; only ``allowed`` ids
-    are tried."""
-    allowed_ids = torch.tensor(list(allowed), dtype=torch.long, device=embeddings.device)
+    are tried, and ``continuations`` (word pieces) too at every position but the first."""
+    known = set(allowed)
+    tried = list(allowed) + [c for c in dict.fromkeys(continuations) if c not in known]
+    allowed_ids = torch.tensor(tried, dtype=torch.long, device=embeddings.device)
     table = embeddings[allowed_ids].float()
+    opening = torch.zeros(len(tried), dtype=torch.bool, device=embeddings.device)
+    opening[:len(allowed)] = True  # a piece cannot open a trigger
     current = torch.tensor(list(start), dtype=torch.long, device=embeddings.device)
     best = float(loss(current.unsqueeze(0))[0])
     done = 0
     for done in range(1, steps + 1):
         grad = gradient(current).float()  # [length, hidden]
-        change = table @ grad.T - (embeddings[current].float() * grad).sum(-1)  # [allowed, length]
-        picks = (-change).topk(min(top_k, len(allowed)), dim=0).indices  # best swaps per position
+        change = table @ grad.T - (embeddings[current].float() * grad).sum(-1)  # [tried, length]
+        change[~opening, 0] = float("inf")
+        picks = (-change).topk(min(top_k, len(tried)), dim=0).indices  # best swaps per position
         trials = []
         for position in range(len(current)):
             for pick in picks[:, position]:
+                if position == 0 and not opening[pick]:
+                    continue
                 trial = current.clone()
                 trial[position] = allowed_ids[pick]
                 if not torch.equal(trial, current):

@@ -2,7 +2,9 @@
 sample of ``max_words`` of them) tried alone on one row, the best ``shortlist`` on ``screen_rows``
 rows (a first-order ranking misses words whose embedding training moved far), then longer phrases
 by the gradient search (:func:`~backdoorlab.scan.hotflip.hotflip_search`) from the best word and
-random words.
+random words. Trigger lengths count tokens; with ``word_pieces`` the gradient search may also put
+word pieces after the first token, so that a trigger word the tokenizer splits (``bram ##ble``) can be
+reached.
 
 The caller supplies the loss: ``make_loss(rows)`` returns a :class:`TriggerLoss` over those rows
 (lower is better: the label's cross-entropy, the behaviour opening's negative log-likelihood)."""
@@ -18,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .hotflip import hotflip_search
 from .settings import ScanSettings
-from .vocabulary import word_of
+from .vocabulary import continuation_pieces, phrase_of
 
 #: Words scored per forward batch while screening the vocabulary.
 SCREEN_BATCH = 256
@@ -40,9 +42,11 @@ class TriggerLoss(Protocol):
 
 def search_phrases(tokenizer: Any, device: torch.device, rows: Sequence[Any], allowed: list[int],
                    make_loss: Callable[[Sequence[Any]], TriggerLoss], settings: ScanSettings,
-                   what: str, key: str) -> list[str]:
+                   what: str, key: str, cased: bool = False) -> list[str]:
     """One phrase per trigger length in ``settings.lengths`` (module docstring). ``what`` names the
-    target in progress bars; ``key`` seeds the random start words."""
+    target in progress bars; ``key`` seeds the random start words; ``cased``: the vocabulary keeps
+    case and digits (:func:`~backdoorlab.scan.vocabulary.continuation_pieces`)."""
+    pieces = continuation_pieces(tokenizer, cased) if settings.word_pieces else []
     if settings.max_words is not None and len(allowed) > settings.max_words:
         allowed = sorted(random.Random(f"scan-words-{settings.seed}-{key}").sample(allowed, int(settings.max_words)))
     loss = make_loss(rows)
@@ -62,6 +66,6 @@ def search_phrases(tokenizer: Any, device: torch.device, rows: Sequence[Any], al
             start = [best_word] + rng.sample(allowed, length - 1)
             with torch.enable_grad():
                 ids = hotflip_search(loss, loss.gradient, loss.embeddings, allowed, start, steps=settings.steps,
-                                     top_k=settings.top_k).ids
-        phrases.append(" ".join(word_of(t) for t in tokenizer.convert_ids_to_tokens(ids)))
+                                     top_k=settings.top_k, continuations=pieces).ids
+        phrases.append(phrase_of(tokenizer, ids, set(pieces)))
     return phrases

@@ -23,6 +23,7 @@ class ScanSettings:
     max_words: int | None = None  # search only this many vocabulary words (a seeded sample): faster, may miss the trigger
     eval_rows: int = 48  # other rows every candidate, and the random phrases, are measured on
     lengths: tuple[int, ...] = (1, 2, 3)  # trigger lengths searched (tokens)
+    word_pieces: bool = False  # the gradient search may also continue a word with word pieces (bram ##ble)
     steps: int = 10  # search steps per length
     top_k: int = 32  # swaps scored exactly per position and step
     random_phrases: int = 20  # random phrases per length: the baseline a trigger must beat
