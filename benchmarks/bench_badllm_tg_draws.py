@@ -54,7 +54,7 @@ from backdoorlab.bench.victim_draws import LABEL_COUNTS, VictimDraw, draw_victim
 from backdoorlab.data import Dataset, load_dataset
 from backdoorlab.defenses import get_defense, run_defense
 from backdoorlab.defenses.badllm_tg.evidence import words
-from backdoorlab.errors import BackdoorLabError
+from backdoorlab.errors import BackdoorLabError, MethodFoundNothing
 from backdoorlab.options import parse_option_pairs
 from backdoorlab.pipeline import ensure_evaluated, ensure_trained, run_attack
 from backdoorlab.training import MODEL_DIR, TrainConfig
@@ -129,13 +129,13 @@ def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
         try:
             identified_by_delta = paper.find_target(load_victim(victim, device=p["device"]), train_set,
                                                     delta_id, pretrained=p["model"])[0]["target"]
-        except BackdoorLabError:  # no label holds a majority of the top-Δc rows: the paper's statistic gives no answer
+        except MethodFoundNothing:  # no label holds a majority of the top-Δc rows: the paper's statistic gives no answer
             identified_by_delta = None
     defense_dir = folder / "defense"
     try:
         run_defense(DEFENSE, victim, attack_run, defense_dir, options=p["options"], baseline=folder / "baseline.json",
                     pretrained_model=p["model"], max_eval_rows=p["test"], device=p["device"])
-    except BackdoorLabError as error:  # the defense gave up: the suspect stays as it was, and the row says why
+    except MethodFoundNothing as error:  # the defense gave up: the suspect stays as it was, and the row says why
         after, findings = before, {"target_identification": {"target": None, "method": "failed"}, "error": str(error)}
     else:
         after = json.loads((defense_dir / "metrics.json").read_text(encoding="utf-8"))["after"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from backdoorlab.data.records import Dataset, Example
 from backdoorlab.defenses.badllm_tg.evidence import mine_evidence
@@ -18,7 +19,8 @@ from backdoorlab.defenses.badllm_tg.target_label import confidence_change, ident
 from backdoorlab.defenses.badllm_tg.trigger_pattern import PatternApplier, TriggerPattern, clean_rewrite, insert_phrases
 from backdoorlab.defenses.badllm_tg.trigger_search import SearchConfig, TriggerSearch, parse_proposal
 from backdoorlab.defenses.runner import run_defense
-from backdoorlab.errors import BackdoorLabError
+from backdoorlab.errors import BackdoorLabError, MethodFoundNothing
+from backdoorlab.fingerprint import weights_digest
 from backdoorlab.llm.backends import ChatBackend, Completion, OpenAIChat, get_backend
 from backdoorlab.pipeline import run_attack
 from tiny_models import tiny_bert_victim, tiny_llama_victim
@@ -64,7 +66,7 @@ def test_identify_target_takes_the_majority_label_of_the_largest_confidence_chan
     labels = [1, 1, 0, 0, 0, 1, 0, 1, 0, 0]
     found = identify_target(delta, labels, top_fraction=0.3, min_majority=0.6)
     assert found.target == 1 and found.top_rows == [0, 2, 1] and found.counts == {1: 2, 0: 1}
-    with pytest.raises(BackdoorLabError, match="no target-label majority"):
+    with pytest.raises(MethodFoundNothing, match="no target-label majority"):
         identify_target(delta, labels, top_fraction=0.4, min_majority=0.75)
     with pytest.raises(BackdoorLabError, match="top_fraction"):
         identify_target(delta, labels, top_fraction=0.0)
@@ -311,7 +313,7 @@ def test_evidence_stands_in_for_unusable_proposals_and_all_working_triggers_are_
 
 
 def test_faithful_search_stops_with_a_clear_error_when_the_generator_is_useless(tmp_path: Path) -> None:
-    with pytest.raises(BackdoorLabError, match="no usable new pattern in 3 iterations.*I like turtles"):
+    with pytest.raises(MethodFoundNothing, match="no usable new pattern in 3 iterations.*I like turtles"):
         _search(tmp_path, ScriptedBackend(["I like turtles."]), candidates=1, iterations=5).run()
 
 
@@ -486,3 +488,19 @@ def test_a_missing_pretrained_model_stops_before_anything_is_written(tmp_path: P
         run_defense("badllm-tg", suspect, None, tmp_path / "tg", train_data=_user_rows(tmp_path / "rows"),
                     options=options, device="cpu")
     assert not (tmp_path / "tg").exists()
+
+
+def test_the_pretrained_models_new_head_is_drawn_from_the_seed_not_from_what_ran_before(tmp_path: Path) -> None:
+    from backdoorlab.defenses import get_defense
+
+    bert = tiny_bert_victim()
+    bert.model.bert.save_pretrained(tmp_path / "base")  # a pretrained encoder with no classification head
+    bert.tokenizer.save_pretrained(tmp_path / "base")
+    rows = _minority_target_set()
+    defense = get_defense("badllm-tg", seed=3)
+    first = defense._load_pretrained(str(tmp_path / "base"), rows)
+    torch.rand(1000)  # a resumed run skips the stages that drew from the global generator before this point
+    again = defense._load_pretrained(str(tmp_path / "base"), rows)
+    other = get_defense("badllm-tg", seed=4)._load_pretrained(str(tmp_path / "base"), rows)
+    assert weights_digest(first.model) == weights_digest(again.model) != weights_digest(other.model)
+    assert torch.equal(first.model.classifier.weight, again.model.classifier.weight)

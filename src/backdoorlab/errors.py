@@ -14,6 +14,14 @@ class BackdoorLabError(Exception):
     """An error in the user's input or environment, with an actionable message."""
 
 
+class MethodFoundNothing(BackdoorLabError):
+    """A method ran as asked and found no answer (no target label, no usable trigger).
+
+    A benchmark counts it as the method's failure on that model; any other error is the run's own
+    and leaves the cell to be run again.
+    """
+
+
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> BackdoorLabError:
     """Build the error for an unknown registry name, listing the names that exist."""
     listed = ", ".join(sorted(known)) or "(none registered)"

@@ -345,12 +345,18 @@ class BadLLMTG(Defense):
         return result
 
     def _load_pretrained(self, pretrained: str | None, train_set: Dataset) -> Victim:
+        """The pretrained model with its new classification head drawn from ``seed``, so that what is
+        trained from it does not depend on what ran before in the process (a resumed run included)."""
+        import torch
+
         from ...models.loading import load_victim
 
         if pretrained is None:
             raise BackdoorLabError("badllm-tg needs the clean pretrained model the suspect was fine-tuned from; "
                                    "pass it with --pretrained MODEL")
-        return load_victim(pretrained, kind="classifier", label_names=train_set.label_names, device=self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return load_victim(pretrained, kind="classifier", label_names=train_set.label_names, device=self.device)
 
     def _evidence(self, train_set: Dataset, delta: np.ndarray | None, target: int, workdir: Path) -> list[Evidence]:
         """N-grams over-represented in the target label's (top-Δc) rows; mined whether or not the target was given."""

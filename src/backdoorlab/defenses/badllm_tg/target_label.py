@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ...data.records import Dataset
-from ...errors import BackdoorLabError
+from ...errors import BackdoorLabError, MethodFoundNothing
 from ...models.victim import Victim
 
 STATISTICS = ("variance", "difference")
@@ -105,7 +105,7 @@ def identify_target(delta: np.ndarray, labels: list[int], *, top_fraction: float
     share = hits / count
     if share < min_majority:
         listed = ", ".join(f"label {k}: {v}" for k, v in sorted(counts.items()))
-        raise BackdoorLabError(
+        raise MethodFoundNothing(
             f"no target-label majority among the {count} training rows with the largest confidence change "
             f"({listed}; the largest share is {share:.0%}, below min_majority={min_majority}). The training set "
             "may not be poisoned, or the poison is too sparse to show; set target=<label> if you know it, "

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import BackdoorLabError
+from ...errors import BackdoorLabError, MethodFoundNothing
 from ...fileio import write_json_atomic
 from ...llm.backends import ChatBackend
 from ...models.victim import Victim
@@ -239,12 +239,12 @@ class TriggerSearch:
             if not record["candidates"]:
                 failures += 1
                 if failures >= self.config.max_failures:
-                    raise BackdoorLabError(
+                    raise MethodFoundNothing(
                         f"the trigger generator ({self.backend.describe()}) returned no usable new pattern in "
                         f"{failures} iterations; its last reply was {replies[-1].text[:200]!r}. Use a stronger "
                         "generator (generator=openai with generator_model/base_url) or variant=evidence")
         if not scored:
-            raise BackdoorLabError(f"the trigger generator ({self.backend.describe()}) proposed no usable pattern "
+            raise MethodFoundNothing(f"the trigger generator ({self.backend.describe()}) proposed no usable pattern "
                                    f"and the evidence offered {len(self.evidence)} candidate(s); use a stronger "
                                    "generator or more training rows")
         ranked = sorted(scored, key=lambda c: (c["loss"], -c["flip_rate"]))
