@@ -16,7 +16,7 @@ import pytest
 
 from backdoorlab.bench.options import GPU_KIND, device_kind, model_argument
 from backdoorlab.data import load_dataset
-from backdoorlab.errors import BackdoorLabError
+from backdoorlab.errors import BackdoorLabError, MethodFoundNothing
 from tiny_models import tiny_bert_victim, tiny_llama_victim
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -399,3 +399,26 @@ def test_scan_cost_times_each_search_precision_on_the_same_rows(tiny: dict[str, 
     out = capsys.readouterr().out
     assert "search precision float32 (float32)" in out and "search precision auto (" in out
     assert out.count("verdict ") == 2 and out.count("random p95") == 4  # two labels, each precision
+
+
+@pytest.mark.parametrize("gives_up", [True, False])
+def test_a_draw_counts_only_a_defense_that_found_nothing_as_its_failure(
+        tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        gives_up: bool) -> None:
+    bench = load_script("bench_badllm_tg_draws")
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        raise (MethodFoundNothing if gives_up else BackdoorLabError)("stopped here")
+
+    monkeypatch.setattr(bench, "run_defense", stopped)
+    out = tmp_path / "draws"
+    bench.main(["--model", tiny["bert"], "--draws", "1", "--first-draw", "3", "--datasets", "sst2", "--train", "30",
+                "--test", "10", "--epochs", "1", "--device", "cpu", "--recipes", str(tmp_path / "no-recipes"),
+                "--skip-delta", "--serial", "--out", str(out), "--results", str(out / "ledger")])
+    (record,) = [json.loads(p.read_text()) for p in (out / "ledger").glob("draw*.json")]
+    if gives_up:  # the method's own answer: a finished draw whose row says why the suspect stayed as it was
+        row = record["result"]
+        assert record["status"] == "ok" and row["identified_by"] == "failed" and row["defense error"] == "stopped here"
+        assert row["ASR after"] == row["ASR before"]
+    else:  # the run's own error: a failed cell, computed again by the next run
+        assert record["status"] == "error" and record["error"] == "stopped here" and not record.get("result")
