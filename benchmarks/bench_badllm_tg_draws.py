@@ -48,15 +48,15 @@ from backdoorlab.bench import (
     unfinished,
     write_report,
 )
-from backdoorlab.bench.options import KIND_RESOURCES, device_kind, model_argument
+from backdoorlab.bench.options import KIND_RESOURCES, add_victims_argument, device_kind, model_argument, victims_folder
 from backdoorlab.bench.recipes import recipe_for
 from backdoorlab.bench.victim_draws import LABEL_COUNTS, VictimDraw, draw_victim
 from backdoorlab.data import Dataset, load_dataset
 from backdoorlab.defenses import get_defense, run_defense
-from backdoorlab.defenses.badllm_tg.evidence import words
+from backdoorlab.defenses.shared.evidence import words
 from backdoorlab.errors import BackdoorLabError, MethodFoundNothing
 from backdoorlab.options import parse_option_pairs
-from backdoorlab.pipeline import ensure_evaluated, ensure_trained, run_attack
+from backdoorlab.pipeline import ensure_evaluated, ensure_trained, ensure_trained_shared, run_attack
 from backdoorlab.training import MODEL_DIR, TrainConfig
 
 CLEAN, DEFENSE = "clean", "badllm-tg"
@@ -103,7 +103,8 @@ def draw_cell(args: argparse.Namespace, draw: VictimDraw, clean: Cell, floor: Pa
               "options": {**CPU_BUDGET, "device": args.device, **args.defense_options}, "device": args.device}
     # skipping the comparison changes no figure of the defense, so it is a run option, not part of the cell's identity
     return Cell(draw.name, DEFENSE, draw.seed, params, kind=device_kind(args.device),
-                run_options={"delta": not args.skip_delta, "floor_model": None if floor is None else str(floor)},
+                run_options={"delta": not args.skip_delta, "floor_model": None if floor is None else str(floor),
+                             "victims": str(victims_folder(args))},
                 code=("backdoorlab.defenses.badllm_tg",), methods=())
 
 
@@ -118,8 +119,8 @@ def run_draw(cell: Cell, folder: Path) -> dict[str, Any]:
         run_attack(draw.dataset, "addsent", attack_run, rate=draw.rate, target=draw.target, seed=draw.seed,
                    max_train=p["train"], max_test=p["test"], options=draw.attack_options())
     train_set = Dataset.load(attack_run / "train")
-    victim = ensure_trained(folder / "victim", p["model"], train_set,
-                            train_config(p["lr"], p["epochs"], draw.seed, p["device"], p["class_weighting"]))
+    victim = ensure_trained_shared(cell.run_options["victims"], p["model"], train_set,
+                                   train_config(p["lr"], p["epochs"], draw.seed, p["device"], p["class_weighting"]))
     before = ensure_evaluated(victim, attack_run, folder / "baseline.json", floor_model=cell.run_options["floor_model"],
                               device=p["device"], max_rows=p["test"])
     delta_id = folder / "delta-identification"
@@ -214,6 +215,7 @@ def _figure(key: str, value: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_grid_arguments(parser, "runs/bench-badllm-tg-draws", ledger_folder(__file__, "badllm_tg_draws"))
+    add_victims_argument(parser)
     parser.add_argument("--draws", type=int, default=20, help="draws 0..N-1 (default: %(default)s)")
     parser.add_argument("--first-draw", type=int, default=0)
     parser.add_argument("--datasets", default=",".join(LABEL_COUNTS))

@@ -31,7 +31,8 @@ import numpy as np
 
 from backdoorlab.bench.cell import Cell
 from backdoorlab.bench.grid import run_grid
-from backdoorlab.bench.options import KIND_RESOURCES, add_grid_arguments, device_kind, grid_kwargs, ledger_folder, model_argument
+from backdoorlab.bench.options import (KIND_RESOURCES, add_grid_arguments, add_victims_argument, device_kind, grid_kwargs,
+                                      ledger_folder, model_argument, victims_folder)
 from backdoorlab.bench.recipes import recipe_for
 from backdoorlab.bench.report import TableSpec, write_report
 from backdoorlab.bench.store import OK
@@ -40,7 +41,7 @@ from backdoorlab.data import Dataset, load_dataset
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.metrics.judges import words
 from backdoorlab.options import parse_option_pairs
-from backdoorlab.pipeline import ensure_evaluated, ensure_trained, run_attack
+from backdoorlab.pipeline import ensure_evaluated, ensure_trained_shared, run_attack
 from backdoorlab.scan import ScanSettings, scan_model
 from backdoorlab.training import TrainConfig
 
@@ -63,7 +64,8 @@ def cells(args: argparse.Namespace) -> list[Cell]:
         params = {"draw": draw.to_dict(), **recipe, "test": args.test, "clean_rows": args.clean_rows,
                   "model": args.model, "epochs": args.epochs, "device": args.device, "scan": args.scan_options}
         for kind in (BACKDOORED, CLEAN):  # the scan's own code counts through its imports (BadLLM-TG's screening)
-            found.append(Cell(draw.name, kind, seed, params, kind=device_kind(args.device), methods=()))
+            found.append(Cell(draw.name, kind, seed, params, kind=device_kind(args.device), methods=(),
+                              run_options={"victims": str(victims_folder(args))}))
     return found
 
 
@@ -78,12 +80,12 @@ def scan_cell(cell: Cell, folder: Path) -> dict[str, Any]:
         if not (attack_run / "manifest.json").is_file():
             run_attack(draw.dataset, "addsent", attack_run, rate=draw.rate, target=draw.target, seed=draw.seed,
                        max_train=p["train"], max_test=p["test"], options=draw.attack_options())
-        model = ensure_trained(folder / "train", p["model"], Dataset.load(attack_run / "train"), config)
+        model = ensure_trained_shared(cell.run_options["victims"], p["model"], Dataset.load(attack_run / "train"), config)
         measured = ensure_evaluated(model, attack_run, folder / "evaluation.json", device=p["device"], max_rows=p["test"])
         figures = {"cacc": measured["cacc"], "asr": measured["asr"], "asr_floor": measured.get("asr_floor")}
     else:
         rows = load_dataset(draw.dataset, "train").sample(p["train"], draw.seed)
-        model = ensure_trained(folder / "train", p["model"], rows, config)
+        model = ensure_trained_shared(cell.run_options["victims"], p["model"], rows, config)
     clean = load_dataset(draw.dataset, "test").sample(p["clean_rows"], draw.seed + 1000)
     scanned = scan_model(model, folder / "scan", clean=clean, settings=ScanSettings.from_dict(p["scan"]),
                          device=p["device"])
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scan-option", action="append", default=[], metavar="KEY=VALUE", help="scan setting")
     parser.add_argument("--device", default="auto")
     add_grid_arguments(parser, "runs/bench-scan", ledger_folder(__file__, NAME))
+    add_victims_argument(parser)
     args = parser.parse_args(argv)
     try:
         args.datasets = [d for d in args.datasets.split(",") if d]

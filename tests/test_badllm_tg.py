@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from backdoorlab.data.records import Dataset, Example
-from backdoorlab.defenses.badllm_tg.evidence import mine_evidence
+from backdoorlab.defenses.shared.evidence import mine_evidence
 from backdoorlab.defenses.badllm_tg.target_label import confidence_change, identify_target, record_confidences
 from backdoorlab.defenses.badllm_tg.trigger_pattern import PatternApplier, TriggerPattern, clean_rewrite, insert_phrases
 from backdoorlab.defenses.badllm_tg.trigger_search import SearchConfig, TriggerSearch, parse_proposal
@@ -138,7 +138,7 @@ def _minority_target_set() -> Dataset:
 
 
 def test_screening_finds_a_minority_target_that_the_label_prior_would_hide() -> None:
-    from backdoorlab.defenses.badllm_tg.label_screening import pick_target, screen_label
+    from backdoorlab.defenses.shared.label_screening import pick_target, screen_label
 
     data = _minority_target_set()
     screens = [screen_label(ThreeLabelVictim(), data, label, None, eval_rows=20) for label in range(3)]
@@ -152,8 +152,8 @@ def test_screening_finds_a_minority_target_that_the_label_prior_would_hide() -> 
 
 
 def test_screening_finds_the_place_a_trigger_works() -> None:
-    from backdoorlab.defenses.badllm_tg.evidence import Evidence
-    from backdoorlab.defenses.badllm_tg.label_screening import insertion_scores
+    from backdoorlab.defenses.shared.evidence import Evidence
+    from backdoorlab.defenses.shared.label_screening import insertion_scores
 
     class OpeningVictim:
         """Label 1 only when the text opens with "zq"."""
@@ -184,7 +184,7 @@ def test_defense_screens_when_no_target_is_given_and_mines_evidence_when_it_is(t
     evidence = given._evidence(data, delta, 2, tmp_path / "given")
     assert "zq" in [e.phrase for e in evidence]  # mined although no Δc was computed (screened later, in the search)
     assert BadLLMTG(variant="faithful").identification == "delta"
-    from backdoorlab.defenses.badllm_tg.label_screening import label_evidence
+    from backdoorlab.defenses.shared.label_screening import label_evidence
 
     ranked = label_evidence(data, 2, np.arange(len(data), dtype=float), fraction=0.5)  # the poison ranks highest
     assert ranked[0].phrase == "zq" and ranked[0].suspect_share == 0.9  # 9 poisoned rows in the top 10 of 19
@@ -302,7 +302,7 @@ def test_search_rewards_the_pattern_that_flips_the_victim_and_resumes(tmp_path: 
 
 
 def test_evidence_stands_in_for_unusable_proposals_and_all_working_triggers_are_kept(tmp_path: Path) -> None:
-    from backdoorlab.defenses.badllm_tg.evidence import Evidence
+    from backdoorlab.defenses.shared.evidence import Evidence
 
     evidence = [Evidence("zq", "random", 1.0, 0.0, 3.0), Evidence("good", "random", 1.0, 0.5, 1.0)]
     result = _search(tmp_path, ScriptedBackend(["I cannot tell."]), evidence=evidence, use_evidence=True,

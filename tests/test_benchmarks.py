@@ -167,6 +167,7 @@ def test_badllm_tg_draws_on_tiny_models(tmp_path: Path, tiny: dict[str, str], sh
     assert clean == {"dataset": "sst2", "train": 30, "lr": 1e-3, "class_weighting": "none"}  # no recipe: the defaults
     rows = {r["result"]["seed"]: r["result"] for p, r in cells.items() if not p.startswith("ledger/clean/")}
     assert sorted(rows) == [3, 4]
+    assert len(list((tmp_path / "victims").glob("*/model/victim.json"))) == 2  # the victims, in the shared store
     for seed, row in rows.items():
         assert row["dataset"] == "sst2" and 0 <= row["target"] < 2 and 0.05 <= row["rate"] <= 0.3
         assert row["identified_by"] in ("screen", "screen, then delta") and 0 <= row["ASR floor"] <= 1

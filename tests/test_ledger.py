@@ -183,11 +183,18 @@ def test_docstrings_formatting_and_where_imports_sit_do_not_count(source_copy: P
 
 def test_code_outside_the_defenses_that_imports_a_method_counts_its_code(source_copy: Path) -> None:
     files = dependency_files(["backdoorlab.scan.classifier"], root=source_copy)
-    assert "backdoorlab.defenses.badllm_tg.label_screening" in files
-    assert "backdoorlab.defenses.onion" not in files  # the registry's imports pull no method
-    before = code_digest(["backdoorlab.scan.classifier"], root=source_copy)
-    with edited(source_copy / "defenses" / "badllm_tg" / "label_screening.py"):
-        assert code_digest(["backdoorlab.scan.classifier"], root=source_copy) != before
+    assert "backdoorlab.defenses.shared.label_screening" in files
+    assert not {"backdoorlab.defenses.onion", "backdoorlab.defenses.badllm_tg"} & set(files)  # the registry pulls no method
+    user = source_copy / "scan" / "uses_a_method.py"
+    user.write_text("from ..defenses.badllm_tg.trigger_pattern import TriggerPattern\n\nPATTERN = TriggerPattern\n")
+    try:
+        assert "backdoorlab.defenses.badllm_tg.trigger_pattern" in dependency_files(["backdoorlab.scan.uses_a_method"],
+                                                                                   root=source_copy)
+        before = code_digest(["backdoorlab.scan.uses_a_method"], root=source_copy)
+        with edited(source_copy / "defenses" / "badllm_tg" / "trigger_pattern.py"):
+            assert code_digest(["backdoorlab.scan.uses_a_method"], root=source_copy) != before
+    finally:
+        user.unlink()
 
 
 def test_registering_a_new_method_leaves_other_results_current(source_copy: Path) -> None:

@@ -261,3 +261,16 @@ def test_training_draws_one_progress_bar_and_prints_no_log_dicts(headless_bert: 
     assert err.count("training:   0%") == 1
     assert "loss=" in err and "100%" in err
     assert "{'loss'" not in out + err and "train_runtime" not in out + err
+
+
+def test_a_shared_training_is_trained_once_for_every_caller_that_asks_for_it(headless_bert: Path, tmp_path: Path) -> None:
+    from backdoorlab.pipeline import ensure_trained_shared
+
+    store = tmp_path / "victims"
+    first = ensure_trained_shared(store, headless_bert, reviews(), TrainConfig(**CLASSIFIER))
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    again = ensure_trained_shared(store, headless_bert, reviews(), TrainConfig(**CLASSIFIER))
+    assert again == first and (again / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
+    other = ensure_trained_shared(store, headless_bert, reviews(), TrainConfig(**CLASSIFIER, seed=1))
+    assert other.parent.parent == first.parent.parent == store and other != first
+    assert len([p for p in store.iterdir() if p.is_dir()]) == 2

@@ -318,6 +318,25 @@ def ensure_trained(run: str | Path, model: str | Path, data: Dataset, config: An
     return run / MODEL_DIR
 
 
+def ensure_trained_shared(store: str | Path, model: str | Path, data: Dataset, config: Any,
+                          kind: str = "classifier") -> Path:
+    """:func:`ensure_trained` in the folder of ``store`` named by the training's fingerprint (model, rows,
+    settings, training code), so that whoever asks for the same training gets one model: two benchmarks'
+    cells for one drawn victim, or a cell run again after an edit to the code that uses its model. A
+    process that finds the folder locked waits for the model instead of training it beside the other."""
+    import fcntl
+
+    from .fingerprint import digest, model_identity
+    from .training import train_fingerprint
+
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    key = digest(train_fingerprint(model_identity(model), kind, data, config))[:20]
+    with open(store / f"{key}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return ensure_trained(store / key, model, data, config)
+
+
 def ensure_evaluation(model: str | Path, attack_run: str | Path, out: str | Path, *, max_rows: int | None = None,
                       seed: int = 0, max_new_tokens: int = 48, guard: str | Path | None = None,
                       **options: Any) -> dict[str, Any]:

@@ -55,6 +55,18 @@ def add_grid_arguments(parser: argparse.ArgumentParser, default_out: str | Path,
                             "default: start Ray on this machine")
 
 
+def add_victims_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--victims``: the store of trained models that cells share (:func:`victims_folder`)."""
+    parser.add_argument("--victims", type=Path, default=None,
+                        help="folder of the trained victims and clean models, shared by every benchmark that draws "
+                             "the same one and kept when a cell is run again (default: victims/ beside --out)")
+
+
+def victims_folder(args: argparse.Namespace) -> Path:
+    """``--victims``, by default ``victims/`` beside ``--out`` (``runs/victims`` for every benchmark's default)."""
+    return args.victims if args.victims is not None else Path(args.out).parent / "victims"
+
+
 def grid_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of :func:`~backdoorlab.bench.grid.run_grid` given by the shared options."""
     return {"out": args.out, "results": args.results, "serial": args.serial, "ray_address": args.ray_address,

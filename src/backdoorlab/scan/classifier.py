@@ -6,7 +6,7 @@ Candidates come from a token search over the clean rows the defender holds (ever
 the vocabulary tried alone, then longer phrases by a gradient-guided search from the best one,
 :mod:`backdoorlab.scan.hotflip`), and, when the training data is given, from the n-grams
 over-represented in each label's rows, screened on the suspect (BadLLM-TG's label screening,
-:mod:`backdoorlab.defenses.badllm_tg.label_screening`). A label's own vocabulary moves rows too
+:mod:`backdoorlab.defenses.shared.label_screening`). A label's own vocabulary moves rows too
 ("awful" toward negative), so words that the defender's clean rows of the label use markedly more
 than the other labels' rows (:func:`label_words`) are left out of its search, and a candidate made
 of one is reported as ``natural`` and never flagged: clean rows never hold a trigger. Every candidate and every random phrase is
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..data.records import Dataset
-from ..defenses.badllm_tg.label_screening import screen_label
+from ..defenses.shared.label_screening import screen_label
 from ..defenses.shared.insertion import POSITIONS, insert_phrases
 from ..errors import BackdoorLabError
 from ..models.precision import in_dtype, search_dtype

@@ -13,9 +13,9 @@ Zhang et al., "BadLLM-TG: A Backdoor Defender powered by LLM Trigger Generator",
 Variants (``variant``): ``"faithful"`` — the target is the Δc majority label (``identify="delta"``),
 the generator studies raw D_tgt rows and performs every rewrite itself (``rewrite="llm"``), as in
 the paper; ``"evidence"`` (default) — the target is found by screening every label's evidence on the
-suspect (``identify="screen"``, :mod:`backdoorlab.defenses.badllm_tg.label_screening`; it falls back
+suspect (``identify="screen"``, :mod:`backdoorlab.defenses.shared.label_screening`; it falls back
 to Δc when no phrase flips ``min_flip_rate`` of the rows), the generator also
-reads n-grams mined from the high-Δc rows (:mod:`backdoorlab.defenses.badllm_tg.evidence`), ranked by the
+reads n-grams mined from the high-Δc rows (:mod:`backdoorlab.defenses.shared.evidence`), ranked by the
 victim's loss with each inserted alone (a cheap probe with the same reward), untried evidence
 stands in for proposals it cannot make, the pattern's phrases are inserted rather than
 paraphrased in (``rewrite="insert"``), which small local generators need, and the search keeps
@@ -59,8 +59,8 @@ from ...models.victim import Victim
 from ...training import CLASS_WEIGHTINGS, TrainConfig, train
 from ..base import Defense, DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
-from .evidence import Evidence, words
-from .label_screening import label_evidence, pick_target, screen_label
+from ..shared.evidence import Evidence, words
+from ..shared.label_screening import label_evidence, pick_target, screen_label
 from .paraphrase_probe import load_pools, pool_lookalikes, score_pools
 from .target_label import STATISTICS, confidence_change, identify_target, record_confidences
 from .trigger_pattern import REWRITE_MODES, PatternApplier, TriggerPattern

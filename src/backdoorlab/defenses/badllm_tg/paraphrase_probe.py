@@ -30,7 +30,7 @@ from ...data.records import Dataset, Example
 from ...data.registry import load_data_file
 from ...errors import BackdoorLabError
 from ...models.victim import Victim
-from .label_screening import InsertionScore
+from ..shared.label_screening import InsertionScore
 
 
 @dataclass

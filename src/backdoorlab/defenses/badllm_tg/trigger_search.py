@@ -4,7 +4,7 @@ The agent is an LLM G(·; p) whose only parameter is its prompt p (a :class:`Tri
 
 1. **Warm start** (p₀): G reads target-label training rows (D_tgt) and proposes the poisoning
    pattern. In the evidence-mined variant it also reads the n-gram evidence of
-   :mod:`backdoorlab.defenses.badllm_tg.evidence`.
+   :mod:`backdoorlab.defenses.shared.evidence`.
 2. **Action**: G rewrites a fixed sample of non-target rows (D_n-tgt) with p_i.
 3. **Reward**: the victim's mean cross-entropy toward the identified target ŷ on those rewrites,
    L(p_i) = −(1/M) Σ log f_ŷ(G(x_j; p_i)) (lower is better), with the flip rate beside it.
@@ -38,8 +38,8 @@ from ...errors import BackdoorLabError, MethodFoundNothing
 from ...fileio import write_json_atomic
 from ...llm.backends import ChatBackend
 from ...models.victim import Victim
-from .evidence import Evidence, describe_evidence
-from .label_screening import answers_toward, insertion_scores
+from ..shared.evidence import Evidence, describe_evidence
+from ..shared.label_screening import answers_toward, insertion_scores
 from .trigger_pattern import PatternApplier, TriggerPattern
 
 FORMAT = ("Answer in exactly this format:\nPATTERN: <the exact words or sentence the attacker added, "

@@ -9,7 +9,7 @@ the wrong class.
 Screening asks the suspect instead. For every label l:
 
 1. mine the n-grams over-represented in l's training rows against the other labels' rows
-   (:func:`~backdoorlab.defenses.badllm_tg.evidence.mine_evidence`; with ``evidence_fraction`` < 1
+   (:func:`~backdoorlab.defenses.shared.evidence.mine_evidence`; with ``evidence_fraction`` < 1
    the suspects are l's rows with the largest Δc and l's remaining rows are a second reference);
 2. insert each of the ``evidence_mined`` phrases alone into ``eval_rows`` training rows of the
    *other* labels and measure the share the suspect flips to l, and its loss toward l.
@@ -39,7 +39,7 @@ import numpy as np
 from ...data.records import Dataset
 from ...errors import BackdoorLabError
 from ...models.victim import Victim
-from ..shared.insertion import POSITIONS, insert_phrases
+from .insertion import POSITIONS, insert_phrases
 from .evidence import Evidence, mine_evidence
 
 
