@@ -208,7 +208,8 @@ def test_class_weighting_joins_the_victim_cells_params(tmp_path: Path) -> None:
 
     tg, draws = load_script("bench_badllm_tg"), load_script("bench_badllm_tg_draws")
     args = Namespace(target=1, train=10, test=5, validation=0, model="m", epochs=1.0, lr=1e-4, device="cpu",
-                     skip_delta=False, defense_options={}, recipes=tmp_path / "no-recipes")
+                     skip_delta=False, defense_options={}, recipes=tmp_path / "no-recipes", out=tmp_path / "out",
+                     victims=None)
     cells = {"victim": lambda a: tg.victim_cell(a, "hsol", "badnets", 0.2, 0), "clean": lambda a: draws.clean_cell(a, "hsol"),
              "draw": lambda a: draws.draw_cell(a, draw_victim(0), draws.clean_cell(a, "hsol"), None)}
     for name, cell in cells.items():
