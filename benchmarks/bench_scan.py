@@ -63,7 +63,7 @@ def cells(args: argparse.Namespace) -> list[Cell]:
                             class_weighting="none")
         params = {"draw": draw.to_dict(), **recipe, "test": args.test, "clean_rows": args.clean_rows,
                   "model": args.model, "epochs": args.epochs, "device": args.device, "scan": args.scan_options}
-        for kind in (BACKDOORED, CLEAN):  # the scan's own code counts through its imports (BadLLM-TG's screening)
+        for kind in (BACKDOORED, CLEAN):  # the scan's own code counts through its imports (defenses/shared's screening)
             found.append(Cell(draw.name, kind, seed, params, kind=device_kind(args.device), methods=(),
                               run_options={"victims": str(victims_folder(args))}))
     return found

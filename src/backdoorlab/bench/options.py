@@ -58,8 +58,8 @@ def add_grid_arguments(parser: argparse.ArgumentParser, default_out: str | Path,
 def add_victims_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--victims``: the store of trained models that cells share (:func:`victims_folder`)."""
     parser.add_argument("--victims", type=Path, default=None,
-                        help="folder of the trained victims and clean models, shared by every benchmark that draws "
-                             "the same one and kept when a cell is run again (default: victims/ beside --out)")
+                        help="folder of the trained victims (and the scan's clean twins), shared by every benchmark "
+                             "that draws the same one and kept when a cell is run again (default: victims/ beside --out)")
 
 
 def victims_folder(args: argparse.Namespace) -> Path:
