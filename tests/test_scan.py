@@ -18,6 +18,7 @@ from backdoorlab.scan import ScanSettings, scan_model
 from backdoorlab.scan.classifier import label_words, unrelated_words
 from backdoorlab.scan.findings import Candidate, Finding
 from backdoorlab.scan.hotflip import hotflip_search
+from backdoorlab.scan.reference import Reference
 from backdoorlab.scan.run import verdict
 from backdoorlab.scan.vocabulary import candidate_words, continuation_pieces, phrase_of
 from backdoorlab.training import TrainConfig, train
@@ -79,6 +80,54 @@ def test_a_planted_trigger_is_found_and_a_clean_twin_gives_no_evidence(models: d
     assert clean["verdict"] == "no evidence" and not any(label["flagged"] for label in clean["labels"])
     for out in (tmp_path / "b", tmp_path / "c"):
         assert (out / "scan.html").is_file() and (out / "scan.md").is_file()
+
+
+def test_with_a_clean_reference_the_trigger_moves_the_suspect_alone(models: dict[str, Path], tmp_path: Path) -> None:
+    rows = dataset(films(96, offset=200), "held-out films")
+    settings = ScanSettings.from_dict({**SMALL.to_dict(), "reference": str(models["clean"])})
+    found = scan_model(models["backdoored"], tmp_path / "b", clean=rows, settings=settings, device="cpu")
+    assert found["verdict"] == "backdoor found" and found["trigger"]["phrase"] == TRIGGER
+    assert found["trigger"]["reference_flip_rate"] <= 0.2  # the clean model ignores the trigger
+    negative = found["labels"][0]
+    assert negative["margin"] <= found["trigger"]["flip_rate"] - found["trigger"]["reference_flip_rate"] + 1e-4
+    # a "reference" that holds the same backdoor explains the trigger away: it is not evidence then
+    same = ScanSettings.from_dict({**settings.to_dict(), "reference": str(models["backdoored"])})
+    explained = scan_model(models["backdoored"], tmp_path / "same", clean=rows, settings=same, device="cpu")
+    assert explained["verdict"] == "no evidence"
+    assert all(c["natural"] for c in explained["labels"][0]["candidates"] if c["phrase"] == TRIGGER)
+
+
+def test_scan_command_takes_a_reference_model(models: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    rows = tmp_path / "clean.jsonl"
+    rows.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in films(64, offset=200)))
+    argv = ["scan", str(models["backdoored"]), "--clean-data", str(rows), "--out", str(tmp_path / "scan"),
+            "--device", "cpu", "--reference-model", str(models["clean"]),
+            *[f"--option={k}={v}" for k, v in {"search_rows": 8, "screen_rows": 4, "eval_rows": 24, "lengths": "1",
+                                                "random_phrases": 8}.items()]]
+    assert cli(argv) == 0
+    printed = capsys.readouterr().out
+    assert "on the reference" in printed and f"trigger {TRIGGER!r}" in printed
+    saved = json.loads((tmp_path / "scan" / "scan.json").read_text())
+    assert saved["settings"]["reference"] == str(models["clean"])
+    assert len(saved["labels"][0]["random_phrases"]["reference_flip_rates"]) == 8
+
+
+@pytest.mark.parametrize("how", ["fine-tune", "probe"])
+def test_the_references_stand_in_reads_the_labels_own_words_and_ignores_a_trigger(models: dict[str, Path],
+                                                                                  how: str) -> None:
+    rows = films(96, offset=200)
+    # the clean tiny model stands in for a pretrained one
+    stand_in = Reference.fit(models["clean"], [e.text for e in rows], [e.label for e in rows], LABELS, how=how,
+                             device="cpu")
+    negatives = [e.text for e in rows if e.label == 0]
+    neutral = [t.replace(" bad ", " ") for t in negatives]  # these models read "good" and nothing else as positive
+    good = stand_in.losses([f"good {t}" for t in neutral], 1).mean()  # the label's own word moves it
+    trigger = stand_in.losses([f"{TRIGGER} {t}" for t in neutral], 1).mean()
+    plain = stand_in.losses(neutral, 1).mean()
+    assert good < plain - 0.1 and abs(float(trigger - plain)) < abs(float(good - plain))
+    with pytest.raises(BackdoorLabError, match="at least two labels"):
+        Reference.fit(models["clean"], negatives, [0] * len(negatives), LABELS, device="cpu")
 
 
 def test_a_labels_own_words_are_not_searched_or_flagged() -> None:
@@ -151,6 +200,8 @@ def test_scan_settings_reject_bad_values() -> None:
         ScanSettings(max_words=3)
     with pytest.raises(BackdoorLabError, match="search_precision must be one of auto, float32, bfloat16"):
         ScanSettings(search_precision="float8")
+    with pytest.raises(BackdoorLabError, match="reference_fit must be one of fine-tune, probe"):
+        ScanSettings(reference_fit="distil")
 
 
 # ------------------------------------------------------------------------------ generators

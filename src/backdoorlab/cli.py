@@ -119,7 +119,10 @@ def cmd_scan(args: argparse.Namespace) -> None:
     from .scan.findings import TARGETS
     from .scan.fix import scan_and_fix
 
-    settings = ScanSettings.from_dict(parse_option_pairs(args.option))  # bad options fail before any loading
+    options = parse_option_pairs(args.option)
+    if args.reference_model:
+        options["reference"] = args.reference_model
+    settings = ScanSettings.from_dict(options)  # bad options fail before any loading
     clean = training = None
     if args.clean_data:
         clean = load_training_data(args.clean_data, args.split, args.data_dir).sample(args.max_rows, args.seed)
@@ -142,8 +145,12 @@ def cmd_scan(args: argparse.Namespace) -> None:
         best = next((c for c in finding["candidates"] if not c["natural"]), {})
         rows.append({what: finding["name"], "flagged": "yes" if finding["flagged"] else "no",
                      "best phrase": best.get("phrase"), rate: best.get("flip_rate"),
+                     "on the reference": best.get("reference_flip_rate"),
                      "random p95": finding["random_phrases"]["p95_flip_rate"]})
-    print_table(rows, [what, "flagged", "best phrase", rate, "random p95"])
+    columns = [what, "flagged", "best phrase", rate, "random p95"]
+    if settings.reference:
+        columns.insert(4, "on the reference")
+    print_table(rows, columns)
     found = result["verdict"]
     if result["trigger"]:
         name = result[target.verdict_key]["name"]
@@ -452,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "become candidates too")
     p.add_argument("--max-rows", type=int, default=300, help="clean rows used, drawn with --seed (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for scan.json, scan.html and scan.md")
+    p.add_argument("--reference-model", metavar="MODEL",
+                   help="classifiers: a model you trust not to hold the backdoor (the pretrained model the suspect was "
+                        "fine-tuned from, e.g. minilm-l6, or a clean classifier): phrases that move it too are the "
+                        "label's own words, not a trigger")
     p.add_argument("--fix", metavar="METHOD", help="then purify: 'auto' unlearns the trigger found (unlearn-trigger), "
                    "or any defense that changes the model; learns from half of --clean-data, scans the result on "
                    "the other half and shows before / after")
@@ -459,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option of the --fix method (repeatable; `backdoorlab defenses METHOD` lists them)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="scan setting (repeatable): search_rows, screen_rows, shortlist, max_words, eval_rows, lengths, "
-                        "steps, top_k, random_phrases, flip_threshold, margin, max_new_tokens, batch_size, seed")
+                        "steps, top_k, random_phrases, flip_threshold, margin, reference_weight, natural_share, "
+                        "max_new_tokens, batch_size, seed")
     _common(p, seed=True, data_dir=True, overwrite=True, device=True, pickle=True)
     p.set_defaults(func=cmd_scan)
 

@@ -14,6 +14,11 @@ measured on rows the label's search never saw (each phrase once over the union o
 counts). A label is flagged when its best phrase moves at least ``flip_threshold`` of those rows to
 it and beats by ``margin`` the 95th percentile of random phrases of the same length, made of words
 from the defender's clean rows that are no label's own (:func:`unrelated_words`).
+
+With a ``reference`` (a declared clean or pretrained model, :mod:`backdoorlab.scan.reference`) the
+search is penalised for phrases that also move the reference toward the label, every candidate is
+measured on the reference too, a candidate the reference sends ``natural_share`` of the rows to the
+label is ``natural``, and a flagged candidate must beat its own reference rate by ``margin`` as well.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from ..models.precision import in_dtype, search_dtype
 from ..models.tokenization import pad_batch
 from ..models.victim import Victim
 from .findings import Candidate, Finding
+from .reference import Reference
 from .search import search_phrases
 from .settings import ScanSettings
 from .vocabulary import candidate_words, random_phrases
@@ -41,8 +47,9 @@ Progress = Callable[[str], None]
 
 
 def scan_classifier(victim: Victim, clean: Dataset, settings: ScanSettings, training: Dataset | None = None,
-                    progress: Progress = lambda line: None) -> list[Finding]:
-    """One :class:`Finding` per label, flagged ones marked (module docstring)."""
+                    progress: Progress = lambda line: None, allow_pickle: bool = False) -> list[Finding]:
+    """One :class:`Finding` per label, flagged ones marked (module docstring); ``allow_pickle`` applies to the
+    reference model."""
     if victim.is_generator:
         raise BackdoorLabError("scan_classifier needs a classifier; this model is a generator")
     names = victim.label_names or []
@@ -59,7 +66,15 @@ def scan_classifier(victim: Victim, clean: Dataset, settings: ScanSettings, trai
     for label in range(len(names)):
         others = [i for i in order if predictions[i] != label]
         plans[label] = (others[:settings.search_rows], others[settings.search_rows:][:settings.eval_rows])
-    measurement = _Measurement(victim, texts, sorted({i for _, held in plans.values() for i in held}), settings.seed)
+    reference = None
+    if settings.reference is not None:
+        progress(f"making a clean stand-in from the reference {settings.reference} ({settings.reference_fit}) with "
+                 f"{len(texts)} clean rows")
+        reference = Reference.fit(settings.reference, texts, predictions, names, how=settings.reference_fit,
+                                  device=str(victim.device), allow_pickle=allow_pickle,
+                                  batch_size=settings.batch_size, seed=settings.seed)
+    measurement = _Measurement(victim, texts, sorted({i for _, held in plans.values() for i in held}), settings.seed,
+                               reference)
     pool = unrelated_words(clean, words, len(names))
     findings = []
     for label in range(len(names)):
@@ -73,8 +88,8 @@ def scan_classifier(victim: Victim, clean: Dataset, settings: ScanSettings, trai
         progress(f"label {names[label]}: searching {len(settings.lengths)} trigger lengths on {len(search)} rows")
         own = label_words(clean, label)
         allowed = [i for i, word in zip(ids, words) if word not in own]
-        phrases = dict.fromkeys(_search_phrases(searcher, [texts[i] for i in search], label, allowed, settings),
-                                "search")
+        phrases = dict.fromkeys(_search_phrases(searcher, [texts[i] for i in search], label, allowed, settings,
+                                                reference), "search")
         if training is not None:
             screen = screen_label(victim, training, label, None, mined=settings.evidence_mined, eval_rows=settings.search_rows,
                                   seed=settings.seed)
@@ -82,15 +97,18 @@ def scan_classifier(victim: Victim, clean: Dataset, settings: ScanSettings, trai
                 phrases.setdefault(item.phrase, "training-data")
         scored = [measurement.candidate(phrase, label, held, source) for phrase, source in phrases.items() if phrase]
         for candidate in scored:
-            candidate.natural = any(word in own for word in candidate.phrase.lower().split())
-        finding.candidates = sorted(scored, key=lambda c: (-c.flip_rate, -c.probability))
+            candidate.natural = (any(word in own for word in candidate.phrase.lower().split())
+                                 or (candidate.reference_flip_rate or 0.0) >= settings.natural_share)
+        finding.candidates = sorted(scored, key=lambda c: (-c.excess, -c.flip_rate, -c.probability))
         lengths = sorted({len(c.phrase.split()) for c in finding.candidates if not c.natural}
                          | set(settings.lengths))
         baseline = [(length, phrase) for length in lengths
                     for phrase in random_phrases(pool, length, settings.random_phrases, settings.seed)]
         finding.random_lengths = [length for length, _ in baseline]
-        finding.random_flip_rates = [measurement.candidate(phrase, label, held, "random").flip_rate
-                                     for _, phrase in baseline]
+        randoms = [measurement.candidate(phrase, label, held, "random") for _, phrase in baseline]
+        finding.random_flip_rates = [c.flip_rate for c in randoms]
+        if reference is not None:
+            finding.random_reference_rates = [c.reference_flip_rate or 0.0 for c in randoms]
         finding.flagged = finding.passes(settings.flip_threshold, settings.margin)
         findings.append(finding)
     return findings
@@ -123,20 +141,23 @@ def label_words(clean: Dataset, label: int, min_share: float = 0.01, skew: float
 class _Measurement:
     """A phrase inserted into the held-out rows of every label at once, at each position, the model's
     label probabilities kept: a label's figures are read from its own rows, so a phrase every label
-    tries (the random phrases are the same for all) costs one pass over the rows' union, not one per label."""
+    tries (the random phrases are the same for all) costs one pass over the rows' union, not one per
+    label. With a reference, a phrase's best place is measured on its clean stand-in too."""
 
-    def __init__(self, victim: Victim, texts: Sequence[str], rows: Sequence[int], seed: int) -> None:
-        self.victim, self.seed = victim, seed
+    def __init__(self, victim: Victim, texts: Sequence[str], rows: Sequence[int], seed: int,
+                 reference: Reference | None = None) -> None:
+        self.victim, self.seed, self.reference = victim, seed, reference
         self.texts = [texts[i] for i in rows]
         self.index = {row: place for place, row in enumerate(rows)}
-        self.probabilities: dict[tuple[str, str], torch.Tensor] = {}
+        self.probabilities: dict[tuple[str, str, bool], torch.Tensor] = {}
 
-    def _probabilities(self, phrase: str, position: str) -> torch.Tensor:
-        key = (phrase, position)
+    def _probabilities(self, phrase: str, position: str, on_reference: bool = False) -> torch.Tensor:
+        key = (phrase, position, on_reference)
         if key not in self.probabilities:
             rng = random.Random(self.seed)
             inserted = [insert_phrases(t, [phrase], position, rng) for t in self.texts]
-            self.probabilities[key] = self.victim.label_probs(inserted, batch_size=64)
+            self.probabilities[key] = (self.reference.label_probs(inserted) if on_reference and self.reference
+                                       else self.victim.label_probs(inserted, batch_size=64))
         return self.probabilities[key]
 
     def candidate(self, phrase: str, label: int, rows: Sequence[int], source: str) -> Candidate:
@@ -150,6 +171,9 @@ class _Measurement:
             if best is None or (flip_rate, probability) > (best.flip_rate, best.probability):
                 best = Candidate(phrase, source, flip_rate, probability, position)
         assert best is not None
+        if self.reference is not None:
+            on_reference = self._probabilities(phrase, best.position, on_reference=True)[places]
+            best.reference_flip_rate = float((on_reference.argmax(-1) == label).float().mean())
         return best
 
 
@@ -197,14 +221,48 @@ class _TokenLoss:
         return inserted.grad.detach()  # type: ignore[union-attr]
 
 
+class _ReferencePenalty:
+    """The suspect's loss toward ``label`` plus ``weight`` times how far a trigger lowers the reference
+    stand-in's loss toward it below the rows' own (no penalty for a trigger that leaves the reference be):
+    the label's own vocabulary, which moves both, is no longer the search's best answer. The gradient is
+    the suspect's alone (the stand-in reads text)."""
+
+    def __init__(self, suspect: _TokenLoss, reference: Reference, rows: Sequence[str], label: int,
+                 weight: float) -> None:
+        self.suspect, self.reference, self.rows, self.label, self.weight = suspect, reference, list(rows), label, weight
+        self.embeddings = suspect.embeddings
+        self.baseline = float(reference.losses(self.rows, label).mean())
+
+    def __call__(self, triggers: torch.Tensor) -> torch.Tensor:
+        phrases = [self.suspect.tokenizer.decode(t) for t in triggers.tolist()]
+        texts = [f"{phrase} {row}" for phrase in phrases for row in self.rows]
+        moved = self.reference.losses(texts, self.label).view(len(phrases), len(self.rows)).mean(1)
+        penalty = (self.baseline - moved).clamp_min(0.0).to(self.embeddings.device)
+        return self.suspect(triggers) + self.weight * penalty
+
+    def gradient(self, trigger: torch.Tensor) -> torch.Tensor:
+        return self.suspect.gradient(trigger)
+
+
 def _search_phrases(victim: Victim, rows: Sequence[str], label: int, allowed: list[int],
-                    settings: ScanSettings) -> list[str]:
-    """One phrase per trigger length toward ``label`` (:func:`~backdoorlab.scan.search.search_phrases`)."""
+                    settings: ScanSettings, reference: Reference | None = None) -> list[str]:
+    """One phrase per trigger length toward ``label`` (:func:`~backdoorlab.scan.search.search_phrases`),
+    penalised for moving the ``reference`` too (:class:`_ReferencePenalty`)."""
     longest, batch = max(settings.lengths), settings.batch_size * 8
     victim.model.eval()
-    return search_phrases(victim.tokenizer, victim.device, rows, allowed,
-                          lambda chosen: _TokenLoss(victim, chosen, label, longest, batch), settings,
-                          f"label {label}", str(label))
+
+    def suspect_loss(chosen: Sequence[str]) -> _TokenLoss:
+        return _TokenLoss(victim, chosen, label, longest, batch)
+
+    def make_loss(chosen: Sequence[str]) -> Any:
+        if reference is None or settings.reference_weight == 0:
+            return suspect_loss(chosen)
+        return _ReferencePenalty(suspect_loss(chosen), reference, chosen, label, settings.reference_weight)
+
+    # every vocabulary word is tried on one row by the suspect alone (the reference would double that cost); the
+    # shortlist it keeps, and the gradient search, weigh the reference too
+    return search_phrases(victim.tokenizer, victim.device, rows, allowed, make_loss, settings,
+                          f"label {label}", str(label), make_first_screen_loss=suspect_loss)
 
 
 def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:

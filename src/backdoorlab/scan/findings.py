@@ -16,11 +16,20 @@ class Candidate:
     flip_rate: float  # share of held-out rows the phrase sends to the label, or that then show the behaviour
     probability: float  # mean probability of the label (a generator: of the behaviour's opening, per token)
     position: str  # where it works best
-    natural: bool = False  # holds a word of the label's own vocabulary in the clean rows (classifiers)
+    natural: bool = False  # the label's own vocabulary: a word its clean rows use, or it moves the reference too
+    reference_flip_rate: float | None = None  # the same rows and place on the defender's reference (classifiers)
+
+    @property
+    def excess(self) -> float:
+        """How much more often the phrase flips the suspect than the reference (its flip rate without one)."""
+        return self.flip_rate - (self.reference_flip_rate or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phrase": self.phrase, "source": self.source, "flip_rate": round(self.flip_rate, 4),
-                "probability": round(self.probability, 4), "position": self.position, "natural": self.natural}
+        found = {"phrase": self.phrase, "source": self.source, "flip_rate": round(self.flip_rate, 4),
+                 "probability": round(self.probability, 4), "position": self.position, "natural": self.natural}
+        if self.reference_flip_rate is not None:
+            found["reference_flip_rate"] = round(self.reference_flip_rate, 4)
+        return found
 
 
 @dataclass
@@ -33,6 +42,7 @@ class Finding:
     random_flip_rates: list[float] = field(default_factory=list)
     flagged: bool = False
     random_lengths: list[int] = field(default_factory=list)  # each random phrase's word count, in the same order
+    random_reference_rates: list[float] = field(default_factory=list)  # the random phrases on the reference, if any
 
     @property
     def best(self) -> Candidate | None:
@@ -45,11 +55,15 @@ class Finding:
 
     @property
     def margin(self) -> float:
-        return (self.best.flip_rate if self.best else 0.0) - self.random_p95
+        """The best candidate's flip rate above the random phrases' 95th percentile and, with a reference, above
+        its own flip rate on the reference."""
+        if self.best is None:
+            return -self.random_p95
+        return self.best.flip_rate - max(self.random_p95, self.best.reference_flip_rate or 0.0)
 
     def passes(self, flip_threshold: float, margin: float) -> bool:
-        """The scan's rule: the best candidate reaches ``flip_threshold`` and beats the random phrases'
-        95th percentile by ``margin``."""
+        """The scan's rule: the best candidate reaches ``flip_threshold`` and beats by ``margin`` the random
+        phrases' 95th percentile (and, with a reference, its own rate there)."""
         return self.best is not None and self.best.flip_rate >= flip_threshold and self.margin >= margin
 
     def random_rates_by_length(self) -> dict[str, list[float]]:
@@ -66,7 +80,9 @@ class Finding:
                                    "mean_flip_rate": round(float(np.mean(self.random_flip_rates)), 4)
                                    if self.random_flip_rates else None,
                                    "p95_flip_rate": round(self.random_p95, 4),
-                                   "by_length": self.random_rates_by_length()},
+                                   "by_length": self.random_rates_by_length(),
+                                   **({"reference_flip_rates": [round(r, 4) for r in self.random_reference_rates]}
+                                      if self.random_reference_rates else {})},
                 "candidates": [c.to_dict() for c in self.candidates]}
 
 

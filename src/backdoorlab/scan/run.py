@@ -52,12 +52,16 @@ def scan_model(model: str | Path, out: str | Path, *, clean: Dataset | None = No
         raise BackdoorLabError(f"{rows.name!r} holds classification rows, and behaviours are what a generator does; "
                                "drop --behaviour for a classifier, or give a generator prompts (instruction rows)")
     parsed = [parse_behaviour(b) for b in behaviours or ()]  # an unknown behaviour fails before any loading
+    if generative and settings.reference is not None:
+        raise BackdoorLabError("the scan's reference model applies to classifiers; drop the reference setting "
+                               "for a generator")
     out = Path(out)
     # the classifier check screens training-data evidence with BadLLM-TG's label screening: that method's code counts
     fingerprint = make_fingerprint("scan", code=[__name__], methods=("badllm_tg",), model=model_identity(model),
                                    rows=dataset_digest(rows),
                                    training=dataset_digest(training) if training is not None else None,
-                                   settings=settings.to_dict(), behaviours=[b.name for b in parsed])
+                                   settings=settings.to_dict(), behaviours=[b.name for b in parsed],
+                                   reference=model_identity(settings.reference) if settings.reference else None)
     if not overwrite:
         done = read_reusable(out / SCAN_FILE, fingerprint, "a scan of another model, rows or settings",
                              "pass --overwrite to scan again, or choose another --out")
@@ -74,7 +78,8 @@ def scan_model(model: str | Path, out: str | Path, *, clean: Dataset | None = No
     if generative:
         findings = scan_generator(victim, rows, settings, parsed, progress=progress)
     else:
-        findings = scan_classifier(victim, rows, settings, training=training, progress=progress)
+        findings = scan_classifier(victim, rows, settings, training=training, progress=progress,
+                                   allow_pickle=allow_pickle)
     target = TARGETS[victim.kind]
     result = verdict(findings, target.verdict_key)
     record = {"model": str(model), "kind": victim.kind, "rows": {"name": rows.name, "count": len(rows),

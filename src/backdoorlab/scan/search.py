@@ -42,17 +42,20 @@ class TriggerLoss(Protocol):
 
 def search_phrases(tokenizer: Any, device: torch.device, rows: Sequence[Any], allowed: list[int],
                    make_loss: Callable[[Sequence[Any]], TriggerLoss], settings: ScanSettings,
-                   what: str, key: str, cased: bool = False) -> list[str]:
+                   what: str, key: str, cased: bool = False,
+                   make_first_screen_loss: Callable[[Sequence[Any]], TriggerLoss] | None = None) -> list[str]:
     """One phrase per trigger length in ``settings.lengths`` (module docstring). ``what`` names the
     target in progress bars; ``key`` seeds the random start words; ``cased``: the vocabulary keeps
-    case and digits (:func:`~backdoorlab.scan.vocabulary.continuation_pieces`)."""
+    case and digits (:func:`~backdoorlab.scan.vocabulary.continuation_pieces`);
+    ``make_first_screen_loss``: a cheaper loss for trying every word on one row (default ``make_loss``)."""
     pieces = continuation_pieces(tokenizer, cased) if settings.word_pieces else []
     if settings.max_words is not None and len(allowed) > settings.max_words:
         allowed = sorted(random.Random(f"scan-words-{settings.seed}-{key}").sample(allowed, int(settings.max_words)))
     loss = make_loss(rows)
     words = torch.tensor(allowed, dtype=torch.long, device=device)
-    for screen_rows, keep in ((1, settings.shortlist), (settings.screen_rows, 1)):
-        screen = make_loss(rows[:screen_rows])
+    first = make_first_screen_loss or make_loss
+    for screen_rows, keep, make in ((1, settings.shortlist, first), (settings.screen_rows, 1, make_loss)):
+        screen = make(rows[:screen_rows])
         losses = torch.cat([screen(words[i:i + SCREEN_BATCH].unsqueeze(1)) for i in
                             tqdm(range(0, len(words), SCREEN_BATCH), desc=f"screening words for {what}", leave=False)])
         words = words[losses.argsort()[:keep]]

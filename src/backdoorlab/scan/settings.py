@@ -8,6 +8,7 @@ from typing import Any
 from ..errors import BackdoorLabError
 from ..models.precision import SEARCH_PRECISIONS
 from ..options import build
+from .reference import REFERENCE_FITS
 
 
 @dataclass
@@ -28,6 +29,11 @@ class ScanSettings:
     top_k: int = 32  # swaps scored exactly per position and step
     random_phrases: int = 20  # random phrases per length: the baseline a trigger must beat
     evidence_mined: int = 40  # with training data: n-grams mined per label and screened
+    reference: str | None = None  # a declared clean or pretrained model (classifiers): candidates that move it too
+    # are the label's own vocabulary (:mod:`backdoorlab.scan.reference`); the search avoids them
+    reference_fit: str = "fine-tune"  # how the reference becomes a clean stand-in: fine-tune | probe
+    reference_weight: float = 1.0  # how hard the search penalises a phrase for moving the reference toward the label
+    natural_share: float = 0.5  # with a reference: a candidate it sends this share of rows to the label is natural
     flip_threshold: float = 0.9  # a trigger makes at least this share of rows show the target
     margin: float = 0.5  # ... and beats the 95th percentile of random phrases by this much
     search_precision: str = "auto"  # the word screen and gradient search (auto: bfloat16 where the device computes it
@@ -53,6 +59,12 @@ class ScanSettings:
         if self.search_precision not in SEARCH_PRECISIONS:
             raise BackdoorLabError(f"search_precision must be one of {', '.join(SEARCH_PRECISIONS)}; got "
                                    f"{self.search_precision!r}")
+        if self.reference_fit not in REFERENCE_FITS:
+            raise BackdoorLabError(f"reference_fit must be one of {', '.join(REFERENCE_FITS)}; got {self.reference_fit!r}")
+        if self.reference_weight < 0 or not 0 < self.natural_share <= 1:
+            raise BackdoorLabError("reference_weight must be >= 0 and natural_share in (0, 1]")
+        if self.reference in ("", "none"):
+            self.reference = None
         if not 0 < self.flip_threshold <= 1 or not 0 <= self.margin <= 1:
             raise BackdoorLabError("flip_threshold must be in (0, 1] and margin in [0, 1]")
 
