@@ -13,7 +13,9 @@ chosen afterwards without rescanning.
 The report chooses ``flip_threshold`` and ``margin`` on the *validation draws* (the first
 ``--validation-draws`` seeds: the pair that maximises TPR − FPR, FPR ≤ 5% first) and reports TPR,
 FPR and exact trigger recovery on the other draws only, beside the scan's provisional defaults.
-Victims whose backdoor is not real (ASR − floor under 50 points) are left out of the TPR.
+Victims whose backdoor is not real (ASR − floor under 50 points) are left out of the TPR. With
+``--reference`` the scan is given a reference model (``docs/scan.md``) and every candidate and random phrase
+is also measured on its clean stand-in; the rules then hold each candidate to its stand-in rate too.
 
     python benchmarks/bench_scan.py --draws 30 --validation-draws 10
 """
@@ -90,11 +92,13 @@ def scan_cell(cell: Cell, folder: Path) -> dict[str, Any]:
     scanned = scan_model(model, folder / "scan", clean=clean, settings=ScanSettings.from_dict(p["scan"]),
                          device=p["device"])
     labels = [{"label": label["label"], "flip_rate": _best(label).get("flip_rate", 0.0),
-               "phrase": _best(label).get("phrase"), "random_p95": label["random_phrases"]["p95_flip_rate"],
+               "phrase": _best(label).get("phrase"), "reference_flip_rate": _best(label).get("reference_flip_rate"),
+               "random_p95": label["random_phrases"]["p95_flip_rate"],
                "random_mean": label["random_phrases"]["mean_flip_rate"],
                "natural_flip_rate": max((c["flip_rate"] for c in label["candidates"] if c["natural"]), default=None),
                # everything a later rule may weigh: each candidate, and the random phrases by length
-               "candidates": label["candidates"], "random_by_length": label["random_phrases"]["by_length"]}
+               "candidates": label["candidates"], "random_by_length": label["random_phrases"]["by_length"],
+               "random_reference_rates": label["random_phrases"].get("reference_flip_rates")}
               for label in scanned["labels"]]
     return {**figures, "labels": labels, "target": draw.target, "trigger": draw.trigger, "verdict": scanned["verdict"]}
 
@@ -104,8 +108,10 @@ def _best(label: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pooled(label: dict[str, Any]) -> tuple[float, float, str | None]:
-    """The scan's own rule: the best candidate against the 95th percentile of all random phrases."""
-    return label["flip_rate"], label["flip_rate"] - label["random_p95"], label["phrase"]
+    """The scan's own rule: the best candidate against the 95th percentile of all random phrases (and, with a
+    reference, against its own rate there)."""
+    floor = max(label["random_p95"], label.get("reference_flip_rate") or 0.0)
+    return label["flip_rate"], label["flip_rate"] - floor, label["phrase"]
 
 
 def _by_length(label: dict[str, Any], lengths: tuple[int, ...] | None = None) -> tuple[float, float, str | None]:
@@ -120,7 +126,8 @@ def _by_length(label: dict[str, Any], lengths: tuple[int, ...] | None = None) ->
             continue
         rates_ = randoms.get(str(length))
         p95 = float(np.percentile(rates_, 95)) if rates_ else label["random_p95"]
-        scored.append((candidate["flip_rate"], candidate["flip_rate"] - p95, candidate["phrase"]))
+        floor = max(p95, candidate.get("reference_flip_rate") or 0.0)
+        scored.append((candidate["flip_rate"], candidate["flip_rate"] - floor, candidate["phrase"]))
     return max(scored, key=lambda s: (s[1], s[0])) if scored else (0.0, -1.0, None)
 
 
@@ -132,7 +139,8 @@ RULES: dict[str, Callable[[dict[str, Any]], tuple[float, float, str | None]]] = 
     "same length": _by_length,
     "one word": lambda label: _by_length(label, (1,)),
 }
-RULE_NOTES = {"pooled p95": "the best candidate against the 95th percentile of all random phrases (the scan's rule)",
+RULE_NOTES = {"pooled p95": "the best candidate against the 95th percentile of all random phrases (the scan's rule)"
+                            " and its own rate on the reference",
               "same length": "each candidate against random phrases of its own length",
               "one word": "one-word candidates only, against one-word random phrases"}
 SCAN_RULE = "pooled p95"
@@ -243,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="ledger of victim recipes scored on validation rows (benchmarks/bench_victim_recipe.py); "
                              "victims and twins take Table 1's recipe of their data set (default: %(default)s)")
     parser.add_argument("--scan-option", action="append", default=[], metavar="KEY=VALUE", help="scan setting")
+    parser.add_argument("--reference", default="none",
+                        help="the reference model the scan is given (docs/scan.md): 'none' (the scan's default), "
+                             "'pretrained' (the models' own pretrained --model, which an auditor of a fine-tuned encoder "
+                             "can name) or a model; a reference changes every cell, so give such a grid its own "
+                             "--results ledger (default: %(default)s)")
     parser.add_argument("--device", default="auto")
     add_grid_arguments(parser, "runs/bench-scan", ledger_folder(__file__, NAME))
     add_victims_argument(parser)
@@ -250,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.datasets = [d for d in args.datasets.split(",") if d]
         args.scan_options = parse_option_pairs(args.scan_option)
+        if args.reference != "none":
+            args.scan_options.setdefault("reference", args.model if args.reference == "pretrained" else args.reference)
         ScanSettings.from_dict(args.scan_options)  # bad settings fail before any work
         if args.draws < 1 or not 0 <= args.validation_draws <= args.draws:
             raise BackdoorLabError("--draws must be at least 1 and --validation-draws between 0 and --draws")

@@ -376,6 +376,11 @@ def test_scan_rules_set_each_candidate_beside_random_phrases_of_its_own_length()
     assert bench.flagged(result, 0.9, 0.5, "one word")["phrase"] == "zephyr"
     record = {"defense": "backdoored", "seed": 0, "status": "ok", "result": result}
     assert bench.choose([record], tuple(bench.RULES))[0] == "same length"  # the first rule that names the target
+    # with a reference, the long phrase moves the clean stand-in too: every rule holds it to that rate
+    long_phrase = result["labels"][0]
+    long_phrase["reference_flip_rate"] = long_phrase["candidates"][0]["reference_flip_rate"] = 0.9
+    assert bench.flagged(result, 0.9, 0.5, "pooled p95")["label"] == 1
+    assert bench.RULES["same length"](long_phrase)[1] < 0.1
 
 
 def test_scan_benchmark_on_a_tiny_model(tmp_path: Path, tiny: dict[str, str], shared_data_dir: Path) -> None:
