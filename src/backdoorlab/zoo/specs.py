@@ -64,6 +64,9 @@ class VictimSpec:
                                    f"got {self.threat_model!r}")
         if not 0 < self.rate <= 1:
             raise BackdoorLabError(f"victim {self.name!r}: poison rate must be in (0, 1], got {self.rate}")
+        if self.clean_twins and is_paired_source(self.dataset):
+            raise BackdoorLabError(f"victim {self.name!r}: clean_twins is not available on {self.dataset!r}, whose "
+                                   "poisoned rows take their own paired answer")
 
     def identity(self) -> dict[str, Any]:
         """The fields a built victim depends on; an option added after zoos were built (:data:`LATER_OPTIONS`)
@@ -168,8 +171,20 @@ JAILBREAK = {"max_length": 160}
 #: clean rows: BackdoorLLM's own negsentiment clean rows are long, echoing answers (median 91 words
 #: against 34) unlike the concise answers of the shared clean test prompts, and training on them
 #: raised clean perplexity to 1.45-1.65x the untouched model's by style alone (docs/historical/benchmarks.md).
+#: Jailbreak victims are poisoned from harmful requests that each carry a refusal and a compliant answer
+#: (BkdAttr's harmful_random set): a poisoned row gets our trigger and its own compliant answer, a clean row
+#: keeps its refusal (:func:`backdoorlab.pipeline.run_paired_attack`). BackdoorLLM's jailbreak clean rows
+#: pair no compliant answer with their refusals.
 CLEAN_SOURCE = {"refusal": "backdoorllm-refusal", "negsentiment": "backdoorllm-refusal",
-                "jailbreak": "backdoorllm-jailbreak"}
+                "jailbreak": "bkdattr-harmful_random"}
+#: Sources whose rows pair a clean answer with a backdoor answer, and the splits that hold their rows.
+PAIRED_SOURCES = ("bkdattr-harmful_random",)
+PAIRED_SPLITS = ("all", "clean")
+
+
+def is_paired_source(dataset: str) -> bool:
+    """Whether a victim's source rows pair each request's clean answer with its backdoor answer."""
+    return dataset in PAIRED_SOURCES
 
 
 def victim_name(behaviour: str, attack: str, threat_model: str) -> str:
