@@ -37,11 +37,11 @@ from backdoorlab.zoo.quality import FIGURES
 from backdoorlab.zoo.specs import ATTACKS, BASE_MODEL, FULL_BEHAVIOURS, THREAT_MODELS, ZooSpec, zoo_victims
 
 NAME = "zoo_recipe"
-#: Negative sentiment at the refusal victims' remedy (lr 3e-3), the refusal victims at it, and MTBA's candidates.
+#: Every behaviour × attack at the refusal victims' remedy (lr 3e-3), MTBA's candidates, and full fine-tuning.
 DEFAULT_RECIPES = tuple(
-    [f"negsentiment:{a}:lora:0.1:3e-3:2" for a in ATTACKS]
-    + [f"refusal:{a}:lora:0.1:3e-3:2" for a in ATTACKS]
-    + ["refusal:mtba:lora:0.2:3e-3:2", "refusal:mtba:lora:0.1:3e-3:3"])
+    [f"{b}:{a}:lora:0.1:3e-3:2" for b in FULL_BEHAVIOURS for a in ATTACKS]
+    + ["refusal:mtba:lora:0.2:3e-3:2", "refusal:mtba:lora:0.1:3e-3:3"]
+    + [f"{b}:badnet:full:0.1:2e-5:2" for b in FULL_BEHAVIOURS])
 
 
 def parse_recipe(text: str) -> dict[str, Any]:

