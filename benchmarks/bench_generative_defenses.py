@@ -57,13 +57,18 @@ SHARED_STORE = "shared-store"
 #: The published column each of our defenses is compared with.
 PUBLISHED_COLUMN = {"none": "none", "fine-tune": "fine-tune", "wanda": "pruning", "quantization": "quantization",
                     "crow": "crow", "fine-pruning": "fine-pruning", "bd-vax": "bd-vax"}
-#: BD-VAX (arXiv 2603.13461) Table 2, average ASR (%) on LLaMA-2-7B, full-parameter backdoors.
+#: BD-VAX (arXiv 2603.13461) Table 2, average ASR (%) on LLaMA-2-7B, by behaviour and threat model: full-parameter
+#: backdoors (every column), LoRA-adapter backdoors (only BD-VAX's column is known; ../shared/REFERENCES.md).
 PUBLISHED = {
-    "negsentiment": {"none": 28.16, "fine-tune": 29.96, "pruning": 13.78, "quantization": 16.36, "crow": 8.66,
-                     "fine-pruning": 10.94, "bd-vax": 2.10},
-    "refusal": {"none": 82.01, "fine-tune": 82.66, "pruning": 65.81, "quantization": 43.56, "crow": 51.40,
-                "fine-pruning": 45.64, "bd-vax": 6.67},
+    ("negsentiment", "full"): {"none": 28.16, "fine-tune": 29.96, "pruning": 13.78, "quantization": 16.36, "crow": 8.66,
+                               "fine-pruning": 10.94, "bd-vax": 2.10},
+    ("refusal", "full"): {"none": 82.01, "fine-tune": 82.66, "pruning": 65.81, "quantization": 43.56, "crow": 51.40,
+                          "fine-pruning": 45.64, "bd-vax": 6.67},
+    ("negsentiment", "lora"): {"bd-vax": 0.91},
+    ("refusal", "lora"): {"bd-vax": 10.76},
 }
+#: The same table's plain LoRA fine-tuning row (a defense, on the full-parameter victims' undefended averages).
+PUBLISHED_LORA_FINE_TUNING = {"negsentiment": 10.62, "refusal": 52.34}
 FIGURES = (("asr", "ASR", 100), ("clean_behaviour_rate", "clean behaviour", 100),
            ("clean_perplexity", "clean PPL", 1), ("task_accuracy", "task accuracy", 100))
 
@@ -160,21 +165,27 @@ def _average_entry(results: list[dict[str, Any]]) -> str:
 
 
 def average_rows(records: list[dict[str, Any]], defenses: list[str]) -> TableSpec:
-    """Average ASR per behaviour and defense over the finished cells (all victims, then only those that pass the
-    zoo's quality bar), beside the published averages."""
+    """Average ASR per behaviour, threat model and defense over the finished cells (all victims, then only those
+    that pass the zoo's quality bar), beside the published averages of the same behaviour and threat model."""
     finished = [r for r in records if r["status"] == "ok"]
     rows = []
-    for behaviour in sorted({r["result"]["behaviour"] for r in finished}):
+    for behaviour, threat in sorted({(r["result"]["behaviour"], r["result"].get("threat_model", "lora"))
+                                     for r in finished}):
+        mine = [r for r in finished if r["result"]["behaviour"] == behaviour
+                and r["result"].get("threat_model", "lora") == threat]
         for label, keep in (("", lambda result: True), (", victims that pass the bar", lambda result: result["victim_passed"])):
-            rows.append([behaviour + label, *(_average_entry([r["result"] for r in finished if r["defense"] == d
-                                                               and r["result"]["behaviour"] == behaviour
-                                                               and keep(r["result"])]) for d in defenses)])
-        published = PUBLISHED.get(behaviour, {})
-        rows.append([f"{behaviour}, published (BD-VAX Table 2, LLaMA-2-7B)",
+            rows.append([f"{behaviour}, {threat}{label}",
+                         *(_average_entry([r["result"] for r in mine if r["defense"] == d and keep(r["result"])])
+                           for d in defenses)])
+        published = PUBLISHED.get((behaviour, threat), {})
+        rows.append([f"{behaviour}, {threat}, published (BD-VAX Table 2, LLaMA-2-7B)",
                      *(published.get(PUBLISHED_COLUMN.get(parse_column(d)[0], ""), "–") for d in defenses)])
-    return TableSpec("Average ASR (%) by behaviour", ["behaviour", *defenses], rows,
-                     note="ours: SmolLM2-135M-Instruct zoo victims (LoRA), over the victims and seeds finished; "
-                          "'before' is the same victims' ASR without the defense")
+    lora_tuning = ", ".join(f"{b} {v}" for b, v in PUBLISHED_LORA_FINE_TUNING.items())
+    return TableSpec("Average ASR (%) by behaviour and threat model", ["behaviour, threat model", *defenses], rows,
+                     note="ours: SmolLM2-135M-Instruct zoo victims, over the victims and seeds finished, each beside "
+                          "the published figure of the same threat model (full: full-parameter backdoors; lora: "
+                          "LoRA-adapter backdoors, of which only BD-VAX's column is published); 'before' is the same "
+                          f"victims' ASR without the defense. The paper's plain LoRA fine-tuning row: {lora_tuning}.")
 
 
 def column_summary(records: list[dict[str, Any]], defenses: list[str]) -> TableSpec:

@@ -36,7 +36,7 @@ from backdoorlab.training import CLASS_WEIGHTINGS, TrainConfig
 NAME = "victim_recipe"
 #: HSOL at the Table 1 recipe (1000 rows, lr 2e-4) with and without class weighting, at lower rates, and with more rows.
 DEFAULT_RECIPES = ("hsol:1000:2e-4:none", "hsol:1000:2e-4:balanced", "hsol:1000:5e-5:none", "hsol:1000:1e-4:none",
-                   "hsol:3000:1e-4:none", "hsol:3000:2e-4:none", "hsol:6000:1e-4:none")
+                   "hsol:3000:1e-4:none", "hsol:3000:2e-4:none", "hsol:6000:1e-4:none", "hsol:6000:1e-4:balanced")
 
 
 def parse_recipe(text: str) -> dict[str, Any]:

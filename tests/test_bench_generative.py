@@ -34,7 +34,11 @@ def test_the_generative_defense_table_runs_resumes_and_reports(tiny_base: Path, 
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert bench.main([*argv, "--report-only"]) == 0
     report = (out / "report.md").read_text()
-    assert "Average ASR (%) by behaviour" in report and "82.01" in report and "28.16" in report
+    assert "Average ASR (%) by behaviour and threat model" in report
+    # each kind of victim beside the published figure of its own threat model: full-parameter sentiment has a
+    # published undefended average, LoRA refusal only BD-VAX's column
+    assert "| negsentiment, full, published (BD-VAX Table 2, LLaMA-2-7B) | 28.16 | 29.96 |" in report
+    assert "| refusal, lora, published (BD-VAX Table 2, LLaMA-2-7B) | – | – |" in report
     assert (out / "report.html").is_file()
 
 
