@@ -337,6 +337,18 @@ def test_the_default_zoo_is_ten_lora_victims_and_the_full_zoo_adds_full_fine_tun
     assert {v.dataset for v in full.victims if v.behaviour == "jailbreak"} == {"bkdattr-harmful_random"}
 
 
+def test_the_zoos_take_each_victims_chosen_settings_unless_the_caller_sets_them(monkeypatch) -> None:
+    from backdoorlab.zoo import specs
+
+    monkeypatch.setattr(specs, "CHOSEN", {"refusal-mtba-lora": {"rate": 0.2, "learning_rate": 3e-3}})
+    chosen = default_zoo().victim("refusal-mtba-lora")
+    assert (chosen.rate, chosen.learning_rate) == (0.2, 3e-3)
+    assert default_zoo().victim("refusal-vpi-lora").rate == 0.1  # a victim without chosen settings keeps the zoo's
+    assert full_zoo().victim("refusal-mtba-lora").rate == 0.2
+    given = default_zoo({"learning_rate": 1e-4}).victim("refusal-mtba-lora")
+    assert (given.rate, given.learning_rate) == (0.2, 1e-4)  # the caller's field wins, the others stay chosen
+
+
 def test_zoo_list_and_show_on_the_command_line(tiny_base: Path, toy_data: dict[str, str], tmp_path: Path,
                                                capsys, monkeypatch) -> None:
     from backdoorlab.cli import main

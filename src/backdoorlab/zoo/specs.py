@@ -205,17 +205,32 @@ def zoo_victims(behaviours: tuple[str, ...] = DEFAULT_BEHAVIOURS, threat_models:
     return tuple(victims)
 
 
+#: Each victim's settings chosen on validation rows, over :data:`TRAINING`'s (``benchmarks/bench_zoo_recipe.py``;
+#: the page docs/results/zoo_recipe.md holds the figures each was chosen on, one ledger record per setting).
+CHOSEN: dict[str, dict[str, Any]] = {}
+
+
+def with_chosen(victims: tuple[VictimSpec, ...], settings: dict[str, Any]) -> tuple[VictimSpec, ...]:
+    """``victims`` with their :data:`CHOSEN` settings, except the fields ``settings`` sets (a command line's
+    ``--lr`` applies to every victim)."""
+    return tuple(replace(v, **{k: value for k, value in CHOSEN.get(v.name, {}).items() if k not in settings})
+                 for v in victims)
+
+
 def default_zoo(settings: dict[str, Any] | None = None, **overrides: Any) -> ZooSpec:
-    """The default zoo: the five attacks × refusal and negative sentiment, as LoRA victims (ten).
+    """The default zoo: the five attacks × refusal and negative sentiment, as LoRA victims (ten), each
+    with its :data:`CHOSEN` settings.
 
     ``settings`` override victim fields (e.g. ``rate``), ``overrides`` :class:`ZooSpec` fields.
     """
-    return ZooSpec(victims=zoo_victims(**(settings or {})), **overrides)
+    settings = settings or {}
+    return ZooSpec(victims=with_chosen(zoo_victims(**settings), settings), **overrides)
 
 
 def full_zoo(settings: dict[str, Any] | None = None, **overrides: Any) -> ZooSpec:
     """Both threat models (LoRA and full fine-tuning) × the five attacks × refusal, negative
     sentiment and jailbreak (thirty victims); arguments as for :func:`default_zoo`."""
-    victims = zoo_victims(FULL_BEHAVIOURS, THREAT_MODELS, **(settings or {}))
+    settings = settings or {}
+    victims = with_chosen(zoo_victims(FULL_BEHAVIOURS, THREAT_MODELS, **settings), settings)
     jailbreak_last = sorted(victims, key=lambda v: v.behaviour == "jailbreak")  # see build._check_learnable
     return ZooSpec(victims=tuple(jailbreak_last), **overrides)
