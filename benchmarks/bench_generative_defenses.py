@@ -18,7 +18,11 @@ columns (a sparsity sweep, several temperatures):
         magnitude-pruning,sparsity=0.3 sampling,temperature=0.7 sampling,temperature=1.5
     python benchmarks/bench_generative_defenses.py --report-only    # tables from finished cells
 
-Defenses that need a clean reference model (CleanGen) get the zoo's untouched base model. The
+Defenses that need a clean reference model (CleanGen) get the zoo's untouched base model, the suspect's exact
+base and so the ideal case; a column ``cleangen,reference=tuned`` gives them that base fine-tuned on 200 other
+clean rows instead (Alpaca rows of the BkdAttr data; one per seed, shared by the cells), a model of the same
+family that a defender could hold, to measure how much of the removal survives a reference that is not the
+suspect's own base. The
 self-awareness pair share their RL runs in ``OUT/shared-store`` unless a column names a ``store``. A cell's
 defended model, the models its defense trained on the way and its training checkpoints are
 deleted once it is measured (``--keep-models`` keeps
@@ -54,6 +58,15 @@ DEFENSES = ("none", "fine-tune", "fine-pruning", "wanda", "magnitude-pruning", "
             "backdoor-collapse", "self-awareness", "self-awareness-guard", "sampling")
 #: Where defenses with a ``store`` option (the self-awareness pair) keep the runs they share, under ``--out``.
 SHARED_STORE = "shared-store"
+#: Where the tuned references of ``reference=tuned`` columns are kept (shared by the cells), under ``--out``.
+REFERENCES = "references"
+#: ``reference=KIND`` of a column whose defense needs a clean reference model (CleanGen): ``base``, the suspect's
+#: own untouched base (the ideal case), or ``tuned``, that base fine-tuned on other clean rows (a model of the same
+#: family a defender could hold, not the suspect's exact base).
+REFERENCE_KINDS = ("base", "tuned")
+#: ``tuned``: LoRA (merged) on these clean rows, leaving out any whose prompt is in a zoo victim's source or test rows.
+TUNED_REFERENCE = {"dataset": "bkdattr-alpaca_begin", "split": "all", "rows": 200, "epochs": 1.0, "learning_rate": 2e-4,
+                   "max_length": 128}
 #: The published column each of our defenses is compared with.
 PUBLISHED_COLUMN = {"none": "none", "fine-tune": "fine-tune", "wanda": "pruning", "quantization": "quantization",
                     "crow": "crow", "fine-pruning": "fine-pruning", "bd-vax": "bd-vax"}
@@ -93,8 +106,11 @@ def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
                **({"store": where["store"]} if where.get("store") else {})}
     method, _ = parse_column(cell.defense)
     _drop_if_model_gone(workdir / "defense")
+    reference = params.get("reference_model")
+    if params.get("reference_kind") == "tuned":
+        reference = tuned_reference(reference, Path(where["references"]), where["data_dir"], cell.seed)
     metrics = run_defense(method, victim.model, victim.attack_run, workdir / "defense", options=options,
-                          clean_data=where["clean_data"], reference_model=params.get("reference_model"),
+                          clean_data=where["clean_data"], reference_model=reference,
                           suspect_adapter=victim.adapter if params.get("suspect_adapter") else None,
                           baseline=victim.folder / EVALUATION, max_eval_rows=None,
                           max_new_tokens=params["max_new_tokens"], device=params["device"],
@@ -119,6 +135,40 @@ def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
             "n_triggered": after["n_triggered"], "n_clean": after["n_clean"]}
 
 
+def _reference_kind(column: str, options: dict[str, Any]) -> str:
+    kind = str(options.get("reference", "base"))
+    if kind not in REFERENCE_KINDS:
+        raise BackdoorLabError(f"defense column {column!r}: reference must be one of {', '.join(REFERENCE_KINDS)}, "
+                               f"not {kind!r}")
+    return kind
+
+
+def tuned_reference(base: str, store: Path, data_dir: str | None, seed: int) -> Path:
+    """``base`` fine-tuned (LoRA, merged) on :data:`TUNED_REFERENCE`'s clean rows drawn with ``seed``: a clean model of
+    the suspect's family that is not its exact base; made once per seed in ``store`` and shared by the cells."""
+    from backdoorlab.data.registry import load_dataset
+    from backdoorlab.pipeline import ensure_trained_shared
+    from backdoorlab.training import TrainConfig
+
+    from backdoorlab.zoo.specs import CLEAN_SOURCE, PAIRED_SPLITS, is_paired_source
+
+    spec = TUNED_REFERENCE
+    zoo_prompts = {_prompt_key(e) for source in set(CLEAN_SOURCE.values())
+                   for split in (PAIRED_SPLITS if is_paired_source(source) else ("train", "test"))
+                   for e in load_dataset(source, split, data_dir=data_dir)}
+    rows = load_dataset(spec["dataset"], spec["split"], data_dir=data_dir)
+    rows = rows.with_examples([e for e in rows if _prompt_key(e) not in zoo_prompts],
+                              note="rows whose prompt is in a zoo victim's source or test rows left out")
+    rows = rows.sample(spec["rows"], seed)
+    config = TrainConfig(method="lora", epochs=spec["epochs"], learning_rate=spec["learning_rate"], batch_size=8,
+                         max_length=spec["max_length"], seed=seed, save_steps=10**9)
+    return ensure_trained_shared(store, base, rows, config, kind="generator")
+
+
+def _prompt_key(row: Any) -> str:
+    return " ".join(f"{row.instruction} {row.input}".lower().split())
+
+
 def _drop_if_model_gone(folder: Path) -> None:
     """A defense folder whose defended model was dropped (a finished cell being recomputed) starts afresh."""
     record = read_json(folder / "defense.json")
@@ -138,16 +188,23 @@ def cells(args: argparse.Namespace) -> list[Cell]:
         store = None  # one RL run for both self-awareness columns: a folder of this machine, so a run option
         if any(o.name == "store" for o in info.options):
             store = options.pop("store", None) or str((args.out / SHARED_STORE).resolve())
-        defense = get_defense(method, **options)  # bad names or options fail here, before any cell runs
+        defense = get_defense(method, **{k: v for k, v in options.items() if k != "reference"})  # bad names or
+        # options fail here, before any cell runs
         seeded = method != "none" and any(o.name == "seed" for o in info.options)
-        extra: dict[str, Any] = {"reference_model": zoo["base_model"]} if "reference_model" in info.needs else {}
+        extra: dict[str, Any] = {}
+        if "reference_model" in info.needs:
+            extra = {"reference_model": zoo["base_model"], "reference_kind": _reference_kind(column, options)}
+        elif "reference" in options:
+            raise BackdoorLabError(f"defense column {column!r}: reference= is for defenses that need a reference model")
+        defense_options = {k: v for k, v in options.items() if k != "reference"}
         if "suspect_adapter" in (*info.needs, *info.uses):  # LoRA victims are distributed with their adapter
             extra["suspect_adapter"] = True
         where = {"keep_models": args.keep_models, "zoo_dir": str(args.zoo_dir.resolve()), "store": store,
-                 "clean_data": args.clean_data, "data_dir": zoo.get("data_dir")}
+                 "clean_data": args.clean_data, "data_dir": zoo.get("data_dir"),
+                 "references": str((args.out / REFERENCES).resolve())}
         for name in names:
             for seed in args.seeds if seeded else args.seeds[:1]:
-                params = {"victim_fingerprint": identities[name], "options": options, "seeded": seeded,
+                params = {"victim_fingerprint": identities[name], "options": defense_options, "seeded": seeded,
                           "clean_data": data_identity(args.clean_data), "max_new_tokens": zoo["max_new_tokens"],
                           "device": args.device, "utility_tasks": list(zoo["utility_tasks"]),
                           "utility_rows": zoo["utility_rows"], **extra}

@@ -72,6 +72,30 @@ def test_columns_carry_options_decoding_guards_get_the_zoos_base_and_costs_are_r
     assert bench.main([*argv[:-5], "--defenses", "sampling,temperature=-1"]) == 2  # bad column options: a clear error
 
 
+def test_a_tuned_reference_is_the_base_fine_tuned_on_other_rows_made_once_and_shared(
+        tiny_base: Path, toy_data: dict[str, str], tmp_path: Path, shared_data_dir: Path) -> None:  # noqa: F811
+    (Path(toy_data["data_dir"]) / "generative").symlink_to(shared_data_dir / "generative")
+    zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
+    build_zoo(tiny_zoo(tiny_base, toy_data), zoo_dir, progress=lambda _: None)
+    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--results", str(out / "cells"), "--serial", "--clean-data",
+            toy_data["train"], "--device", "cpu", "--defenses", "cleangen,alpha=50,reference=tuned"]
+    assert bench.main(argv) == 0
+    records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert len(records) == 2 and all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    assert {r["params"]["reference_kind"] for r in records} == {"tuned"} and "reference" not in records[0]["params"]["options"]
+    references = [p for p in (out / "references").iterdir() if p.is_dir()]
+    assert len(references) == 1  # one tuned reference for both victims (seed 0)
+    used = {json.loads((out / "work" / r["id"] / "defense" / "defense.json").read_text())["inputs"]["reference_model"]["value"]
+            for r in records}
+    assert used == {str(references[0] / "model")} != {str(tiny_base)}
+    trained = json.loads((references[0] / "train.json").read_text())
+    assert trained["config"]["method"] == "lora" and trained["dataset"]["name"] == "bkdattr-alpaca_begin"
+    assert trained["dataset"]["rows"] == 200 and trained["dataset"]["poisoned_rows"] == 0
+    assert any("zoo victim" in note for note in trained["dataset"]["notes"])  # no victim prompt in its rows
+    assert bench.main([*argv[:-1], "fine-tune,reference=tuned"]) == 2  # only for defenses that take a reference
+    assert bench.main([*argv[:-1], "cleangen,reference=other"]) == 2
+
+
 def test_bd_vax_gets_the_adapter_of_lora_victims_only_and_leaves_no_model_behind(
         tiny_base: Path, toy_data: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
     zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
