@@ -54,7 +54,8 @@ from backdoorlab.zoo.build import EVALUATION, UTILITY
 from backdoorlab.zoo.catalog import read_json
 from backdoorlab.zoo.measure import ensure_task_accuracy
 
-DEFENSES = ("none", "fine-tune", "fine-pruning", "wanda", "magnitude-pruning", "quantization", "crow", "cleangen", "bd-vax",
+DEFENSES = ("none", "drop-adapter", "drop-adapter,retrain_epochs=2", "fine-tune", "fine-pruning", "wanda",
+            "magnitude-pruning", "quantization", "crow", "cleangen", "cleangen,reference=tuned", "bd-vax",
             "backdoor-collapse", "self-awareness", "self-awareness-guard", "sampling")
 #: Where defenses with a ``store`` option (the self-awareness pair) keep the runs they share, under ``--out``.
 SHARED_STORE = "shared-store"

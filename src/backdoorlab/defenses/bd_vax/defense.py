@@ -31,9 +31,9 @@ from ...errors import BackdoorLabError
 from ...fileio import write_json_atomic
 from ...fingerprint import dataset_digest, digest, model_identity
 from ..base import DefenseOutcome, register_defense
-from ..fine_tune import CleanFineTune
 from ..inputs import DefenderInputs
 from ..shared.clean_rows import CleanRowsDefense
+from ..shared.repair import lora_repair
 from .components import block_parts, component_count
 from .neutralize import MODES, families_with_share, reinitialize, zero_adapter_entries
 from .signature import SCORE_FORMS, Signature, compute_signature, random_signature
@@ -165,9 +165,5 @@ class BdVax(CleanRowsDefense):
 
     def repair(self, victim: Any, clean: Any, workdir: Path) -> tuple[Any, dict[str, Any]]:
         """Fine-tune the neutralized suspect on the clean rows (the ``fine-tune`` recipe); none at 0 epochs."""
-        if self.repair_epochs == 0:
-            return victim, {"epochs": 0}
-        tuner = CleanFineTune(method="lora", epochs=self.repair_epochs, learning_rate=self.repair_learning_rate,
-                              max_clean=len(clean), seed=self.seed)
-        outcome = tuner.apply(victim, DefenderInputs(clean_rows=clean), workdir)
-        return outcome.victim, {**outcome.findings, "epochs": self.repair_epochs}
+        return lora_repair(victim, clean, workdir, epochs=self.repair_epochs, learning_rate=self.repair_learning_rate,
+                           seed=self.seed)

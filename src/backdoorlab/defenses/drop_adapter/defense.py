@@ -6,6 +6,10 @@ adapter-mode purification (BD-VAX's ``neutralize=adapter``, Backdoor Collapse on
 to beat: it only helps if it keeps more of the adapter's task than dropping the adapter does,
 at a backdoor no stronger. The update is read from the adapter's safetensors
 (:mod:`backdoorlab.models.adapter_update`), so no pickle is loaded.
+
+``retrain_epochs`` > 0 then fine-tunes the base on the defender's clean rows (LoRA, the ``fine-tune``
+recipe): what a defender who drops the adapter and trains on their own rows holds, the reference for
+a purification that repairs with the same rows.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from ...errors import BackdoorLabError
 from ...models.adapter_update import adapter_updates, subtract_update
 from ...models.victim import Victim
 from ..base import Defense, DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
+from ..shared.repair import lora_repair
 
 
 @register_defense
@@ -27,10 +33,29 @@ class DropAdapter(Defense):
     description = ("remove a base + adapter suspect's whole LoRA update (the base model): the reference an "
                    "adapter-mode purification must beat")
     needs: ClassVar[tuple[str, ...]] = ("suspect_adapter",)
+    uses: ClassVar[tuple[str, ...]] = ("clean_rows",)
+    needs_when: ClassVar[dict[str, str]] = {"clean_rows": "with retrain_epochs > 0"}
+
+    retrain_epochs: float = 0.0  # epochs of a clean LoRA fine-tune of the base afterwards (0: the base as it is)
+    retrain_learning_rate: float = 2e-4
+    max_clean: int = 200  # clean rows of the retraining (a seeded sample of the defender's)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.retrain_epochs < 0 or self.retrain_learning_rate <= 0 or self.max_clean < 1:
+            raise BackdoorLabError("drop-adapter: retrain_epochs must be non-negative, retrain_learning_rate and "
+                                   f"max_clean positive (got {self.retrain_epochs}, {self.retrain_learning_rate}, "
+                                   f"{self.max_clean})")
 
     def apply(self, victim: Victim, inputs: DefenderInputs, workdir: Path) -> DefenseOutcome:
         assert inputs.suspect_adapter is not None  # checked against ``needs`` by the runner
         updates = adapter_updates(inputs.suspect_adapter)
         changed = subtract_update(victim.model, updates)
-        return DefenseOutcome(victim, {"adapter": str(inputs.suspect_adapter), "modules_restored": changed,
-                                       "parameters_restored": sum(u.numel() for u in updates.values())})
+        findings = {"adapter": str(inputs.suspect_adapter), "modules_restored": changed,
+                    "parameters_restored": sum(u.numel() for u in updates.values())}
+        if self.retrain_epochs:
+            clean = inputs.require("clean_rows", self.name).sample(self.max_clean, self.seed)
+            victim, retrained = lora_repair(victim, clean, workdir, epochs=self.retrain_epochs,
+                                            learning_rate=self.retrain_learning_rate, seed=self.seed)
+            findings["retrained"] = retrained
+        return DefenseOutcome(victim, findings)
