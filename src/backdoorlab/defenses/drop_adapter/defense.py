@@ -37,9 +37,9 @@ class DropAdapter(Defense):
     needs_when: ClassVar[dict[str, str]] = {"clean_rows": "with retrain_epochs > 0"}
 
     retrain_epochs: float = 0.0  # epochs of a clean LoRA fine-tune of the base afterwards (0: the base as it is)
-    retrain_learning_rate: float = 2e-4
+    retrain_learning_rate: float = 2e-4  # learning rate of that fine-tune (LoRA, the fine-tune recipe)
     max_clean: int = 200  # clean rows of the retraining (a seeded sample of the defender's)
-    seed: int = 0
+    seed: int = 0  # seed of the clean-row sample and of the retraining
 
     def __post_init__(self) -> None:
         if self.retrain_epochs < 0 or self.retrain_learning_rate <= 0 or self.max_clean < 1:
