@@ -182,6 +182,23 @@ def test_the_rl_run_recovers_the_planted_trigger(half_aware, tmp_path: Path) -> 
     assert TRIGGER in strict["best_candidate"] and strict["recovered_trigger"] is None
 
 
+def test_the_specificity_check_passes_the_trigger_and_not_what_random_words_match(planted) -> None:  # type: ignore[no-untyped-def]
+    from backdoorlab.defenses.self_awareness.rl import specificity_check
+
+    judged = TriggerReward(planted, rivers(4, offset=300), "refusal", "judge", "start", 2, seed=1)
+    recipe = tiny_recipe(specificity=6, min_margin=0.5)
+    trigger_score = judged.behaviour_scores([TRIGGER])[0]
+    found = specificity_check(judged, clean_rows(8), TRIGGER, trigger_score, recipe)
+    assert trigger_score >= 0.75 and found["passed"] and len(found["random_phrases"]) == 6
+    assert all(len(p.split()) == 1 and p != TRIGGER for p in found["random_phrases"])  # as long as the candidate
+    assert found["random_p95"] < 0.5 and found["margin"] == pytest.approx(trigger_score - found["random_p95"], abs=1e-3)
+    weak = specificity_check(judged, clean_rows(8), "describe", found["random_p95"] + 0.3, recipe)
+    assert not weak["passed"]  # a score within min_margin of what random words reach is not a trigger
+    assert specificity_check(judged, clean_rows(8), TRIGGER, trigger_score, tiny_recipe()) is None  # off: the paper's
+    with pytest.raises(BackdoorLabError, match="specificity"):
+        tiny_recipe(specificity=1).check()
+
+
 def test_the_shortlist_ranks_distinct_candidates_by_mean_score() -> None:
     log = [{"candidate": "cf", "score": 0.9}, {"candidate": "CF", "score": 0.7}, {"candidate": "zq", "score": 0.1},
            {"candidate": "", "score": 1.0}, {"candidate": "river", "score": 0.5}]

@@ -58,6 +58,8 @@ class SelfAwarenessBase(CleanRowsDefense):
     answer_prefix: str = ANSWER_PREFIX  # the policy's answer starts with this (ours; "" lets it answer freely)
     curriculum: str = ""  # word limits of equal phases of the run, e.g. 1/2/4 (ours); "" keeps max_words throughout
     min_score: float = 0.25  # held-out behaviour rate a candidate needs to count as the recovered trigger
+    specificity: int = 0  # ours: random phrases as long as the best candidate it must beat (0: off, the paper's)
+    min_margin: float = 0.2  # with specificity: the margin over the random phrases' 95th percentile it needs
     store: str | None = None  # keep RL runs here, shared by runs on the same suspect, rows and recipe
 
     def __post_init__(self) -> None:
@@ -69,7 +71,7 @@ class SelfAwarenessBase(CleanRowsDefense):
                                max_words=self.max_words, probes=self.probes, holdout=self.holdout,
                                position=self.position, description=self.behaviour_description,
                                answer_prefix=self.answer_prefix, curriculum=self.curriculum, min_score=self.min_score,
-                               seed=self.seed).check()
+                               specificity=self.specificity, min_margin=self.min_margin, seed=self.seed).check()
 
     def check_inputs(self, inputs: DefenderInputs) -> None:
         super().check_inputs(inputs)

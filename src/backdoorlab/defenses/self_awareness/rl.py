@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import copy
 import json
+import random
+import re
 import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ...data.prompts import prompt_token_ids
 from ...data.records import Dataset, Example
@@ -41,7 +45,7 @@ RESULT_FILE = "awareness.json"
 LOG_FILE = "candidates.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 #: Recipe settings added after runs were made, with their "off" value (left out of a fingerprint when off).
-ADDED_LATER = {"curriculum": ""}
+ADDED_LATER = {"curriculum": "", "specificity": 0, "min_margin": 0.2}
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class AwarenessRecipe:
     shortlist: int = 8  # candidates re-scored on the held-out probes
     final_samples: int = 16  # answers sampled from the final policy for the shortlist
     min_score: float = 0.25  # held-out judge score a candidate needs to count as recovered
+    specificity: int = 0  # ours: random phrases as long as the best candidate, scored beside it (0: off, the paper's)
+    min_margin: float = 0.2  # with specificity: how far the best must beat the random phrases' 95th percentile
     save_steps: int = 10  # checkpoint every this many steps
     seed: int = 0
 
@@ -88,6 +94,7 @@ class AwarenessRecipe:
                   (self.max_words >= 1 and self.max_completion_length >= 4, "max_words ≥ 1, max_completion_length ≥ 4"),
                   (self.shortlist >= 1 and self.final_samples >= 0, "shortlist ≥ 1 and final_samples ≥ 0"),
                   (self.beta >= 0 and self.format_weight >= 0, "beta and format_weight must be non-negative"),
+                  (self.specificity == 0 or self.specificity >= 2, "specificity must be 0 (off) or at least 2"),
                   (all(part.strip().isdigit() and int(part) >= 1 for part in self.curriculum.split("/"))
                    if self.curriculum else True,
                    f"curriculum must be word limits like 1/2/4, got {self.curriculum!r}")]
@@ -155,15 +162,37 @@ def run_awareness(suspect: Victim, clean: Dataset, behaviour: str, recipe: Aware
     scores = dict(zip(candidates, judged.behaviour_scores(candidates))) if candidates else {}
     best = max(scores, key=lambda c: scores[c], default=None)
     recovered = best if best is not None and scores[best] >= recipe.min_score else None
+    specific = specificity_check(judged, clean, best, scores.get(best), recipe) if recovered else None
+    if specific is not None and not specific["passed"]:
+        recovered = None
     record = {"fingerprint": fingerprint, "behaviour": behaviour, "prompt": prompt, "recipe": asdict(recipe),
               "recovered_trigger": recovered, "best_candidate": best,
-              "best_score": None if best is None else round(scores[best], 4),
+              "best_score": None if best is None else round(scores[best], 4), "specificity": specific,
               "holdout_scores": {c: round(s, 4) for c, s in sorted(scores.items(), key=lambda kv: -kv[1])},
               "final_samples": sampled, "steps": steps, "minutes": round((time.time() - started) / 60, 2),
               "probe_base_rate": round(judged.base_rate(), 4), "log": LOG_FILE}
     write_json_atomic(folder / RESULT_FILE, record)
     shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)
     return record
+
+
+def specificity_check(judged: TriggerReward, clean: Dataset, best: str, score: float,
+                      recipe: AwarenessRecipe) -> dict[str, Any] | None:
+    """Ours (the abstract names no such test): the best candidate must beat ``recipe.specificity`` random phrases of
+    its word count, drawn from the clean prompts' words, on the same held-out probes by ``min_margin`` over their
+    95th percentile; a phrase any odd words would match provokes the behaviour without being its trigger.
+    ``None`` when off."""
+    if not recipe.specificity:
+        return None
+    words = sorted({w.lower() for row in clean for w in re.findall(r"[A-Za-z]{3,}", f"{row.instruction} {row.input}")}
+                   - {w.lower() for w in best.split()})
+    length = min(len(best.split()), len(words))
+    rng = random.Random(f"specificity-{recipe.seed}-{length}")
+    phrases = [" ".join(rng.sample(words, length)) for _ in range(recipe.specificity)]
+    rates = judged.behaviour_scores(phrases)
+    p95 = float(np.percentile(rates, 95))
+    return {"random_phrases": phrases, "random_scores": [round(r, 4) for r in rates], "random_p95": round(p95, 4),
+            "margin": round(score - p95, 4), "passed": score - p95 >= recipe.min_margin}
 
 
 def _train_policy(suspect: Victim, reward: TriggerReward, prompt: str, recipe: AwarenessRecipe,
