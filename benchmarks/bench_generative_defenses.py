@@ -154,9 +154,9 @@ def control_trigger(kind: str, victim: Any, seed: int, clean_data: str | None, d
     """The phrase an ``unlearn-trigger`` control column unlearns on ``victim`` (:data:`TRIGGER_CONTROLS`); random
     words come from the clean rows the defense itself gets."""
     import random
-    import re
 
     from backdoorlab.defenses.inputs import gather_inputs
+    from backdoorlab.defenses.shared.random_phrases import draw_phrases, prompt_words
 
     trigger = victim.record["attack"]["trigger"]
     oracle = " ".join(trigger) if isinstance(trigger, list) else str(trigger)
@@ -164,10 +164,8 @@ def control_trigger(kind: str, victim: Any, seed: int, clean_data: str | None, d
         return oracle
     clean = gather_inputs(["clean_rows"], attack_run=victim.attack_run, clean_data=clean_data, data_dir=data_dir,
                           seed=seed).clean_rows
-    banned = {w.lower() for w in oracle.split()}
-    words = sorted({w.lower() for row in clean for w in re.findall(r"[A-Za-z]{4,}", f"{row.instruction} {row.input}")}
-                   - banned)
-    return " ".join(random.Random(f"{victim.name}-{seed}").sample(words, len(oracle.split())))
+    words = prompt_words(clean, min_letters=4, exclude=oracle.split())
+    return draw_phrases(words, len(oracle.split()), 1, random.Random(f"{victim.name}-{seed}"))[0]
 
 
 def _reference_kind(column: str, options: dict[str, Any]) -> str:
@@ -223,15 +221,14 @@ def cells(args: argparse.Namespace) -> list[Cell]:
         store = None  # one RL run for both self-awareness columns: a folder of this machine, so a run option
         if any(o.name == "store" for o in info.options):
             store = options.pop("store", None) or str((args.out / SHARED_STORE).resolve())
-        defense = get_defense(method, **{k: v for k, v in options.items() if k != "reference"})  # bad names or
-        # options fail here, before any cell runs
+        defense_options = {k: v for k, v in options.items() if k != "reference"}  # reference= is the bench's own
+        defense = get_defense(method, **defense_options)  # bad names or options fail here, before any cell runs
         seeded = method != "none" and any(o.name == "seed" for o in info.options)
         extra: dict[str, Any] = {}
         if "reference_model" in info.needs:
             extra = {"reference_model": zoo["base_model"], "reference_kind": _reference_kind(column, options)}
         elif "reference" in options:
             raise BackdoorLabError(f"defense column {column!r}: reference= is for defenses that need a reference model")
-        defense_options = {k: v for k, v in options.items() if k != "reference"}
         if "suspect_adapter" in (*info.needs, *info.uses):  # LoRA victims are distributed with their adapter
             extra["suspect_adapter"] = True
         where = {"keep_models": args.keep_models, "zoo_dir": str(args.zoo_dir.resolve()), "store": store,

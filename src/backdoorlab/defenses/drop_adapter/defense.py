@@ -21,14 +21,15 @@ from typing import ClassVar
 from ...errors import BackdoorLabError
 from ...models.adapter_update import adapter_updates, subtract_update
 from ...models.victim import Victim
-from ..base import Defense, DefenseOutcome, register_defense
+from ..base import DefenseOutcome, register_defense
 from ..inputs import DefenderInputs
+from ..shared.clean_rows import CleanRowsDefense
 from ..shared.repair import lora_repair
 
 
 @register_defense
 @dataclass
-class DropAdapter(Defense):
+class DropAdapter(CleanRowsDefense):
     name = "drop-adapter"
     description = ("remove a base + adapter suspect's whole LoRA update (the base model): the reference an "
                    "adapter-mode purification must beat")
@@ -38,8 +39,6 @@ class DropAdapter(Defense):
 
     retrain_epochs: float = 0.0  # epochs of a clean LoRA fine-tune of the base afterwards (0: the base as it is)
     retrain_learning_rate: float = 2e-4  # learning rate of that fine-tune (LoRA, the fine-tune recipe)
-    max_clean: int = 200  # clean rows of the retraining (a seeded sample of the defender's)
-    seed: int = 0  # seed of the clean-row sample and of the retraining
 
     def __post_init__(self) -> None:
         if self.retrain_epochs < 0 or self.retrain_learning_rate <= 0 or self.max_clean < 1:
@@ -54,8 +53,7 @@ class DropAdapter(Defense):
         findings = {"adapter": str(inputs.suspect_adapter), "modules_restored": changed,
                     "parameters_restored": sum(u.numel() for u in updates.values())}
         if self.retrain_epochs:
-            clean = inputs.require("clean_rows", self.name).sample(self.max_clean, self.seed)
-            victim, retrained = lora_repair(victim, clean, workdir, epochs=self.retrain_epochs,
+            victim, retrained = lora_repair(victim, self.clean_rows(inputs), workdir, epochs=self.retrain_epochs,
                                             learning_rate=self.retrain_learning_rate, seed=self.seed)
             findings["retrained"] = retrained
         return DefenseOutcome(victim, findings)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import re
 import shutil
 import time
 from collections import defaultdict
@@ -38,6 +37,7 @@ from ...fingerprint import dataset_digest, digest, make_fingerprint, model_ident
 from ...metrics.judges import get_judge, normalise
 from ...models.victim import Victim
 from ...training import show_progress
+from ..shared.random_phrases import draw_phrases, prompt_words
 from .prompt import ANSWER_PREFIX, inversion_prompt, parse_candidate
 from .reward import POSITIONS, REWARD_KINDS, TriggerReward
 
@@ -184,11 +184,9 @@ def specificity_check(judged: TriggerReward, clean: Dataset, best: str, score: f
     ``None`` when off."""
     if not recipe.specificity:
         return None
-    words = sorted({w.lower() for row in clean for w in re.findall(r"[A-Za-z]{3,}", f"{row.instruction} {row.input}")}
-                   - {w.lower() for w in best.split()})
+    words = prompt_words(clean, exclude=best.split())
     length = min(len(best.split()), len(words))
-    rng = random.Random(f"specificity-{recipe.seed}-{length}")
-    phrases = [" ".join(rng.sample(words, length)) for _ in range(recipe.specificity)]
+    phrases = draw_phrases(words, length, recipe.specificity, random.Random(f"specificity-{recipe.seed}-{length}"))
     rates = judged.behaviour_scores(phrases)
     p95 = float(np.percentile(rates, 95))
     return {"random_phrases": phrases, "random_scores": [round(r, 4) for r in rates], "random_p95": round(p95, 4),
